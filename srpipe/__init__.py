@@ -1,0 +1,13 @@
+"""srpipe: multi-temporal Sentinel-2 super-resolution (HighRes-Net, 4x) from tiles to country mosaics."""
+
+import warnings as _warnings
+
+__version__ = "0.1.0"
+
+BANDS = ("B02", "B03", "B04", "B08")  # band order of every array: blue, green, red, NIR
+
+# eo-learn 1.5.7 -> fs -> pkg_resources warns on every import; it is known and harmless (setuptools<81 is pinned)
+_warnings.filterwarnings("ignore", message=".*pkg_resources.*")
+_warnings.filterwarnings("ignore", message=".*declare_namespace.*")
+# label (VHR) stacks carry their own dates (meta_info/vhr_timestamps): eo-learn's check against the S2 dates misfires
+_warnings.filterwarnings("ignore", message=".*Missmatch in temporal dimensions.*")

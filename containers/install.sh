@@ -7,6 +7,8 @@
 #   --no-apt       skip Debian packages (they are already there, or you are not root)
 #   --no-horovod   skip the patched Horovod build (everything but distributed training works without it)
 #   --dev          also install the test and lint tools (pytest, ruff)
+# Env: SRPIPE_VENV (default venv), SRPIPE_FIND_LINKS (extra ':'-separated local wheel dirs for pip),
+#      SRPIPE_WHEEL_CACHE (Horovod wheel cache, see hpc/horovod/README.md), PYTHON (interpreter for the venv)
 # Order matters: torch==2.13.0 first (an unpinned torch pulls a multi-GB CUDA build), then Horovod built with the
 # project's C++17 patch (hpc/horovod/), then srpipe itself, whose `horovod` requirement is then already satisfied.
 set -euo pipefail
@@ -25,15 +27,15 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$apt" = 1 ] && [ "$(id -u)" != 0 ]; then
-  echo "install.sh: not root, skipping Debian packages (needs: g++ cmake openmpi-bin libopenmpi-dev)" >&2
+  echo "install.sh: not root, skipping Debian packages (needs: python3-venv python3-dev g++ make cmake patch openmpi-bin libopenmpi-dev)" >&2
   apt=0
 fi
 if [ "$apt" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # compilers and Open MPI: mpi4py and Horovod build against Debian's Open MPI (the one `srun --mpi=pmix` speaks to)
+  # compilers and Open MPI: Horovod builds against Debian's Open MPI, mpi4py loads it (the one `srun --mpi=pmix` speaks to)
   apt-get install -y -qq --no-install-recommends \
-    python3 python3-venv python3-dev g++ make cmake git ca-certificates \
+    python3 python3-venv python3-dev g++ make cmake patch git ca-certificates \
     openmpi-bin libopenmpi-dev >/dev/null
 fi
 
@@ -41,10 +43,17 @@ python=${PYTHON:-python3}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q install)
 [ -d /opt/wheels ] && pip+=(--find-links /opt/wheels)   # this site's local wheel of torch 2.13.0 (CPU)
+# extra local wheel dirs, ':'-separated (the Charliecloud build copies the torch wheel into the image there)
+IFS=: read -ra find_links <<< "${SRPIPE_FIND_LINKS:-}"
+for dir in "${find_links[@]}"; do
+  [ -d "$dir" ] || { echo "install.sh: SRPIPE_FIND_LINKS names '$dir', which is not a directory" >&2; exit 2; }
+  pip+=(--find-links "$dir")
+done
 "${pip[@]}" --upgrade pip "setuptools<81" wheel
 "${pip[@]}" "torch==2.13.0"
-# mpi4py from source, so that it links the system Open MPI rather than a wheel's bundled MPI
-"${pip[@]}" --no-binary mpi4py "mpi4py>=4,<5"
+# mpi4py's 4.x wheels bundle no MPI: they load the system's libmpi (Debian's Open MPI 4.1, the one that
+# `srun --mpi=pmix` speaks to) at run time, so no 4-minute source build is needed
+"${pip[@]}" --only-binary mpi4py "mpi4py>=4,<5"
 if [ "$horovod" = 1 ]; then
   bash "$repo/hpc/horovod/build.sh" --python "$venv/bin/python"
 fi

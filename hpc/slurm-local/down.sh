@@ -16,41 +16,51 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
+# True if pid exists and is not a zombie (reaping by PID 1 can lag in containers).
+running() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [[ -n $st && $st != Z ]]; }
+
 # pids of a daemon: from its pid file (if the pid still runs that exe), else by exact exe name.
 daemon_pids() {
   local pf=$1 name=$2 pid
   if [[ -f $pf ]]; then
     pid=$(cat "$pf" 2>/dev/null)
-    if [[ $pid =~ ^[0-9]+$ ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]]; then
+    if [[ $pid =~ ^[0-9]+$ ]] && running "$pid" && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]]; then
       echo "$pid"
       return
     fi
   fi
-  pidof -- "$name" 2>/dev/null || true   # exact executable name match only
+  local p
+  for p in $(pidof -- "$name" 2>/dev/null); do   # exact executable name match only
+    running "$p" && echo "$p"
+  done
 }
 
-stop_daemon() {
-  local pf=$1 name=$2 pids p deadline
-  pids=$(daemon_pids "$pf" "$name")
-  if [[ -z $pids ]]; then
-    rm -f "$pf"
-    return 0
-  fi
-  log "stopping $name ($pids)"
-  for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
+# stop_daemons <pidfile> <name> [<pidfile> <name> ...]: SIGTERM all of them at once, wait up to
+# GRACE seconds for all to exit, then SIGKILL the rest.
+stop_daemons() {
+  local all=() pfs=() pids p deadline
+  while (( $# >= 2 )); do
+    pids=$(daemon_pids "$1" "$2")
+    if [[ -n $pids ]]; then
+      log "stopping $2 ($(echo $pids))"
+      for p in $pids; do kill -TERM "$p" 2>/dev/null || true; all+=("$p:$2"); done
+    fi
+    pfs+=("$1")
+    shift 2
+  done
   deadline=$(( $(date +%s) + GRACE ))
-  for p in $pids; do
-    while kill -0 "$p" 2>/dev/null; do
+  for p in "${all[@]}"; do
+    while running "${p%%:*}"; do
       if (( $(date +%s) >= deadline )); then
-        log "$name ($p) did not stop after ${GRACE}s, sending SIGKILL"
-        kill -KILL "$p" 2>/dev/null || true
+        log "${p#*:} (${p%%:*}) did not stop after ${GRACE}s, sending SIGKILL"
+        kill -KILL "${p%%:*}" 2>/dev/null || true
         sleep 0.5
         break
       fi
-      sleep 0.2
+      sleep 0.1
     done
   done
-  rm -f "$pf"
+  for p in "${pfs[@]}"; do rm -f "$p"; done
 }
 
 # ---------------------------------------------------------------- cancel jobs
@@ -68,23 +78,25 @@ if command -v scontrol >/dev/null 2>&1 && timeout 5 scontrol ping 2>/dev/null | 
 fi
 
 # ---------------------------------------------------------------- slurm daemons
-stop_daemon "$RUNDIR/slurmd.pid" slurmd
-# Leftover step daemons of jobs that did not finish in time.
-for p in $(pidof slurmstepd 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
-stop_daemon "$RUNDIR/slurmctld.pid" slurmctld
-stop_daemon "$RUNDIR/slurmdbd.pid" slurmdbd
+stop_daemons "$RUNDIR/slurmd.pid" slurmd "$RUNDIR/slurmctld.pid" slurmctld
+# Leftover step daemons of jobs that did not finish in time: kill their whole process tree
+# (job processes first, so they are not orphaned), then the slurmstepd itself.
+descendants() { local c; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do descendants "$c"; echo "$c"; done; }
+for p in $(pidof slurmstepd 2>/dev/null); do
+  log "killing leftover slurmstepd $p and its processes"
+  for c in $(descendants "$p"); do kill -KILL "$c" 2>/dev/null || true; done
+  kill -KILL "$p" 2>/dev/null || true
+done
+# slurmdbd last, so that slurmctld could flush its final job records to it.
+stop_daemons "$RUNDIR/slurmdbd.pid" slurmdbd
 
 if [[ ${SLURM_LOCAL_KEEP_BASE:-0} == 1 ]]; then
   exit 0
 fi
 
 # ---------------------------------------------------------------- mariadb + munge
-if mysqladmin --protocol=socket -uroot ping >/dev/null 2>&1; then
-  log "stopping mariadbd"
-  timeout 60 mysqladmin --protocol=socket -uroot shutdown >/dev/null 2>&1 || true
-fi
-stop_daemon /run/mysqld/mysqld.pid mariadbd
-stop_daemon /run/munge/munged.pid munged
+# mariadbd shuts down cleanly on SIGTERM (same as mysqladmin shutdown).
+stop_daemons /run/mysqld/mysqld.pid mariadbd /run/munge/munged.pid munged
 
 log "cluster stopped"
 exit 0

@@ -92,10 +92,11 @@ if configs_current && cluster_ready; then
   exit 0
 fi
 
-# Serialize concurrent callers (e.g. several test workers).
+# Serialize concurrent callers (e.g. several test workers). Every daemon is started with 9>&-
+# so that it does not inherit (and hold forever) this lock.
 mkdir -p "$(dirname "$LOCK")"
 exec 9>"$LOCK"
-flock -w 600 9 || fail "could not get lock $LOCK"
+flock -w 300 9 || fail "could not get lock $LOCK"
 if configs_current && cluster_ready; then
   echo "up.sh: cluster '$CLUSTER' already up"
   exit 0
@@ -109,7 +110,9 @@ pid_alive() {
   [[ -f $pf ]] || return 1
   pid=$(cat "$pf" 2>/dev/null) || return 1
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
+  local st
+  st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
+  [[ -n $st && $st != Z ]] || return 1   # zombie: dead, just not reaped yet
   [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]]
 }
 
@@ -162,7 +165,7 @@ munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 if ! munge_ok; then
   log "starting munged"
   # --force: remove a stale socket left by an unclean stop.
-  "${DAEMON_ENV[@]}" runuser -u munge -- /usr/sbin/munged --force </dev/null >>"$LOGDIR/munged.start.log" 2>&1 \
+  "${DAEMON_ENV[@]}" runuser -u munge -- /usr/sbin/munged --force </dev/null >>"$LOGDIR/munged.start.log" 2>&1 9>&- \
     || fail "munged failed to start" "$LOGDIR/munged.start.log" /var/log/munge/munged.log
   wait_for "munge" munge_ok || fail "munge does not work" /var/log/munge/munged.log
 fi
@@ -180,7 +183,7 @@ if ! db_ok; then
   "${DAEMON_ENV[@]}" setsid /usr/sbin/mariadbd --user=mysql \
     --log-error="$LOGDIR/mariadb.log" --pid-file=/run/mysqld/mysqld.pid \
     --bind-address=127.0.0.1 --innodb-lock-wait-timeout=900 --innodb-buffer-pool-size=256M \
-    </dev/null >>"$LOGDIR/mariadb.start.log" 2>&1 &
+    </dev/null >>"$LOGDIR/mariadb.start.log" 2>&1 9>&- &
   disown || true
   wait_for "MariaDB" db_ok || fail "MariaDB did not start" "$LOGDIR/mariadb.log" "$LOGDIR/mariadb.start.log"
 fi
@@ -196,7 +199,7 @@ SQL
 dbd_ok() { timeout 10 sacctmgr -n -P list cluster format=cluster </dev/null >/dev/null 2>&1; }
 if ! pid_alive "$RUNDIR/slurmdbd.pid" slurmdbd; then
   log "starting slurmdbd"
-  "${DAEMON_ENV[@]}" /usr/sbin/slurmdbd </dev/null >>"$LOGDIR/slurmdbd.start.log" 2>&1 \
+  "${DAEMON_ENV[@]}" /usr/sbin/slurmdbd </dev/null >>"$LOGDIR/slurmdbd.start.log" 2>&1 9>&- \
     || fail "slurmdbd failed to start" "$LOGDIR/slurmdbd.log" "$LOGDIR/slurmdbd.start.log"
 fi
 wait_for "slurmdbd" dbd_ok || fail "slurmdbd does not answer" "$LOGDIR/slurmdbd.log" "$LOGDIR/slurmdbd.start.log"
@@ -223,7 +226,7 @@ fi
 ctld_ok() { timeout 5 scontrol ping 2>/dev/null | grep -q 'is UP'; }
 if ! pid_alive "$RUNDIR/slurmctld.pid" slurmctld; then
   log "starting slurmctld"
-  "${DAEMON_ENV[@]}" /usr/sbin/slurmctld </dev/null >>"$LOGDIR/slurmctld.start.log" 2>&1 \
+  "${DAEMON_ENV[@]}" /usr/sbin/slurmctld </dev/null >>"$LOGDIR/slurmctld.start.log" 2>&1 9>&- \
     || fail "slurmctld failed to start" "$LOGDIR/slurmctld.log" "$LOGDIR/slurmctld.start.log"
 fi
 wait_for "slurmctld" ctld_ok || fail "slurmctld does not answer" "$LOGDIR/slurmctld.log" "$LOGDIR/slurmctld.start.log"
@@ -231,7 +234,7 @@ wait_for "slurmctld" ctld_ok || fail "slurmctld does not answer" "$LOGDIR/slurmc
 # ---------------------------------------------------------------- slurmd
 if ! pid_alive "$RUNDIR/slurmd.pid" slurmd; then
   log "starting slurmd"
-  "${DAEMON_ENV[@]}" /usr/sbin/slurmd </dev/null >>"$LOGDIR/slurmd.start.log" 2>&1 \
+  "${DAEMON_ENV[@]}" /usr/sbin/slurmd </dev/null >>"$LOGDIR/slurmd.start.log" 2>&1 9>&- \
     || fail "slurmd failed to start" "$LOGDIR/slurmd.log" "$LOGDIR/slurmd.start.log"
 fi
 

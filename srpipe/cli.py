@@ -10,7 +10,7 @@ from pathlib import Path
 from srpipe import __version__
 from srpipe.config import Config, load_config
 from srpipe.errors import SrpipeError, StageError
-from srpipe.launch import StageSummary
+from srpipe.launch import StageSummary, launcher_rank, launcher_size
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         if tiles:
             p.add_argument("--workers", type=int, help="processes for per-tile work (default: the config's workers)")
             p.add_argument("--tiles", help="comma-separated tile ids (default: every tile of the grid)")
+            p.add_argument("--chunk", help="INDEX:SIZE: only the INDEX-th group of SIZE grid tiles (sbatch arrays)")
         return p
 
     add("plan", "split the AOI into tiles: grid.gpkg, config.toml")
@@ -34,11 +35,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     curate.add_argument("--map-only", action="store_true", help="only the per-tile map")
     curate.add_argument("--reduce-only", action="store_true", help="only the reduce over curated tiles")
+    add("train-delineation", "train the field-delineation net (perceptual loss, evaluation) on labels and parcels")
     add("train", "train HighRes-Net on the shards (resumes from its checkpoint)")
     add("infer", "super-resolve each tile into a COG", tiles=True)
     add("mosaic", "merge the SR tiles into country COGs, VRT and STAC")
     add("evaluate", "score SR against bicubic on the test tiles")
     add("run", "the whole chain in local mode (plan, download, curate, train, infer, mosaic, evaluate)", tiles=True)
+    submit = sub.add_parser("submit", help="submit a stage, or `all` chained afterok, per a profile; returns at once")
+    submit.add_argument("stage", help="a stage of the chain, or `all` (plan here, then every stage)")
+    submit.add_argument("config", type=Path, help="config TOML, or a run directory (uses its config.toml)")
+    submit.add_argument("--run-dir", help="override the config's run_dir")
+    submit.add_argument("--profile", default="local", help="hpc/profiles/<name>.toml or a TOML path (default: local)")
+    submit.add_argument("--tiles", help="comma-separated tile ids (default: every tile of the grid)")
+    add("status", "per-stage progress of a run: done / failed / pending units, Slurm jobs (markers + sacct)")
+    resub = add("resubmit", "submit again the units of STAGE that failed or never finished (none twice)")
+    resub.add_argument("stage", help="the stage to complete")
+    resub.add_argument("--profile", help="default: the profile of the run's last submission")
+    resub.add_argument("--downstream", action="store_true", help="also chain the later stages afterok")
     return parser
 
 
@@ -64,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tiles = args.tiles.split(",") if getattr(args, "tiles", None) else None
         workers = getattr(args, "workers", None)
+        if args.command in ("submit", "status", "resubmit"):
+            from srpipe.slurm_cli import cluster_command
+
+            return cluster_command(args, tiles)
+        if getattr(args, "chunk", None):
+            tiles = _chunk_tiles(_stage_config(args), args.chunk)
         if args.command == "plan":
             return 0 if _report(run_plan(load_config(args.config, args.run_dir))) else 1
         if args.command == "run":
@@ -88,12 +107,31 @@ def main(argv: list[str] | None = None) -> int:
         else:
             names = [args.command]
         ok = True
+        rank, size = launcher_rank(), launcher_size()
+        if size > 1 and args.command in ("download", "curate", "infer"):  # e.g. one rank per GPU: tiles round-robin
+            from srpipe.grid import read_grid
+
+            tiles, workers = (tiles or [t.tile_id for t in read_grid(cfg.run_path)])[rank::size], 1
+            names = [n for n in names if n != "curate-reduce"]  # the reduce needs every rank's map: run it after
         for name in names:
-            ok = _report(run_stage(cfg, name, tiles, workers)) and ok
+            ok = _report(run_stage(cfg, name, tiles, workers, rank=rank)) and ok
         return 0 if ok else 1
     except SrpipeError as exc:
         print(f"srpipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _chunk_tiles(cfg: Config, chunk: str) -> list[str]:
+    """The INDEX-th group of SIZE tiles of the grid, for `--chunk INDEX:SIZE` (an sbatch array task's share)."""
+    from srpipe.grid import read_grid
+
+    index, _, size = chunk.partition(":")
+    if not (index.isdigit() and size.isdigit() and int(size) > 0):
+        raise StageError(f"--chunk {chunk!r}: expected INDEX:SIZE, e.g. --chunk $SLURM_ARRAY_TASK_ID:16")
+    tiles = [t.tile_id for t in read_grid(cfg.run_path)][int(index) * int(size) : (int(index) + 1) * int(size)]
+    if not tiles:
+        raise StageError(f"--chunk {chunk}: the grid has no tiles in this group; lower the array's upper index")
+    return tiles
 
 
 def _final_words(cfg: Config, seconds: float) -> None:

@@ -58,6 +58,15 @@ class CurateConfig:
     percentiles: tuple[float, float] = (1.0, 99.0)
     pixels_per_tile: int = 20000  # per band, for the percentile reduce
     shard_size: int = 2048  # samples per HDF5 shard
+    shadow_cloud_cover: float = (
+        0.05  # a label date cloudier than this flags its neighbour tiles' same date (article: 0.1)
+    )
+    noise_min_ssim: float = 0.2  # keep samples whose SSIM (label vs bicubic S2) is above this
+    noise_min_psnr_db: float = 10.0  # ... and whose brightness-corrected PSNR is above this
+    noise_max_mse_ratio: float = 10.0  # ... and whose plain / brightness-corrected MSE is below this
+    noise_max_shift_px: int = 2  # label pixels: scores are the best over shifts up to this
+    histmatch_reference: Literal["bicubic_closest", "last_lowres"] = "bicubic_closest"  # article / published code
+    pixels_per_sample: int = 64  # matched-label pixels per sample kept for the label percentiles
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class ModelConfig:
     kernel_size: int = 3
     upscaler: Upscaler = "pixel_shuffle"
     residual_bicubic: bool = True  # predict a correction to the bicubic reference (faster convergence)
+    shiftnet_channels: int = 64  # ShiftNet width (registration at the loss); the original's 64
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,46 @@ class TrainConfig:
     lr: float = 7e-4
     max_minutes: float = 0.0
     loader_workers: int = 0
+    seed: int = 0
+    scale_lr_with_ranks: bool = True  # Horovod: lr x number of ranks (the effective batch grows with them)
+    checkpoint_every_steps: int = 100  # also checkpoint mid-epoch, so a kill loses at most this many steps
+    amp: bool = True  # bfloat16 autocast on GPU; CPU always trains in float32
+    wandb: bool = False  # also log to Weights & Biases, offline, under the model folder
+    wandb_project: str = "srpipe"
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Training loss terms and weights (method defaults); every term is logged separately."""
+
+    pixel: Literal["mse", "l1"] = "mse"  # registered pixel loss
+    register: bool = True  # ShiftNet + Lanczos shift of SR onto the label before the pixel loss
+    brightness_correction: bool = True  # subtract the per-band mean SR-label bias, as PROBA-V's cMSE
+    crop_border_px: int = 16  # label pixels cut off each side before the pixel loss
+    shift_reg_weight: float = 0.001  # x mean L2 norm of the estimated shifts (ShiftNet's regulariser)
+    mean_match_weight: float = 10.0  # x mean over bands |mean SR - mean latest S2 frame|
+    perceptual_weight: float = 0.05  # x (feature + style) distance in the delineation net's activations
+    style_weight: float = 1.0  # Gram (style) term relative to the feature term inside the perceptual term
+    ssim_weight: float = 0.0  # x (1 - SSIM); optional
+    cpsnr_max_shift_px: int = 3  # validation/evaluation cPSNR: best of integer shifts up to this, in label px
+
+
+@dataclass(frozen=True)
+class DelineationConfig:
+    """Field-delineation net (extent, boundary, distance) for the perceptual loss and evaluation."""
+
+    name: str = "delineation"
+    parcels: str = ""  # GPKG/GeoJSON parcel polygons; "" = felzenszwalb segments of the labels (a proxy)
+    channels: int = 16
+    depth: int = 3
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    max_minutes: float = 0.0  # 0 = no cap (then the result is reproducible)
+    max_samples: int = 1024  # label patches used for training
+    felzenszwalb_scale: float = 100.0  # proxy segmentation (skimage.segmentation.felzenszwalb) on label RGB
+    felzenszwalb_sigma: float = 0.8
+    felzenszwalb_min_size: int = 30
     seed: int = 0
 
 
@@ -121,6 +171,8 @@ class Config:
     curate: CurateConfig = field(default_factory=CurateConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    delineation: DelineationConfig = field(default_factory=DelineationConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     mosaic: MosaicConfig = field(default_factory=MosaicConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -237,6 +289,10 @@ def load_config(path: str | Path, run_dir: str | None = None) -> Config:
     source = cfg.source
     if source.scene:
         source = dataclasses.replace(source, scene=str((base / source.scene).resolve()))
+    delineation = cfg.delineation
+    if delineation.parcels:
+        delineation = dataclasses.replace(delineation, parcels=str((base / delineation.parcels).resolve()))
+    cfg = dataclasses.replace(cfg, delineation=delineation)
     cfg = dataclasses.replace(cfg, plan=plan, source=source, run_dir=str(Path(run_dir or cfg.run_dir).resolve()))
     _check(cfg)
     return cfg

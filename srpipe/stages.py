@@ -11,6 +11,7 @@ from srpipe import state
 from srpipe.config import Config
 from srpipe.curate.reduce import curate_reduce
 from srpipe.curate.tile import curate_tile
+from srpipe.delineation import delineation_dir, train_delineation
 from srpipe.download import download_tile
 from srpipe.evaluate import evaluate
 from srpipe.grid import plan, read_grid
@@ -44,10 +45,21 @@ STAGES: dict[str, Stage] = {
         Stage("download", per_tile=download_tile),
         Stage("curate", per_tile=curate_tile),
         Stage(
-            "curate-reduce", single=curate_reduce, inputs=lambda c: _fingerprint(state.done_units(c.run_path, "curate"))
+            "curate-reduce",
+            single=curate_reduce,
+            inputs=lambda c: _fingerprint(state.done_units(c.run_path, "curate"), c.curate),  # thresholds: reduce-side
         ),
         Stage(
-            "train", single=train, inputs=lambda c: _fingerprint(_file_stamp(c.run_path / "curation" / "stats.json"))
+            "train-delineation",
+            single=train_delineation,
+            inputs=lambda c: _fingerprint(_file_stamp(c.run_path / "curation" / "stats.json"), c.delineation),
+        ),
+        Stage(
+            "train",
+            single=train,
+            inputs=lambda c: _fingerprint(
+                _file_stamp(c.run_path / "curation" / "stats.json"), _file_stamp(delineation_dir(c) / "model.pt")
+            ),
         ),
         Stage("infer", per_tile=infer_tile),
         Stage("mosaic", single=mosaic, inputs=lambda c: _fingerprint(state.done_units(c.run_path, "infer"))),
@@ -57,19 +69,30 @@ STAGES: dict[str, Stage] = {
 CHAIN = tuple(STAGES)
 
 
-def run_stage(cfg: Config, name: str, tiles: list[str] | None = None, workers: int | None = None) -> StageSummary:
-    """Run one stage in local mode over `tiles` (default: every tile of the grid), skipping finished units."""
+def run_stage(
+    cfg: Config,
+    name: str,
+    tiles: list[str] | None = None,
+    workers: int | None = None,
+    rank: int = 0,
+    log_path: str = "",
+) -> StageSummary:
+    """Run one stage over `tiles` (default: every tile of the grid), skipping finished units.
+
+    `rank`: this process's MPI rank when a whole-run stage (train) runs on many; rank 0 alone clears and marks.
+    """
     stage = STAGES[name]
     if stage.per_tile is not None:
         units = tiles or [t.tile_id for t in read_grid(cfg.run_path)]
-        return run_units(cfg, name, stage.per_tile, units, workers)
+        return run_units(cfg, name, stage.per_tile, units, workers, log_path=log_path)
     fingerprint = stage.inputs(cfg) if stage.inputs else ""
     stale = state.done_info(cfg.run_path, name, "all").get("inputs") != fingerprint
-    if stale:
+    if stale and rank == 0:
         state.clear_stage(cfg.run_path, name)
     assert stage.single is not None
     single = stage.single
-    return run_single(cfg, name, lambda c: {**(single(c) or {}), "inputs": fingerprint})
+    fn = lambda c: {**(single(c) or {}), "inputs": fingerprint}  # noqa: E731
+    return run_single(cfg, name, fn, force=stale, rank=rank, log_path=log_path)
 
 
 def run_plan(cfg: Config) -> StageSummary:

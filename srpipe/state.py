@@ -34,9 +34,16 @@ def mark_done(run_dir: Path, stage: str, unit: str, info: dict[str, Any] | None 
     _marker(run_dir, stage, unit, "failed").unlink(missing_ok=True)
 
 
-def mark_failed(run_dir: Path, stage: str, unit: str, error: str, log: str = "") -> None:
-    """Record why `unit` failed, so that status and resubmit can name it."""
-    write_json(_marker(run_dir, stage, unit, "failed"), {"failed_at": time.time(), "error": error, "log": log})
+def mark_failed(run_dir: Path, stage: str, unit: str, error: str, log: str = "", log_path: str = "") -> None:
+    """Record why `unit` failed (`log`: traceback; `log_path`: the task's log file), so status and resubmit name it."""
+    record = {"failed_at": time.time(), "error": error, "log": log, "log_path": log_path}
+    write_json(_marker(run_dir, stage, unit, "failed"), record)
+
+
+def failure_records(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
+    """{unit: the whole .failed record (error, log, log_path)} of the units of `stage` that failed."""
+    folder = Path(run_dir) / "_state" / stage
+    return {p.name[: -len(".failed")]: json.loads(p.read_text()) for p in sorted(folder.glob("*.failed"))}
 
 
 def failures(run_dir: Path, stage: str) -> dict[str, str]:

@@ -29,3 +29,17 @@ def test_band_medians_ignore_masked_pixels():
     mask = np.zeros((10, 10), bool)
     mask[:5] = True
     assert band_medians(values, mask) == [1.0] * 4
+
+
+def test_region_factors_are_band_medians_and_folding_them_equals_dividing_first():
+    from srpipe.curate.normalise import fold_factors, region_factors
+
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(0, 1, (1001, 4)).astype(np.float32) * np.array([1, 2, 3, 4], np.float32)
+    factors = region_factors(pixels)
+    np.testing.assert_allclose(factors, np.median(pixels, axis=0), rtol=1e-6)
+    scale = percentile_scale(pixels / factors, (1, 99))
+    x = rng.uniform(0, 4, (2, 4, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(
+        fold_factors(scale, factors).apply(x, 1), scale.apply(x / factors[:, None, None], 1), atol=1e-5
+    )

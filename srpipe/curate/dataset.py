@@ -2,7 +2,9 @@
 
 A shard `datasets/<split>-NNN.h5` holds N samples: lr (N, K, 4, h, w) float32 in [0, 1], lr_mask (N, K, h, w) bool,
 hr (N, 4, H, W) float32 in [0, 1], hr_mask (N, H, W) bool, tile_id (N,), hr_date (N,),
-lr_dates (N, K) (ISO dates, "" = padding).
+lr_dates (N, K) (ISO dates, "" = padding); provenance and curation: hr_unmatched (N, 4, H, W) the label before histogram
+matching (same scale), ref_date (N,) the S2 frame it was matched to, yx (N, 2) S2-pixel corner in the tile,
+scores (N, 5) the noise filter's scores (names in the attribute `score_names`).
 Chunked per sample and LZF-compressed: fast to decode, so the loader keeps up with training.
 """
 
@@ -16,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-KEYS = ("lr", "lr_mask", "hr", "hr_mask", "tile_id", "hr_date", "lr_dates")
+KEYS = ("lr", "lr_mask", "hr", "hr_mask", "tile_id", "hr_date", "lr_dates")  # the contract train/evaluate read
+EXTRA_KEYS = ("hr_unmatched", "ref_date", "yx", "scores")  # provenance; optional for readers
 
 
 def shard_paths(datasets_dir: str | Path, split: str) -> list[Path]:
@@ -29,15 +32,15 @@ class ShardWriter:
 
     def __init__(self, folder: Path, split: str, shard_size: int, attrs: dict) -> None:
         self.folder, self.split, self.shard_size, self.attrs = folder, split, shard_size, attrs
-        self.buffer: dict[str, list[np.ndarray]] = {k: [] for k in KEYS}
+        self.buffer: dict[str, list[np.ndarray]] = {}
         self.pending = 0
         self.written = 0
         self.shards = 0
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
-        """Queue a batch of samples; write full shards as they fill."""
-        for key in KEYS:
-            self.buffer[key].append(batch[key])
+        """Queue a batch of samples (KEYS required, EXTRA_KEYS if given); write full shards as they fill."""
+        for key in (*KEYS, *(k for k in EXTRA_KEYS if k in batch)):
+            self.buffer.setdefault(key, []).append(batch[key])
         self.pending += len(batch["lr"])
         while self.pending >= self.shard_size:
             self._flush(self.shard_size)

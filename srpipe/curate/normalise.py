@@ -56,3 +56,14 @@ def sample_pixels(values: np.ndarray, mask: np.ndarray, n: int, rng: np.random.G
     if len(picked) > n:
         picked = picked[rng.choice(len(picked), n, replace=False)]
     return picked.astype(np.float32)
+
+
+def region_factors(pixels: np.ndarray) -> np.ndarray:
+    """(4,) float32 S2 normalisation factors of a region: per-band medians of its (N, 4) cloud-free pixels."""
+    factors = np.median(pixels, axis=0).astype(np.float32)
+    return np.where(factors > 0, factors, 1).astype(np.float32)
+
+
+def fold_factors(scale: BandScale, factors: np.ndarray) -> BandScale:
+    """The BandScale on raw values equal to dividing by (4,) `factors` and then applying `scale` (normalised units)."""
+    return BandScale((scale.low * factors).astype(np.float32), (scale.high * factors).astype(np.float32))

@@ -1,5 +1,7 @@
-"""Networks: HighRes-Net (multi-frame super-resolution)."""
+"""Networks: HighRes-Net (multi-frame SR), ShiftNet (registration at the loss), the field-delineation net."""
 
+from srpipe.models.delineation import DelineationNet
 from srpipe.models.highresnet import HighResNet, build_model
+from srpipe.models.shiftnet import ShiftNet
 
-__all__ = ["HighResNet", "build_model"]
+__all__ = ["DelineationNet", "HighResNet", "ShiftNet", "build_model"]

@@ -1,0 +1,152 @@
+"""Training losses of the method: registered pixel loss, ShiftNet regulariser, mean matching, perceptual, SSIM.
+
+Images are (B, bands, H, W) float in label-scaled units ([0, 1] after curation), masks (B, H, W) bool (True = clear).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from srpipe.config import LossConfig
+from srpipe.models.delineation import DelineationNet
+from srpipe.models.shiftnet import ShiftNet
+
+
+def crop(x: torch.Tensor, border: int) -> torch.Tensor:
+    """(..., H, W) -> (..., H - 2 border, W - 2 border)."""
+    return x[..., border : x.shape[-2] - border, border : x.shape[-1] - border] if border > 0 else x
+
+
+def _masked_band_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) values, (B, 1, H, W) float mask -> (B, C, 1, 1) mean over clear pixels."""
+    return (x * m).sum((2, 3), keepdim=True) / m.sum((2, 3), keepdim=True).clamp_min(1)
+
+
+def pixel_loss(
+    sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor, kind: str = "mse", border: int = 0, brightness: bool = True
+) -> torch.Tensor:
+    """Masked MSE or L1 on the crop inside `border` px, after removing the per-band mean bias (PROBA-V cMSE)."""
+    sr, hr = crop(sr, border), crop(hr, border)
+    m = crop(mask, border)[:, None].to(sr.dtype)
+    diff = hr - sr
+    if brightness:
+        diff = diff - _masked_band_mean(diff, m)
+    err = diff.abs() if kind == "l1" else diff**2
+    return (err * m).sum() / (m.sum() * sr.shape[1]).clamp_min(1)
+
+
+def shift_regulariser(shifts: torch.Tensor) -> torch.Tensor:
+    """Mean L2 norm of (B, 2) shifts in pixels (ShiftNet's regulariser)."""
+    return shifts.norm(dim=1).mean()
+
+
+def latest_frame(lr: torch.Tensor, lr_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last frame with clear pixels of each chronological stack: (B, K, C, h, w) -> (B, C, h, w), (B, h, w)."""
+    k = lr.shape[1]
+    valid = lr_mask.flatten(2).any(2).to(torch.int64) * torch.arange(1, k + 1, device=lr.device)
+    idx = valid.argmax(1)
+    rows = torch.arange(lr.shape[0], device=lr.device)
+    return lr[rows, idx], lr_mask[rows, idx]
+
+
+def mean_match(
+    sr: torch.Tensor, lr: torch.Tensor, lr_mask: torch.Tensor, lr_to_hr: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """Mean over bands of |mean SR - mean latest S2 frame| on that frame's clear pixels, in label units.
+
+    `lr_to_hr` = (gain, offset), each (C,), maps LR-scaled values to label-scaled ones.
+    """
+    frame, fmask = latest_frame(lr, lr_mask)
+    gain, offset = lr_to_hr
+    frame = frame * gain[None, :, None, None] + offset[None, :, None, None]
+    pooled = F.avg_pool2d(sr, sr.shape[-1] // frame.shape[-1])
+    m = fmask[:, None].to(sr.dtype)
+    return (_masked_band_mean(pooled, m) - _masked_band_mean(frame, m)).abs().mean()
+
+
+def _gram(f: torch.Tensor) -> torch.Tensor:
+    b, c = f.shape[:2]
+    f = f.reshape(b, c, -1)
+    return f @ f.transpose(1, 2) / f.shape[-1]
+
+
+def perceptual(net: DelineationNet, sr: torch.Tensor, hr: torch.Tensor, style_weight: float = 1.0) -> torch.Tensor:
+    """Feature MSE + `style_weight` x Gram MSE over the frozen delineation net's encoder levels; grads reach SR."""
+    with torch.no_grad():
+        target = net.features(hr)
+    loss = sr.new_zeros(())
+    for f_sr, f_hr in zip(net.features(sr), target, strict=True):
+        loss = loss + F.mse_loss(f_sr, f_hr) + style_weight * F.mse_loss(_gram(f_sr), _gram(f_hr))
+    return loss / len(target)
+
+
+def ssim(sr: torch.Tensor, hr: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM (Gaussian window, data range 1); differentiable, which scikit-image's is not."""
+    c = sr.shape[1]
+    g = torch.exp(-((torch.arange(window, device=sr.device, dtype=sr.dtype) - window // 2) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, kernel, groups=c)
+
+    mu_x, mu_y = blur(sr), blur(hr)
+    var_x, var_y = blur(sr * sr) - mu_x**2, blur(hr * hr) - mu_y**2
+    cov = blur(sr * hr) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return s.mean()
+
+
+@torch.no_grad()
+def cpsnr(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor, max_shift: int = 3) -> torch.Tensor:
+    """(B,) PROBA-V cPSNR in dB: best over integer shifts up to `max_shift` px of brightness-corrected masked MSE."""
+    sr = sr.clamp(0, 1)
+    h, w = sr.shape[-2:]
+    center = crop(sr, max_shift)
+    best = torch.full((sr.shape[0],), float("inf"), device=sr.device)
+    for u in range(2 * max_shift + 1):
+        for v in range(2 * max_shift + 1):
+            part = hr[..., u : u + h - 2 * max_shift, v : v + w - 2 * max_shift]
+            m = mask[:, None, u : u + h - 2 * max_shift, v : v + w - 2 * max_shift].to(sr.dtype)
+            diff = part - center
+            diff = diff - _masked_band_mean(diff, m)
+            mse = (diff**2 * m).flatten(1).sum(1) / (m.flatten(1).sum(1) * sr.shape[1]).clamp_min(1)
+            best = torch.minimum(best, mse)
+    return -10 * torch.log10(best.clamp_min(1e-10))
+
+
+def sr_losses(
+    cfg: LossConfig,
+    sr: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    shiftnet: ShiftNet | None,
+    delineation: DelineationNet | None,
+    lr_to_hr: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted total and each term (unweighted, detached) for one batch; zero-weight terms are not computed."""
+    hr, mask = batch["hr"], batch["hr_mask"]
+    terms: dict[str, torch.Tensor] = {}
+    total = sr.new_zeros(())
+    registered = sr
+    if cfg.register and shiftnet is not None:
+        registered, shifts = shiftnet.register(sr, hr)
+        terms["shift_reg"] = shift_regulariser(shifts)
+        total = total + cfg.shift_reg_weight * terms["shift_reg"]
+    terms["pixel"] = pixel_loss(registered, hr, mask, cfg.pixel, cfg.crop_border_px, cfg.brightness_correction)
+    total = total + terms["pixel"]
+    if (
+        cfg.brightness_correction
+    ):  # perceptual and SSIM see the bias-corrected SR too: only mean matching sets brightness
+        registered = registered + _masked_band_mean(hr - registered, mask[:, None].to(sr.dtype))
+    if cfg.mean_match_weight > 0:
+        terms["mean_match"] = mean_match(sr, batch["lr"], batch["lr_mask"], lr_to_hr)
+        total = total + cfg.mean_match_weight * terms["mean_match"]
+    if cfg.perceptual_weight > 0 and delineation is not None:
+        terms["perceptual"] = perceptual(delineation, registered, hr, cfg.style_weight)
+        total = total + cfg.perceptual_weight * terms["perceptual"]
+    if cfg.ssim_weight > 0:
+        terms["ssim"] = 1 - ssim(crop(registered, cfg.crop_border_px), crop(hr, cfg.crop_border_px))
+        total = total + cfg.ssim_weight * terms["ssim"]
+    return total, {k: v.detach() for k, v in terms.items()}

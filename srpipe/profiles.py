@@ -1,0 +1,160 @@
+"""Site profiles (hpc/profiles/<name>.toml): where and with what resources each stage runs; typed, validated by key."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from srpipe.errors import ConfigError
+
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "hpc" / "profiles"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job (an array task, or a whole-run stage's job) asks for; `tasks_per_node` > 1 means MPI ranks."""
+
+    partition: str = ""  # "" = the profile's partition
+    time_min: int = 60
+    mem_gb: float = 4.0
+    cpus_per_task: int = 1
+    nodes: int = 1
+    tasks_per_node: int = 1  # train: one rank per GPU; infer: ranks take the task's tiles round-robin
+    gpus_per_node: int = 0
+    requeue: bool = True  # requeue on preemption or time limit (submitit checkpointing), resume from the checkpoint
+
+
+@dataclass(frozen=True)
+class Container:
+    """Run every task inside an image: `runtime` "" (no container), "apptainer" or "charliecloud"."""
+
+    runtime: Literal["", "apptainer", "charliecloud"] = ""
+    image: str = ""  # apptainer: a .sif file; charliecloud: an unpacked image directory
+    binds: tuple[str, ...] = ()  # extra host paths (the run directory is always bound)
+    python: str = "python"  # the interpreter inside the image
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A site: `executor` local (process pool) or slurm, queue settings, per-stage resources, container, modules."""
+
+    name: str = "local"
+    executor: Literal["local", "slurm"] = "local"
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    array_parallelism: int = 64  # the %N of every array: tasks of one array running at once
+    tiles_per_task: int = 16  # units of work (tiles) per array task
+    max_jobs: int = 0  # the most array tasks one submission may queue (0 = from the cluster's limits)
+    mpi: str = "pmix"  # `srun --mpi=` of MPI jobs (train, multi-rank jobs); Debian's Open MPI fails under pmi2
+    python: str = ""  # interpreter on the nodes without a container ("" = the one running srpipe)
+    modules: tuple[str, ...] = ()  # `module load` these before each task
+    setup: tuple[str, ...] = ()  # extra shell lines before each task (e.g. `export OMP_NUM_THREADS=1`)
+    sbatch: dict[str, str] = field(default_factory=dict)  # extra sbatch options, e.g. {constraint = "a100"}
+    defaults: Resources = field(default_factory=Resources)
+    stages: dict[str, Resources] = field(default_factory=dict)  # per-stage overrides of `defaults`
+    container: Container = field(default_factory=Container)
+
+    def resources(self, stage: str) -> Resources:
+        """The resources of `stage`: its own table over the defaults, with the profile's partition."""
+        res = self.stages.get(stage, self.defaults)
+        return res if res.partition else dataclasses.replace(res, partition=self.partition)
+
+    def python_command(self, run_dir: Path) -> str:
+        """The python command that runs every task: plain, or wrapped in `apptainer exec` / `ch-run`."""
+        plain = self.python or shlex.quote(sys.executable)
+        return container_command(self.container, [str(run_dir)], plain)
+
+
+def container_command(container: Container, paths: list[str], python: str = "python") -> str:
+    """Shell prefix that runs `python` in `container` with `paths` + its binds visible at the same place."""
+    if not container.runtime:
+        return python
+    binds = list(dict.fromkeys([*paths, *container.binds]))
+    if container.runtime == "apptainer":
+        from srpipe.container import container_argv
+
+        return shlex.join(container_argv("apptainer", container.image, binds, [container.python], gpu=True))
+    # not container_argv's `--unset-env=*`: submitit and PMIx need the job's SLURM_* / PMIX_* variables inside
+    mounts = [f"-b {shlex.quote(b if ':' in b else f'{b}:{b}')}" for b in binds]
+    return " ".join(["ch-run", *mounts, shlex.quote(container.image), "--", container.python])
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against `hint` (str, int, float, bool, Literal, tuple[str, ...], dict, dataclass)."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"profile key '{key}' must be a table, got {value!r}")
+        return _build(hint, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            allowed = ", ".join(map(repr, typing.get_args(hint)))
+            raise ConfigError(f"profile key '{key}' = {value!r}; allowed values: {allowed}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"profile key '{key}' must be a list of strings, got {value!r}")
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"profile key '{key}' must be a table, got {value!r}")
+        item = typing.get_args(hint)[1]
+        return {str(k): _convert(v, item, f"{key}.{k}") for k, v in value.items()}
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
+    ok = isinstance(value, hint) or (hint is float and isinstance(value, int))
+    if not ok or (hint is not bool and isinstance(value, bool)):
+        raise ConfigError(f"profile key '{key}' must be {expected}, got {value!r}")
+    return float(value) if hint is float else value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a TOML table, naming any unknown key and the allowed ones."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(
+                f"unknown profile key '{prefix + '.' if prefix else ''}{key}'; allowed keys: {', '.join(names)}"
+            )
+    return cls(**{k: _convert(v, hints[k], f"{prefix + '.' if prefix else ''}{k}") for k, v in data.items()})
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Load `hpc/profiles/<name>.toml` (or a TOML path); stage tables override `[defaults]` key by key."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = PROFILES_DIR / f"{name_or_path}.toml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.toml")))
+        raise ConfigError(f"profile {name_or_path!r} not found ({path}); known profiles: {known}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"profile {path} is not valid TOML: {exc}") from exc
+    data.setdefault("name", path.stem if path.resolve().parent == PROFILES_DIR else str(path.resolve()))
+    defaults = data.get("defaults", {})
+    stages = data.get("stages", {})
+    if not isinstance(defaults, dict) or not isinstance(stages, dict):
+        raise ConfigError(f"profile {path}: [defaults] and [stages.<name>] must be tables")
+    from srpipe.stages import CHAIN
+
+    for stage, table in stages.items():
+        if stage not in CHAIN:
+            raise ConfigError(f"unknown profile key 'stages.{stage}'; allowed stages: {', '.join(CHAIN)}")
+        if isinstance(table, dict):
+            stages[stage] = {**defaults, **table}
+    profile = _build(Profile, data)
+    positive = {"array_parallelism": profile.array_parallelism, "tiles_per_task": profile.tiles_per_task}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"profile key '{key}' must be > 0, got {value}")
+    if profile.container.runtime and not profile.container.image:
+        raise ConfigError(f"profile key 'container.image' is needed for runtime {profile.container.runtime!r}")
+    return profile

@@ -1,0 +1,144 @@
+"""Progress of a run on Slurm (markers in _state/ + sacct/squeue job states) and resubmission of what is unfinished."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass, field
+
+from srpipe import state
+from srpipe.config import Config
+from srpipe.profiles import Profile
+from srpipe.slurm import stage_units, submissions, submit_chain
+
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD"}
+
+
+@dataclass
+class StageProgress:
+    """One stage: its units, which are done, failed ({unit: reason}) or pending, and its active Slurm tasks."""
+
+    stage: str
+    units: list[str]
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)  # never submitted, or their task ended without a record
+    queued: list[str] = field(default_factory=list)  # in a task that is queued or running now
+    active_jobs: dict[str, str] = field(default_factory=dict)  # {job id: state} of tasks queued or running
+
+    def line(self) -> str:
+        """One row of `srpipe status`."""
+        jobs = ", ".join(f"{j} {s}" for j, s in sorted(self.active_jobs.items())) or "-"
+        pending = len(self.pending) + len(self.queued)
+        return f"{self.stage:<18}{len(self.units):>6}{len(self.done):>6}{len(self.failed):>8}{pending:>9}  {jobs}"
+
+
+def _expand(job_id: str) -> list[str]:
+    """Expand sacct/squeue's `123_[0-3,7%2]` into `123_0` ... `123_7`; other ids are returned as they are."""
+    match = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", job_id)
+    if not match:
+        return [job_id]
+    out = []
+    for part in match.group(2).split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{match.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def parse_job_states(text: str) -> dict[str, str]:
+    """{task id: state} from `JobID|State` lines (sacct -P or squeue -o '%i|%T'); 'CANCELLED by 0' -> CANCELLED."""
+    states = {}
+    for line in text.splitlines():
+        if "|" not in line:
+            continue
+        job, job_state = line.split("|", 1)
+        for task in _expand(job.strip()):
+            states[task] = job_state.split()[0] if job_state.split() else "UNKNOWN"
+    return states
+
+
+def job_states(job_ids: list[str]) -> dict[str, str]:
+    """{task id: state} of `job_ids` (array ids expand to their tasks): sacct, then squeue for the live ones."""
+    if not job_ids:
+        return {}
+    ids = ",".join(sorted({j.split("_")[0] for j in job_ids}))
+    sacct = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobID,State"], capture_output=True, text=True)
+    squeue = subprocess.run(
+        ["squeue", "-h", "-r", "-t", "all", "-j", ids, "-o", "%i|%T"], capture_output=True, text=True
+    )
+    return {**parse_job_states(sacct.stdout), **parse_job_states(squeue.stdout)}
+
+
+def _latest_tasks(cfg: Config, stage: str) -> tuple[dict[str, str], dict[str, str]]:
+    """({unit: the last task it was submitted in}, {task: its log path}) for `stage`."""
+    latest: dict[str, str] = {}
+    logs: dict[str, str] = {}
+    for sub in submissions(cfg.run_path):
+        if sub["stage"] != stage:
+            continue
+        logs.update(sub.get("logs", {}))
+        for task, units in sub["tasks"].items():
+            latest.update(dict.fromkeys(units, task))
+    return latest, logs
+
+
+def stage_progress(cfg: Config, stage: str, states: dict[str, str] | None = None) -> StageProgress:
+    """Progress of `stage`: done from markers; failed from markers or from a task that ended without finishing."""
+    progress = StageProgress(stage, stage_units(cfg, stage))
+    latest, logs = _latest_tasks(cfg, stage)
+    states = job_states(sorted(set(latest.values()))) if states is None else states
+    records = state.failure_records(cfg.run_path, stage)
+    done = set(state.done_units(cfg.run_path, stage))
+    for unit in progress.units:
+        task = latest.get(unit, "")
+        job_state = states.get(task, "")
+        if unit in done:
+            progress.done.append(unit)
+        elif job_state in ACTIVE:
+            progress.queued.append(unit)
+            progress.active_jobs[task] = job_state
+        elif unit in records:
+            record = records[unit]
+            progress.failed[unit] = f"{record['error']} (log: {record.get('log_path') or logs.get(task, '?')})"
+        elif job_state and job_state != "COMPLETED":
+            progress.failed[unit] = f"job {task} {job_state} before the unit finished (log: {logs.get(task, '?')})"
+        elif task and not job_state:  # neither sacct nor squeue knows it: an array task cancelled while queued
+            progress.failed[unit] = f"job {task} CANCELLED before the unit finished (it never started; no log)"
+        else:
+            progress.pending.append(unit)
+    return progress
+
+
+def run_progress(cfg: Config) -> list[StageProgress]:
+    """Progress of every stage of the chain, with one sacct/squeue query for the whole run."""
+    from srpipe.stages import CHAIN
+
+    tasks = sorted({t for sub in submissions(cfg.run_path) for t in sub["tasks"]})
+    states = job_states(tasks)
+    return [stage_progress(cfg, stage, states) for stage in CHAIN]
+
+
+def status_text(cfg: Config) -> str:
+    """The table of `srpipe status RUN`, then every failed unit with its reason and log."""
+    rows = run_progress(cfg)
+    lines = [f"run {cfg.run_path}", f"{'stage':<18}{'units':>6}{'done':>6}{'failed':>8}{'pending':>9}  active jobs"]
+    lines += [row.line() for row in rows]
+    for row in rows:
+        lines += [f"  FAILED {row.stage} {unit}: {reason}" for unit, reason in row.failed.items()]
+    return "\n".join(lines)
+
+
+def resubmit(cfg: Config, profile: Profile, stage: str, downstream: bool = False) -> dict[str, list[str]]:
+    """Submit the units of `stage` that failed or never finished, none that is queued or running (no duplicates).
+
+    With `downstream`, the later stages of the chain follow afterok, as `srpipe submit all` chains them.
+    """
+    from srpipe.stages import CHAIN
+
+    progress = stage_progress(cfg, stage)
+    todo = [u for u in progress.units if u in progress.failed or u in progress.pending]  # never a queued unit
+    stages = list(CHAIN[CHAIN.index(stage) :]) if downstream else [stage]
+    if not todo:
+        stages = stages[1:]
+    active = sorted({job.split("_")[0] for job in progress.active_jobs})
+    return submit_chain(cfg, profile, stages, {stage: todo}, after=active)

@@ -1,0 +1,225 @@
+"""The Slurm launch layer on the real local cluster (hpc/slurm-local/up.sh): arrays, kills, resubmit, Horovod."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import tomli_w
+
+from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
+
+pytestmark = pytest.mark.slurm
+ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster() -> None:
+    """Bring the local cluster up (idempotent); skip when this machine cannot run it."""
+    if shutil.which("sbatch") is None:
+        pytest.skip("no Slurm client here; run hpc/slurm-local/install.sh")
+    os.environ.update(ENV)
+    up = subprocess.run(["bash", str(REPO / "hpc/slurm-local/up.sh")], capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+
+
+def _profile(tmp_path: Path, train_tasks: int = 1, **top: object) -> Path:
+    """The slurm-local profile with `top` overrides and `train_tasks` Horovod ranks, as a TOML file in tmp_path."""
+    data = tomllib.loads((REPO / "hpc/profiles/slurm-local.toml").read_text())
+    data.update(top)
+    data["stages"]["train"] = {
+        **data["stages"]["train"],
+        "tasks_per_node": train_tasks,
+        "cpus_per_task": 3 - train_tasks,
+    }
+    path = tmp_path / "profile.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def _job_ids(stdout: str) -> list[str]:
+    """Job ids from the `stage: 12, 13` lines that `srpipe submit` prints."""
+    ids = []
+    for line in stdout.splitlines():
+        stage, _, jobs = line.partition(": ")
+        if stage and not stage.startswith(("plan", "follow")) and jobs[:1].isdigit():
+            ids += jobs.split(", ")
+    return ids
+
+
+def _active(job_ids: list[str]) -> list[str]:
+    ids = ",".join(sorted({j.split("_")[0] for j in job_ids}))
+    out = subprocess.run(["squeue", "-h", "-r", "-j", ids, "-o", "%i %T"], capture_output=True, text=True).stdout
+    return [
+        line for line in out.splitlines() if line.split()[-1] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")
+    ]
+
+
+def wait_jobs(job_ids: list[str], timeout_s: float = 900) -> None:
+    """Wait until none of `job_ids` (arrays included) is queued or running."""
+    end = time.monotonic() + timeout_s
+    while _active(job_ids):
+        assert time.monotonic() < end, f"jobs still active after {timeout_s} s: {_active(job_ids)}"
+        time.sleep(2)
+
+
+def _fresh_run(tmp_path: Path, **train: object) -> Path:
+    """A planned tiny run in tmp_path (the same settings as the session's local `tiny_run`)."""
+    aoi = aoi_geojson(tmp_path / "aoi.geojson", 440100, 4164100, 443900, 4169900)
+    settings = tiny_settings(tmp_path / "run", aoi)
+    settings["train"].update(train)
+    config = write_config(tmp_path / "tiny.toml", settings)
+    srpipe("plan", str(config))
+    return tmp_path / "run"
+
+
+def _copy_run(source: Path, target: Path, clear: tuple[str, ...]) -> Path:
+    """Copy a finished run to `target` (its config.toml pointing there), forgetting the stages `clear`."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("_slurm"))
+    config = tomllib.loads((target / "config.toml").read_text())
+    config["run_dir"] = str(target)
+    (target / "config.toml").write_text(tomli_w.dumps(config))
+    for stage in clear:
+        shutil.rmtree(target / "_state" / stage, ignore_errors=True)
+    return target
+
+
+def _mosaic_pixels(run: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for path in sorted((run / "mosaics").glob("*.tif")):
+        with rasterio.open(path) as src:
+            out[path.name] = src.read()
+    return out
+
+
+def _rank_checksums(run: Path) -> list[float]:
+    """The final parameter checksum of each training rank: rank 0 in the done marker, the others beside it."""
+    folder = run / "_state" / "train"
+    lead = json.loads((folder / "all.done").read_text())
+    others = [json.loads(p.read_text()) for p in sorted(folder.glob("all.rank*.json"))]
+    assert lead["ranks"] == 1 + len(others)
+    return [lead["param_checksum"], *(o["param_checksum"] for o in others)]
+
+
+def test_submit_all_chain_matches_local_mode(tiny_run: Path, tmp_path: Path):
+    """`srpipe submit all` returns at once; its arrays' outputs and its mosaic equal the local run's."""
+    aoi = aoi_geojson(tmp_path / "aoi.geojson", 440100, 4164100, 443900, 4169900)
+    config = write_config(tmp_path / "tiny.toml", tiny_settings(tmp_path / "run", aoi))
+    start = time.monotonic()
+    result = srpipe("submit", "all", str(config), "--profile", str(_profile(tmp_path)))
+    assert time.monotonic() - start < 60, "submit must return at once, not wait for the jobs"
+    ids = _job_ids(result.stdout)
+    assert len(ids) == 8, result.stdout
+    wait_jobs(ids, timeout_s=1200)
+    run, local = tmp_path / "run", tiny_run.parent / "run"
+    status = srpipe("status", str(run))
+    assert " FAILED " not in status.stdout, status.stdout
+    for tile in sorted(p.name for p in (local / "curation" / "tiles").glob("*.json")):  # per-tile array outputs
+        assert json.loads((run / "curation/tiles" / tile).read_text()) == json.loads(
+            (local / "curation/tiles" / tile).read_text()
+        )
+    mosaics, expected = _mosaic_pixels(run), _mosaic_pixels(local)
+    assert mosaics.keys() == expected.keys() and mosaics
+    for name in expected:
+        np.testing.assert_array_equal(mosaics[name], expected[name])
+
+
+def test_scancelled_array_task_shows_failed_and_resubmit_completes_without_duplicates(tmp_path: Path):
+    """A task killed with scancel leaves its tiles failed in status; resubmit runs only those; none runs twice."""
+    run = _fresh_run(tmp_path)
+    profile = _profile(tmp_path, tiles_per_task=2, array_parallelism=1)
+    ids = _job_ids(srpipe("submit", "download", str(run), "--profile", str(profile)).stdout)
+    first = f"{ids[0]}_0"
+    end = time.monotonic() + 300
+    while (
+        "RUNNING"
+        not in subprocess.run(["squeue", "-h", "-j", first, "-o", "%T"], capture_output=True, text=True).stdout
+    ):
+        assert time.monotonic() < end, "the first array task never started"
+        time.sleep(0.5)
+    # SIGKILL at once: a plain scancel sends SIGTERM, which submitit ignores for KillWait, and the tiles may finish
+    subprocess.run(["scancel", "--signal=KILL", "--full", first], check=True)
+    subprocess.run(["scancel", f"{ids[0]}_1"], check=True)  # and one still queued: its tiles never start
+    wait_jobs(ids)
+    status = srpipe("status", str(run), check=False)
+    assert status.returncode == 1, status.stdout
+    killed = {
+        line.split()[2].rstrip(":") for line in status.stdout.splitlines() if line.startswith("  FAILED download")
+    }
+    assert "before the unit finished (" in status.stdout, status.stdout
+    tasks = json.loads((run / "_slurm/submissions.jsonl").read_text().splitlines()[0])["tasks"]
+    assert set(tasks[f"{ids[0]}_1"]) <= killed <= set(tasks[first] + tasks[f"{ids[0]}_1"]), status.stdout
+    again = _job_ids(srpipe("resubmit", str(run), "download").stdout)
+    assert again and again != ids
+    wait_jobs(again)
+    status = srpipe("status", str(run))
+    assert "download               6     6       0        0" in status.stdout, status.stdout
+    ledger = Counter(line.split()[0] for line in (run / "_slurm/download/ledger.txt").read_text().splitlines())
+    assert len(ledger) == 6 and set(ledger.values()) == {1}, ledger  # every tile done exactly once
+    submitted = [json.loads(s) for s in (run / "_slurm/submissions.jsonl").read_text().splitlines()]
+    assert sorted(u for units in submitted[1]["tasks"].values() for u in units) == sorted(killed)  # only those
+
+
+def test_horovod_two_ranks_via_submitit_stay_in_sync_and_resume_after_cancel(tiny_run: Path, tmp_path: Path):
+    """2 Horovod ranks (srun --mpi=pmix) train in sync; cancelled after a checkpoint, resubmit resumes from it."""
+    run = _copy_run(tiny_run.parent / "run", tmp_path / "run", clear=("train", "infer", "mosaic", "evaluate"))
+    shutil.rmtree(run / "models" / "highresnet")
+    config = tomllib.loads((run / "config.toml").read_text())
+    config["train"].update(epochs=10, checkpoint_every_steps=2)
+    (run / "config.toml").write_text(tomli_w.dumps(config))
+    profile = _profile(tmp_path, train_tasks=2)
+    ids = _job_ids(srpipe("submit", "train", str(run), "--profile", str(profile)).stdout)
+    checkpoint = run / "models/highresnet/checkpoint.pt"
+    end = time.monotonic() + 600
+    while not checkpoint.exists():
+        assert time.monotonic() < end and _active(ids), "training ended or stalled before its first checkpoint"
+        time.sleep(0.5)
+    time.sleep(1)
+    subprocess.run(["scancel", ids[0]], check=True)
+    wait_jobs(ids)
+    assert not (run / "_state/train/all.done").exists()
+    again = _job_ids(srpipe("resubmit", str(run), "train").stdout)
+    wait_jobs(again)
+    log = next((run / "_slurm/train").glob(f"*/{again[0]}_0_log.out")).read_text()
+    assert "train: resuming highresnet" in log, log
+    checksums = _rank_checksums(run)
+    assert len(checksums) == 2 and checksums[0] == checksums[1]  # the ranks ended with identical weights
+    history = (run / "models/highresnet/history.csv").read_text().splitlines()
+    assert len(history) == 1 + 10  # header + every epoch once: resumed, not restarted
+
+
+def test_sbatch_templates_run_the_chain_with_horovod_training(tiny_run: Path, tmp_path: Path):
+    """Every template in slurm/ submitted by hand, chained afterok: arrays, reduce, 2-rank Horovod, mosaic."""
+    run = _fresh_run(tmp_path)
+    env = {**os.environ, **ENV, "RUN_DIR": str(run), "SRPIPE_PYTHON": sys.executable, "TILES_PER_TASK": "3"}
+
+    def sbatch(template: str, *args: str, after: str = "") -> str:
+        dep = [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"] if after else []
+        cmd = ["sbatch", "--parsable", f"--chdir={tmp_path}", *dep, *args, str(REPO / "slurm" / template)]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().split(";")[0]
+
+    jobs = [sbatch("tiles-array.sbatch", "--array=0-1", "--export=ALL,STAGE=download")]
+    jobs.append(sbatch("tiles-array.sbatch", "--array=0-1", "--export=ALL,STAGE=curate", after=jobs[-1]))
+    jobs.append(sbatch("curate-reduce.sbatch", after=jobs[-1]))
+    jobs.append(sbatch("train-horovod.sbatch", "--time=20", after=jobs[-1]))
+    jobs.append(sbatch("tiles-array.sbatch", "--array=0-1", "--export=ALL,STAGE=infer", after=jobs[-1]))
+    jobs.append(sbatch("mosaic.sbatch", after=jobs[-1]))
+    wait_jobs(jobs, timeout_s=1200)
+    states = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-j", ",".join(jobs), "-o", "JobID,State"], capture_output=True, text=True
+    ).stdout
+    assert all(line.endswith("|COMPLETED") for line in states.split()), states
+    checksums = _rank_checksums(run)
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert _mosaic_pixels(run).keys() == _mosaic_pixels(tiny_run.parent / "run").keys()
+    assert (run / "reports/metrics.json").exists()

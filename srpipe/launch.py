@@ -29,6 +29,13 @@ class StageSummary:
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def record(self, unit: str, error: str | None) -> None:
+        """Count `unit` as done (no error) or failed with `error`."""
+        if error is None:
+            self.done.append(unit)
+        else:
+            self.failed[unit] = error
+
     def line(self) -> str:
         """One-line summary for the terminal."""
         text = (
@@ -87,10 +94,7 @@ def run_units(
                 bar.update()
     bar.close()
     for unit, error in sorted(results):
-        if error is None:
-            summary.done.append(unit)
-        else:
-            summary.failed[unit] = error
+        summary.record(unit, error)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -112,16 +116,9 @@ def run_single(
         except Exception as exc:  # noqa: BLE001 - reported like rank 0's failures
             info, error = {}, f"{type(exc).__name__}: {exc}"
         state.write_json(cfg.run_path / "_state" / stage / f"all.rank{rank}.json", {**info, "error": error})
-        if error is None:
-            summary.done.append("all")
-        else:
-            summary.failed["all"] = error
+        summary.record("all", error)
     else:
-        unit, error = run_unit(lambda c, _u: fn(c), cfg, stage, "all", log_path)
-        if error is None:
-            summary.done.append(unit)
-        else:
-            summary.failed[unit] = error
+        summary.record(*run_unit(lambda c, _u: fn(c), cfg, stage, "all", log_path))
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -53,22 +53,15 @@ def _write_vrt(
             source = ET.SubElement(band, "SimpleSource")
             ET.SubElement(source, "SourceFilename", relativeToVRT="1").text = os.path.relpath(src_path, path.parent)
             ET.SubElement(source, "SourceBand").text = str(b)
-            ET.SubElement(
-                source,
-                "SrcRect",
-                xOff=str(src_win.col_off),
-                yOff=str(src_win.row_off),
-                xSize=str(src_win.width),
-                ySize=str(src_win.height),
-            )
-            ET.SubElement(
-                source,
-                "DstRect",
-                xOff=str(dst_win.col_off),
-                yOff=str(dst_win.row_off),
-                xSize=str(dst_win.width),
-                ySize=str(dst_win.height),
-            )
+            for tag, win in (("SrcRect", src_win), ("DstRect", dst_win)):
+                ET.SubElement(
+                    source,
+                    tag,
+                    xOff=str(win.col_off),
+                    yOff=str(win.row_off),
+                    xSize=str(win.width),
+                    ySize=str(win.height),
+                )
     ET.indent(root)
     state.write_text(path, ET.tostring(root, encoding="unicode"))
 

@@ -6,11 +6,11 @@ import dataclasses
 import shlex
 import sys
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from srpipe.config import build_dataclass
 from srpipe.errors import ConfigError
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "hpc" / "profiles"
@@ -86,46 +86,6 @@ def container_command(container: Container, paths: list[str], python: str = "pyt
     return " ".join(["ch-run", *mounts, shlex.quote(container.image), "--", container.python])
 
 
-def _convert(value: Any, hint: Any, key: str) -> Any:
-    """Check `value` against `hint` (str, int, float, bool, Literal, tuple[str, ...], dict, dataclass)."""
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"profile key '{key}' must be a table, got {value!r}")
-        return _build(hint, value, key)
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            allowed = ", ".join(map(repr, typing.get_args(hint)))
-            raise ConfigError(f"profile key '{key}' = {value!r}; allowed values: {allowed}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"profile key '{key}' must be a list of strings, got {value!r}")
-        return tuple(value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"profile key '{key}' must be a table, got {value!r}")
-        item = typing.get_args(hint)[1]
-        return {str(k): _convert(v, item, f"{key}.{k}") for k, v in value.items()}
-    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
-    ok = isinstance(value, hint) or (hint is float and isinstance(value, int))
-    if not ok or (hint is not bool and isinstance(value, bool)):
-        raise ConfigError(f"profile key '{key}' must be {expected}, got {value!r}")
-    return float(value) if hint is float else value
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass `cls` from a TOML table, naming any unknown key and the allowed ones."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            raise ConfigError(
-                f"unknown profile key '{prefix + '.' if prefix else ''}{key}'; allowed keys: {', '.join(names)}"
-            )
-    return cls(**{k: _convert(v, hints[k], f"{prefix + '.' if prefix else ''}{k}") for k, v in data.items()})
-
-
 def load_profile(name_or_path: str | Path) -> Profile:
     """Load `hpc/profiles/<name>.toml` (or a TOML path); stage tables override `[defaults]` key by key."""
     path = Path(name_or_path)
@@ -150,7 +110,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
             raise ConfigError(f"unknown profile key 'stages.{stage}'; allowed stages: {', '.join(CHAIN)}")
         if isinstance(table, dict):
             stages[stage] = {**defaults, **table}
-    profile = _build(Profile, data)
+    profile = build_dataclass(Profile, data, kind="profile")
     positive = {"array_parallelism": profile.array_parallelism, "tiles_per_task": profile.tiles_per_task}
     for key, value in positive.items():
         if value <= 0:

@@ -70,7 +70,7 @@ def tiny_config(tmp_path: Path) -> Path:
 
 def srpipe(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run the real `srpipe` command line in a subprocess."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **kwargs.pop("env", {})}
     result = subprocess.run([sys.executable, "-m", "srpipe", *args], capture_output=True, text=True, env=env, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"srpipe {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,36 @@ def test_download_in_container_equals_host(ch_image):
         _assert_same_patch(in_container, on_host)
         assert (runs["container"] / "_state" / "download" / f"{tile}.done").exists()
         assert not (runs["container"] / "eopatches" / tiles[1]).exists()  # --tiles: only that tile
+
+
+@pytest.mark.container
+@pytest.mark.slurm
+def test_a_slurm_array_task_runs_in_the_container(ch_image, tmp_path):
+    """`srpipe submit download` with a charliecloud profile: array tasks run in the image, outputs land on the host."""
+    import tomli_w
+
+    from tests.test_slurm_cluster import _job_ids, wait_jobs
+
+    if shutil.which("sbatch") is None:
+        pytest.skip("no Slurm client here; run hpc/slurm-local/install.sh")
+    up = subprocess.run(["bash", str(REPO / "hpc/slurm-local/up.sh")], capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    aoi = aoi_geojson(tmp_path / "aoi.geojson", 440100, 4164100, 443900, 4169900)
+    config = write_config(tmp_path / "tiny.toml", tiny_settings(tmp_path / "run", aoi))
+    profile = tomllib.loads((REPO / "hpc/profiles/slurm-local.toml").read_text())
+    profile["container"] = {"runtime": "charliecloud", "image": str(ch_image), "python": "/opt/srpipe/venv/bin/python"}
+    (tmp_path / "profile.toml").write_text(tomli_w.dumps(profile))
+    env = {**_ch_env(), "PYTHONWARNINGS": "ignore"}
+    srpipe("plan", str(config), env=env)
+    tiles = "32618_440_4164,32618_442_4164"
+    out = srpipe(
+        "submit", "download", str(config), "--profile", str(tmp_path / "profile.toml"), "--tiles", tiles, env=env
+    )
+    ids = _job_ids(out.stdout)
+    assert ids, out.stdout
+    wait_jobs(ids, timeout_s=600)
+    status = srpipe("status", str(tmp_path / "run"), env=env).stdout
+    assert " FAILED " not in status, status
+    for tile in tiles.split(","):
+        patch = EOPatch.load(str(tmp_path / "run" / "eopatches" / tile))
+        assert patch.meta_info["source"].startswith("sample:/opt/srpipe/venv/"), "the task did not run in the image"

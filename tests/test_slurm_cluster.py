@@ -134,6 +134,23 @@ def test_submit_all_chain_matches_local_mode(tiny_run: Path, tmp_path: Path):
         np.testing.assert_array_equal(mosaics[name], expected[name])
 
 
+def test_submit_all_on_the_demo_config_gives_the_same_mosaic_as_local_mode(tmp_path: Path):
+    """The demo config (16 tiles; its time caps off, so that training is reproducible): Slurm chain == `srpipe run`."""
+    demo = tomllib.loads((REPO / "configs/demo.toml").read_text())
+    demo["plan"]["aoi"] = str(REPO / "configs" / demo["plan"]["aoi"])
+    demo["train"].update(max_minutes=0.0, epochs=2)
+    demo["delineation"].update(max_minutes=0.0, epochs=1)
+    local = write_config(tmp_path / "local.toml", {**demo, "run_dir": str(tmp_path / "local")})
+    slurm = write_config(tmp_path / "slurm.toml", {**demo, "run_dir": str(tmp_path / "slurm")})
+    ids = _job_ids(srpipe("submit", "all", str(slurm), "--profile", str(_profile(tmp_path))).stdout)
+    srpipe("run", str(local))  # meanwhile: the outputs are deterministic, so sharing the CPUs changes nothing
+    wait_jobs(ids, timeout_s=1800)
+    assert " FAILED " not in srpipe("status", str(tmp_path / "slurm")).stdout
+    mosaics, expected = _mosaic_pixels(tmp_path / "slurm"), _mosaic_pixels(tmp_path / "local")
+    assert mosaics.keys() == expected.keys() == {"demo_2016-10-31.tif"}
+    np.testing.assert_array_equal(mosaics["demo_2016-10-31.tif"], expected["demo_2016-10-31.tif"])
+
+
 def test_scancelled_array_task_shows_failed_and_resubmit_completes_without_duplicates(tmp_path: Path):
     """A task killed with scancel leaves its tiles failed in status; resubmit runs only those; none runs twice."""
     run = _fresh_run(tmp_path)

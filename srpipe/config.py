@@ -92,6 +92,8 @@ class TrainConfig:
     loader_workers: int = 0
     seed: int = 0
     scale_lr_with_ranks: bool = True  # Horovod: lr x number of ranks (the effective batch grows with them)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: to lr/100 over the epochs or max_minutes
+    augment: bool = False  # random flips and right-angle rotations of each training sample
     checkpoint_every_steps: int = 100  # also checkpoint mid-epoch, so a kill loses at most this many steps
     amp: bool = True  # bfloat16 autocast on GPU; CPU always trains in float32
     wandb: bool = False  # also log to Weights & Biases, offline, under the model folder
@@ -108,6 +110,7 @@ class LossConfig:
     crop_border_px: int = 16  # label pixels cut off each side before the pixel loss
     shift_reg_weight: float = 0.001  # x mean L2 norm of the estimated shifts (ShiftNet's regulariser)
     mean_match_weight: float = 10.0  # x mean over bands |mean SR - mean latest S2 frame|
+    mean_match_delta: float = 0.0  # > 0: Huber instead of |.|, quadratic below this gap (label units); 0 = method
     perceptual_weight: float = 0.05  # x (feature + style) distance in the delineation net's activations
     style_weight: float = 1.0  # Gram (style) term relative to the feature term inside the perceptual term
     ssim_weight: float = 0.0  # x (1 - SSIM); optional
@@ -140,6 +143,7 @@ class InferConfig:
     n_frames: int = 8
     date: str = ""
     max_cloud_cover: float = 0.05
+    self_ensemble: bool = False  # average SR over the 8 flips/rotations (8x compute; for models trained with augment)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def evaluate(cfg: Config) -> dict:
             part = slice(start, start + cfg.evaluate.batch_size)
             lr, lr_mask = torch.from_numpy(shard["lr"][part]), torch.from_numpy(shard["lr_mask"][part])
             with torch.no_grad():
-                sr = model.net(lr, lr_mask).clamp(0, 1).numpy()
+                sr = model.super_resolve(lr, lr_mask, cfg.infer.self_ensemble).numpy()
                 bic = bicubic(masked_median(lr, lr_mask), model.scale).clamp(0, 1).numpy()
                 hr_t, hm_t = torch.from_numpy(shard["hr"][part]), torch.from_numpy(shard["hr_mask"][part])
                 shift = cfg.loss.cpsnr_max_shift_px  # registered scores: best integer shift, brightness-corrected
@@ -97,6 +97,7 @@ def evaluate(cfg: Config) -> dict:
         "bicubic": {"psnr": mean["bicubic_psnr"], "ssim": mean["bicubic_ssim"]},
         "cpsnr": {"sr": mean["sr_cpsnr"], "bicubic": mean["bicubic_cpsnr"]},  # registered: best shift, bias removed
         "n_samples": len(every),
+        "self_ensemble": cfg.infer.self_ensemble,
         "sr_beats_bicubic_share": float(np.mean([r["sr_psnr"] > r["bicubic_psnr"] for r in every])),
         "sr_beats_bicubic_cpsnr_share": float(np.mean([r["sr_cpsnr"] > r["bicubic_cpsnr"] for r in every])),
         "per_tile": per_tile,
@@ -117,6 +118,10 @@ def evaluate(cfg: Config) -> dict:
         f"SR beats bicubic on {100 * metrics['sr_beats_bicubic_share']:.0f} % of the samples (PSNR), "
         f"{100 * metrics['sr_beats_bicubic_cpsnr_share']:.0f} % (cPSNR: best shift up to "
         f"{cfg.loss.cpsnr_max_shift_px} px, brightness bias removed, as PROBA-V).",
+        "",
+        "SR is the mean over the eight flips/rotations of the input (infer.self_ensemble)."
+        if cfg.infer.self_ensemble
+        else "SR is one pass of the model (infer.self_ensemble is off).",
         "",
     ]
     lines += [f"![{t}]({t}.png)" for t in sorted(plotted)]

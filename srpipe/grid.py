@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
 import zlib
 from dataclasses import dataclass
@@ -100,12 +101,18 @@ def write_grid(tiles: list[Tile], path: Path) -> None:
 
 
 def read_grid(run_dir: str | Path) -> list[Tile]:
-    """Tiles of a planned run, in grid order."""
+    """Tiles of a planned run, in grid order (read once per process while grid.gpkg is unchanged)."""
     path = Path(run_dir) / "grid.gpkg"
     if not path.exists():
         raise StageError(f"{path} does not exist; run `srpipe plan` first")
+    return list(_read_grid_file(str(path.resolve()), *state.file_version(path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_grid_file(path: str, inode: int, mtime_ns: int) -> tuple[Tile, ...]:
+    """Tiles of one grid.gpkg version; inode and mtime key the cache, so a re-planned grid is read anew."""
     frame = gpd.read_file(path, layer="tiles")
-    return [
+    return tuple(
         Tile(
             tile_id=row.tile_id,
             epsg=int(row.epsg),
@@ -115,7 +122,7 @@ def read_grid(run_dir: str | Path) -> list[Tile]:
             neighbours=tuple(n for n in row.neighbours.split(",") if n),
         )
         for row in frame.itertuples()
-    ]
+    )
 
 
 def tiles_by_id(run_dir: str | Path) -> dict[str, Tile]:

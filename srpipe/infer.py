@@ -82,8 +82,7 @@ def infer_tile(cfg: Config, tile_id: str) -> dict:
     mask = np.zeros((1, k, *s2.shape[1:3]), bool)
     lr[0, : picked.size] = model.lr_scale.apply(s2[picked], band_axis=3).transpose(0, 3, 1, 2)
     mask[0, : picked.size] = ~clouds[picked] & valid[picked]
-    with torch.no_grad():
-        sr = model.net(torch.from_numpy(lr), torch.from_numpy(mask))[0].clamp(0, 1).numpy()
+    sr = model.super_resolve(torch.from_numpy(lr), torch.from_numpy(mask), cfg.infer.self_ensemble)[0].numpy()
     image = model.hr_scale.invert(sr, band_axis=0)
     bbox = patch.bbox
     transform = label_transform(tuple(bbox), image.shape[2], image.shape[1])

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from srpipe.config import LossConfig
 from srpipe.models.delineation import DelineationNet
+from srpipe.models.lanczos import lanczos_shift
 from srpipe.models.shiftnet import ShiftNet
 
 
@@ -51,18 +52,26 @@ def latest_frame(lr: torch.Tensor, lr_mask: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def mean_match(
-    sr: torch.Tensor, lr: torch.Tensor, lr_mask: torch.Tensor, lr_to_hr: tuple[torch.Tensor, torch.Tensor]
+    sr: torch.Tensor,
+    lr: torch.Tensor,
+    lr_mask: torch.Tensor,
+    lr_to_hr: tuple[torch.Tensor, torch.Tensor],
+    delta: float = 0.0,
 ) -> torch.Tensor:
     """Mean over bands of |mean SR - mean latest S2 frame| on that frame's clear pixels, in label units.
 
-    `lr_to_hr` = (gain, offset), each (C,), maps LR-scaled values to label-scaled ones.
+    `lr_to_hr` = (gain, offset), each (C,), maps LR-scaled values to label-scaled ones. `delta` > 0 makes it a Huber
+    penalty (quadratic below `delta`, in label units), whose gradient fades at the target; 0 is the method's L1.
     """
     frame, fmask = latest_frame(lr, lr_mask)
     gain, offset = lr_to_hr
     frame = frame * gain[None, :, None, None] + offset[None, :, None, None]
     pooled = F.avg_pool2d(sr, sr.shape[-1] // frame.shape[-1])
     m = fmask[:, None].to(sr.dtype)
-    return (_masked_band_mean(pooled, m) - _masked_band_mean(frame, m)).abs().mean()
+    gap = (_masked_band_mean(pooled, m) - _masked_band_mean(frame, m)).abs()
+    if delta > 0:  # an L1 gradient never fades: under Adam it keeps crowding out the pixel term's updates
+        gap = torch.where(gap < delta, 0.5 * gap**2 / delta, gap - 0.5 * delta)
+    return gap.mean()
 
 
 def _gram(f: torch.Tensor) -> torch.Tensor:
@@ -136,12 +145,14 @@ def sr_losses(
         total = total + cfg.shift_reg_weight * terms["shift_reg"]
     terms["pixel"] = pixel_loss(registered, hr, mask, cfg.pixel, cfg.crop_border_px, cfg.brightness_correction)
     total = total + terms["pixel"]
-    if (
-        cfg.brightness_correction
-    ):  # perceptual and SSIM see the bias-corrected SR too: only mean matching sets brightness
+    if cfg.register and shiftnet is not None:
+        # ShiftNet learns from the pixel loss alone (as in HighRes-Net): Adam scales any gradient up to a full step,
+        # so even a lightly weighted perceptual or SSIM term would otherwise steer the shifts away from registration
+        registered = lanczos_shift(sr, shifts.detach())
+    if cfg.brightness_correction:  # perceptual and SSIM see bias-corrected SR too: only mean matching sets brightness
         registered = registered + _masked_band_mean(hr - registered, mask[:, None].to(sr.dtype))
     if cfg.mean_match_weight > 0:
-        terms["mean_match"] = mean_match(sr, batch["lr"], batch["lr_mask"], lr_to_hr)
+        terms["mean_match"] = mean_match(sr, batch["lr"], batch["lr_mask"], lr_to_hr, cfg.mean_match_delta)
         total = total + cfg.mean_match_weight * terms["mean_match"]
     if cfg.perceptual_weight > 0 and delineation is not None:
         terms["perceptual"] = perceptual(delineation, registered, hr, cfg.style_weight)

@@ -99,3 +99,9 @@ def write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def file_version(path: str | Path) -> tuple[int, int]:
+    """(inode, mtime in ns) of `path`: changes whenever an atomic write replaces the file (a cache key)."""
+    info = Path(path).stat()
+    return info.st_ino, info.st_mtime_ns

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from srpipe import state
+from srpipe.augment import dihedral, self_ensemble
 from srpipe.config import Config, ModelConfig, config_to_dict
 from srpipe.curate.dataset import ShardDataset, shard_paths
 from srpipe.curate.normalise import BandScale
@@ -69,9 +71,9 @@ class Ranks:
         summed = self.sum(torch.tensor(list(row.values()), dtype=torch.float64)) / self.size
         return dict(zip(row, summed.tolist(), strict=True))
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when `flag` is true on some rank (e.g. the time budget ran out on rank 0)."""
-        return bool(self.sum(torch.tensor([float(flag)], dtype=torch.float64)).item() > 0)
+    def lead_value(self, value: float) -> float:
+        """Rank 0's `value` on every rank (e.g. its clock, so that all ranks share one time budget and lr)."""
+        return self.sum(torch.tensor([value if self.rank == 0 else 0.0], dtype=torch.float64)).item()
 
 
 @torch.no_grad()
@@ -128,6 +130,13 @@ def plot_loss_curves(path: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
+def lr_factor(schedule: str, progress: float) -> float:
+    """Learning-rate multiplier at `progress` in [0, 1] of training: 1 (constant), or cosine from 1 to 0.01."""
+    if schedule == "constant":
+        return 1.0
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
 def _wandb_run(cfg: Config, folder: Path):
     """An offline Weights & Biases run in the model folder, or None (disabled, or wandb not installed)."""
     if not cfg.train.wandb:
@@ -142,7 +151,7 @@ def _wandb_run(cfg: Config, folder: Path):
     )
 
 
-def _lr_to_hr(lr_scale: BandScale, hr_scale: BandScale, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def lr_to_hr_map(lr_scale: BandScale, hr_scale: BandScale, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(gain, offset) per band that map LR-scaled values to label-scaled ones (for mean matching)."""
     span = hr_scale.high - hr_scale.low
     gain, offset = (lr_scale.high - lr_scale.low) / span, (lr_scale.low - hr_scale.low) / span
@@ -210,7 +219,7 @@ def train(cfg: Config) -> dict:
         named = [(f"sr.{n}", p) for n, p in model.named_parameters()]
         named += [(f"shift.{n}", p) for n, p in shiftnet.named_parameters()] if cfg.loss.register else []
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=named)
-    lr_to_hr = _lr_to_hr(lr_scale, hr_scale, device)
+    lr_to_hr = lr_to_hr_map(lr_scale, hr_scale, device)
     amp = t.amp and device.type == "cuda"
     tracker = _wandb_run(cfg, folder) if lead else None
     if lead:
@@ -227,8 +236,9 @@ def train(cfg: Config) -> dict:
         _save(checkpoint, payload)
 
     budget_s = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
+    total_steps = t.epochs * max(per_rank // t.batch_size, 1)
     start = time.perf_counter() - elapsed
-    out_of_time = False
+    clock, out_of_time = elapsed, False  # rank 0's seconds trained, shared by every rank each step
     model.train()
     shiftnet.train()
     while epoch < t.epochs and not out_of_time:
@@ -244,6 +254,11 @@ def train(cfg: Config) -> dict:
         )  # fmt: skip; its own generator: drawing worker seeds from the global one would break exact resumes
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if t.augment:  # seeded by position, so a resumed run draws what the unbroken one did
+                seed = t.seed + 1_000_003 * ranks.rank + 7919 * step
+                batch = dihedral(batch, torch.Generator().manual_seed(seed))
+            for group in optimizer.param_groups:
+                group["lr"] = lr * lr_factor(t.lr_schedule, max(step / total_steps, clock / budget_s))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 sr = model(batch["lr"], batch["lr_mask"])
             loss, terms = sr_losses(cfg.loss, sr.float(), batch, shiftnet, delineation, lr_to_hr)
@@ -253,7 +268,8 @@ def train(cfg: Config) -> dict:
             for k, v in {"loss": loss.detach(), **{f"loss_{k}": v for k, v in terms.items()}}.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             step, batch_done = step + 1, batch_done + 1
-            out_of_time = ranks.any(lead and time.perf_counter() - start > budget_s)
+            clock = ranks.lead_value(time.perf_counter() - start)
+            out_of_time = clock > budget_s
             if out_of_time:
                 break
             if t.checkpoint_every_steps > 0 and step % t.checkpoint_every_steps == 0 and lead:
@@ -318,12 +334,32 @@ class TrainedModel:
     n_frames: int
     scale: int
 
+    @torch.no_grad()
+    def super_resolve(self, lr: torch.Tensor, mask: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
+        """(B, K, 4, h, w) LR-scaled frames, (B, K, h, w) clear masks -> (B, 4, s*h, s*w) label-scaled SR in [0, 1].
+
+        `ensemble`: the mean over the eight flips/rotations (`infer.self_ensemble`).
+        """
+        sr = self_ensemble(self.net, lr, mask) if ensemble else self.net(lr, mask)
+        return sr.clamp(0, 1)
+
 
 def load_trained(cfg: Config) -> TrainedModel:
-    """Load `models/<name>/model.pt` in eval mode."""
-    path = model_dir(cfg) / "model.pt"
+    """Load the configured `models/<name>/model.pt` (see `load_model`)."""
+    return load_model(model_dir(cfg) / "model.pt")
+
+
+def load_model(path: str | Path) -> TrainedModel:
+    """Load a model.pt in eval mode, once per process while the file is unchanged (so do not train the result)."""
+    path = Path(path)
     if not path.exists():
         raise StageError(f"{path} does not exist; run `srpipe train` first")
+    return _load_model_file(str(path.resolve()), *state.file_version(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model_file(path: str, inode: int, mtime_ns: int) -> TrainedModel:
+    """The TrainedModel in one version of a model.pt; inode and mtime key the cache: a retrained model is reloaded."""
     saved = torch.load(path, weights_only=False)
     torch.set_flush_denormal(True)  # as in training: denormals slow CPU convolutions many times over
     net = build_model(ModelConfig(**saved["model_config"]), saved["scale"])

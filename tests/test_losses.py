@@ -9,6 +9,7 @@ from srpipe.losses import cpsnr, latest_frame, mean_match, perceptual, pixel_los
 from srpipe.models import build_model
 from srpipe.models.delineation import DelineationNet
 from srpipe.models.lanczos import lanczos_shift
+from srpipe.models.shiftnet import ShiftNet
 
 
 def smooth(b: int = 2, c: int = 4, size: int = 48, seed: int = 0) -> torch.Tensor:
@@ -117,3 +118,35 @@ def test_ssim_of_an_image_with_itself_is_one():
     hr = smooth()
     assert ssim(hr, hr).item() == pytest.approx(1.0, abs=1e-5)
     assert ssim(hr + 0.1 * torch.rand_like(hr), hr).item() < 0.99
+
+
+def test_huber_mean_matching_is_l1_far_from_the_target_and_fades_near_it():
+    batch = _batch()
+    identity = (torch.ones(4), torch.zeros(4))
+    far, near = batch["hr"] + 0.1, (batch["hr"] + 0.001).requires_grad_()
+    l1 = mean_match(far, batch["lr"], batch["lr_mask"], identity)
+    huber = mean_match(far, batch["lr"], batch["lr_mask"], identity, delta=0.02)
+    assert huber.item() == pytest.approx(l1.item() - 0.01, abs=1e-6)
+    mean_match(near, batch["lr"], batch["lr_mask"], identity, delta=0.02).backward()
+    fading = near.grad.abs().sum().item()
+    near.grad = None
+    mean_match(near, batch["lr"], batch["lr_mask"], identity).backward()
+    assert fading < near.grad.abs().sum().item() / 10  # L1 pulls as hard at 0.001 as at 0.1; Huber barely
+
+
+def test_shiftnet_learns_from_the_pixel_loss_alone_while_perceptual_and_ssim_still_reach_sr():
+    torch.manual_seed(0)
+    batch = _batch()
+    shiftnet = ShiftNet(channels=8).eval()  # no dropout: both passes see the same network
+    torch.nn.init.normal_(shiftnet.out.weight, std=0.1)  # a non-zero shift, so registration has a slope
+    delineation = DelineationNet(channels=4, depth=2).eval().requires_grad_(False)
+    identity = (torch.ones(4), torch.zeros(4))
+    grads = {}
+    for name, extra in (("pixel", 0.0), ("with_extras", 1.0)):
+        shiftnet.zero_grad()
+        sr = (batch["hr"] + 0.05 * torch.rand_like(batch["hr"])).requires_grad_()
+        cfg = LossConfig(crop_border_px=4, mean_match_weight=0, perceptual_weight=extra, ssim_weight=extra)
+        sr_losses(cfg, sr, batch, shiftnet, delineation, identity)[0].backward()
+        grads[name] = (torch.cat([p.grad.flatten() for p in shiftnet.parameters()]), sr.grad)
+    torch.testing.assert_close(grads["pixel"][0], grads["with_extras"][0])
+    assert grads["pixel"][0].abs().sum() > 0 and not torch.allclose(grads["pixel"][1], grads["with_extras"][1])

@@ -138,7 +138,7 @@ def test_submit_all_on_the_demo_config_gives_the_same_mosaic_as_local_mode(tmp_p
     """The demo config (16 tiles; its time caps off, so that training is reproducible): Slurm chain == `srpipe run`."""
     demo = tomllib.loads((REPO / "configs/demo.toml").read_text())
     demo["plan"]["aoi"] = str(REPO / "configs" / demo["plan"]["aoi"])
-    demo["train"].update(max_minutes=0.0, epochs=2)
+    demo["train"].update(max_minutes=0.0, epochs=1)
     demo["delineation"].update(max_minutes=0.0, epochs=1)
     local = write_config(tmp_path / "local.toml", {**demo, "run_dir": str(tmp_path / "local")})
     slurm = write_config(tmp_path / "slurm.toml", {**demo, "run_dir": str(tmp_path / "slurm")})

@@ -20,7 +20,7 @@ from srpipe import state
 from srpipe.config import Config, DelineationConfig, LossConfig, ModelConfig, TrainConfig, dump_config, load_config
 from srpipe.curate.dataset import ShardWriter
 from srpipe.delineation import train_delineation
-from srpipe.train import Ranks, model_dir, train, validate
+from srpipe.train import Ranks, load_trained, lr_factor, model_dir, train, validate
 
 
 def _samples(n: int, k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -104,7 +104,7 @@ def test_validation_scores_after_registration(tmp_path):
 
 
 def test_a_run_killed_mid_epoch_resumes_from_its_checkpoint_and_ends_as_an_unbroken_one(tmp_path):
-    settings = {"epochs": 3, "checkpoint_every_steps": 1}
+    settings = {"epochs": 3, "checkpoint_every_steps": 1, "augment": True, "lr_schedule": "cosine"}
     broken = tiny_run(tmp_path / "broken", n_train=128, **settings)
     script = "import sys; from srpipe.config import load_config; from srpipe.train import train; "
     script += "train(load_config(sys.argv[1]))"
@@ -127,3 +127,23 @@ def test_a_run_killed_mid_epoch_resumes_from_its_checkpoint_and_ends_as_an_unbro
     unbroken = train(tiny_run(tmp_path / "unbroken", n_train=128, **settings))
     assert resumed["epochs"] == unbroken["epochs"] == 3 and resumed["steps"] == unbroken["steps"]
     assert resumed["param_checksum"] == pytest.approx(unbroken["param_checksum"], rel=1e-4, abs=1e-3)
+
+
+def test_cosine_schedule_runs_from_the_full_rate_to_one_percent():
+    assert lr_factor("cosine", 0.0) == 1.0 and lr_factor("cosine", 0.5) == pytest.approx(0.505)
+    assert lr_factor("cosine", 1.0) == lr_factor("cosine", 7.0) == pytest.approx(0.01)
+    assert lr_factor("constant", 0.9) == 1.0
+
+
+def test_a_retrained_model_is_reloaded_not_served_from_the_cache(tmp_path):
+    cfg = tiny_run(tmp_path / "run", epochs=1)
+    train(cfg)
+    first = load_trained(cfg)
+    assert load_trained(cfg) is first  # one load per process for a whole array task of tiles
+    saved = torch.load(model_dir(cfg) / "model.pt", weights_only=False)
+    saved["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in saved["model"].items()}
+    with state.atomic_path(model_dir(cfg) / "model.pt") as tmp:
+        torch.save(saved, tmp)
+    second = load_trained(cfg)
+    assert second is not first
+    assert torch.equal(second.net.encoder.net[0].bias, first.net.encoder.net[0].bias + 1)

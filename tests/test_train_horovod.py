@@ -23,7 +23,8 @@ RANK_SCRIPT = (
 
 
 def _launch(launcher: list[str], tmp_path) -> tuple[list[dict], list[dict]]:
-    cfg = tiny_run(tmp_path / "run", epochs=3)
+    # a cosine lr over a time budget: ranks must share rank 0's clock, or their learning rates (and weights) drift apart
+    cfg = tiny_run(tmp_path / "run", epochs=3, lr_schedule="cosine", max_minutes=30.0, augment=True)
     env = {
         **os.environ,
         "PYTHONWARNINGS": "ignore",

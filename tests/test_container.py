@@ -7,6 +7,7 @@ named by $SRPIPE_CH_IMAGE.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -200,3 +201,26 @@ def test_a_slurm_array_task_runs_in_the_container(ch_image, tmp_path):
     for tile in tiles.split(","):
         patch = EOPatch.load(str(tmp_path / "run" / "eopatches" / tile))
         assert patch.meta_info["source"].startswith("sample:/opt/srpipe/venv/"), "the task did not run in the image"
+
+
+@pytest.mark.container
+def test_a_killed_build_leaves_no_trace_in_the_next_image(ch_image):
+    """A build killed mid-way leaves ch-image's working copy dirty; the next build must neither fail nor ship it.
+
+    Runs last in this module: it rebuilds the image the tests above used (same key, same path).
+    """
+    if os.environ.get("SRPIPE_CH_IMAGE"):
+        pytest.skip("$SRPIPE_CH_IMAGE names a prebuilt image; this test needs build-image.sh's own storage")
+    storage = Path(os.environ.get("SRPIPE_CH_CACHE", "/var/cache/srpipe/charliecloud")) / "storage" / "img" / "srpipe"
+    assert (storage / "ch" / "environment").exists(), f"no storage image at {storage}"
+    with open(storage / "ch" / "environment", "a") as env_file:  # what an interrupted ENV step or RUN leaves
+        env_file.write("SRPIPE_STRAY=from-a-killed-build\n")
+    (storage / "ch" / "metadata.json").write_text('{"truncated": ')
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "--rebuild"], capture_output=True, text=True, env=_ch_env(), timeout=3600
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    image = Path(result.stdout.strip().splitlines()[-1])
+    assert image == ch_image
+    assert "SRPIPE_STRAY" not in (image / "ch" / "environment").read_text()
+    assert json.loads((image / "ch" / "metadata.json").read_text())["arch"] == "amd64"

@@ -144,6 +144,11 @@ find "$ctx" -type d -exec touch -d @0 {} +
 # --- build and convert ------------------------------------------------------------------------------------------------
 t0=$(now)
 log "ch-image build -t srpipe -f containers/Dockerfile $ctx (log: $cache/build.log)"
+# ch-image updates the storage's srpipe image in place (a git worktree of its build cache). A build that was killed (a
+# cancelled job, a machine restart) leaves that worktree dirty, and every later build then fails at ch-image's
+# `git checkout`, or silently carries the stray files into the image. So each build starts from a fresh checkout of
+# the build cache: every finished layer stays cached, the checkout costs about a minute.
+ch-image delete srpipe >/dev/null 2>&1 || true
 if ! ch-image build --force -t srpipe -f "$repo/containers/Dockerfile" "$ctx" > "$cache/build.log" 2>&1; then
   tail -n 40 "$cache/build.log" >&2
   die "ch-image build failed; full log: $cache/build.log"

@@ -148,7 +148,7 @@ def main() -> None:
         "self_ensemble": _summary(score(model, args.run_dir, cfg.loss.cpsnr_max_shift_px, ensemble=True)),
         "one_pass": _summary(score(model, args.run_dir, cfg.loss.cpsnr_max_shift_px, ensemble=False)),
     }
-    shares["trained"] = gradient_shares(cfg, copy.deepcopy(load_trained(cfg).net))  # the cached net stays clean
+    shares["trained"] = gradient_shares(cfg, copy.deepcopy(model.net))  # the cached net stays clean
     result = {
         "budget_min": args.budget_min,
         "budget_used_min": round(budget_used_min, 2),

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from srpipe.config import load_config
 from srpipe.curate.dataset import ShardDataset, shard_paths
 from srpipe.curate.reduce import curate_reduce, load_stats, read_samples
-from srpipe.curate.tile import curate_tile, tile_paths
+from srpipe.curate.tile import curate_tile
 from srpipe.curate.truth import filter_truth
 from srpipe.grid import read_grid
 from srpipe.models import build_model
@@ -89,11 +89,12 @@ def main() -> None:
         start = time.perf_counter()
         curate_reduce(cfg)
         result["reduce_seconds"] = time.perf_counter() - start
-        rows = read_samples(run / "curation" / "samples.csv")
-        per_tile = {t: json.loads(tile_paths(run, t)[0].read_text()) for t in sorted({r["tile_id"] for r in rows})}
+        rows = read_samples(cfg.layout.curation / "samples.csv")
+        tiles = sorted({r["tile_id"] for r in rows})
+        per_tile = {t: json.loads(cfg.layout.curated_tile(t)[0].read_text()) for t in tiles}
         result["filters"] = load_stats(run)["filters"]
         result["filters_vs_planted_truth"] = filter_truth(cfg, rows, per_tile, min_share=0.01)
-        paths = shard_paths(run / "datasets", "train")
+        paths = shard_paths(cfg.layout.datasets, "train")
         bs = cfg.train.batch_size
         result["loader_samples_per_s"] = {f"workers_{w}": loader_rate(paths, bs, w) for w in (0, 2)}
         result["train_step_samples_per_s"] = train_step_rate(cfg, paths)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any, Literal
 import tomli_w
 
 from srpipe.errors import ConfigError
+from srpipe.layout import RunLayout
 
 Upscaler = Literal["pixel_shuffle", "transposed"]
 
@@ -119,7 +121,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class DelineationConfig:
-    """Field-delineation net (extent, boundary, distance) for the perceptual loss and evaluation."""
+    """Field-delineation net (extent, boundary, distance): the frozen net of the perceptual loss."""
 
     name: str = "delineation"
     parcels: str = ""  # GPKG/GeoJSON parcel polygons; "" = felzenszwalb segments of the labels (a proxy)
@@ -148,7 +150,7 @@ class InferConfig:
 
 @dataclass(frozen=True)
 class MosaicConfig:
-    """Country mosaics: COG block size and compression; overviews down to `min_overview_px`."""
+    """Every COG (SR tiles and country mosaics): block size, compression, overviews down to `min_overview_px`."""
 
     blocksize: int = 512
     compress: Literal["deflate", "lzw", "zstd"] = "deflate"
@@ -184,6 +186,16 @@ class Config:
     def run_path(self) -> Path:
         """Absolute run directory."""
         return Path(self.run_dir)
+
+    @property
+    def layout(self) -> RunLayout:
+        """Every path of the run directory."""
+        return RunLayout(Path(self.run_dir))
+
+    @property
+    def as_of_date(self) -> dt.date:
+        """The date a prediction stands for: `infer.date`, else the end of the source's time interval."""
+        return dt.date.fromisoformat(self.infer.date or self.source.time_interval[1])
 
 
 def _convert(value: Any, hint: Any, key: str, kind: str) -> Any:

@@ -8,11 +8,15 @@ import tomllib
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from srpipe.config import load_config
+from srpipe.curate.dataset import SHARD_FIELDS, TILE_FIELDS
+from srpipe.curate.quality import SCORE_NAMES
 from srpipe.curate.reduce import read_samples
 from srpipe.curate.truth import filter_truth
+from srpipe.layout import RunLayout
 from tests.conftest import aoi_geojson, srpipe, tiny_settings, write_config
 
 
@@ -32,8 +36,9 @@ def curated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_curate_writes_shards_stats_samples_report_and_plots(curated):
-    folder = curated / "curation"
-    stats = json.loads((folder / "stats.json").read_text())
+    layout = RunLayout(curated)
+    folder = layout.curation
+    stats = json.loads(layout.curation_stats.read_text())
     assert {"lr_scale", "hr_scale", "split", "filters", "regions"} <= set(stats)
     report = (folder / "report.md").read_text()
     for png in ("ssim_psnr.png", "blue_histograms.png", "tile_statistics.png", "cloud_cover.png"):
@@ -41,21 +46,42 @@ def test_curate_writes_shards_stats_samples_report_and_plots(curated):
     f = stats["filters"]
     assert f["shadows"]["in"] == len(read_samples(folder / "samples.csv"))
     assert f["noise"]["kept"] == sum(stats["n_samples"].values())
-    with h5py.File(curated / "datasets" / "train-000.h5") as shard:
+    with h5py.File(layout.datasets / "train-000.h5") as shard:
         assert {"lr", "hr", "hr_unmatched", "scores", "ref_date", "yx"} <= set(shard)
         assert 0 <= shard["hr"][()].min() and shard["hr"][()].max() <= 1
 
 
 def test_the_planted_clouds_and_shadows_are_the_ones_removed(curated):
     cfg = load_config(curated)
-    rows = read_samples(curated / "curation" / "samples.csv")
-    per_tile = {t: json.loads((curated / "curation" / "tiles" / f"{t}.json").read_text()) for t in cfg_tiles(rows)}
+    rows = read_samples(cfg.layout.curation / "samples.csv")
+    per_tile = {t: json.loads(cfg.layout.curated_tile(t)[0].read_text()) for t in cfg_tiles(rows)}
     scores = filter_truth(cfg, rows, per_tile, min_share=0.01)
     assert scores["vhr_clouds"]["precision"] == 1.0  # a removed label frame was truly cloudy
     assert scores["shadows"]["true"] > 0 and scores["shadows"]["recall"] == 1.0  # every shadowed sample is flagged
     noise = scores["noise"]
     assert noise["true"] > 0 and noise["precision"] >= 0.5  # what the noise filter drops mostly carries planted weather
     assert noise["recall"] >= 0.3, noise
+
+
+def test_tile_files_and_shards_follow_the_one_spec(curated):
+    cfg = load_config(curated)
+    patch_px, label_px = cfg.curate.lr_patch_px, cfg.curate.lr_patch_px * cfg.source.scale
+    sizes = {"K": cfg.curate.n_frames, "h": patch_px, "w": patch_px, "H": label_px, "W": label_px}
+    sizes |= {"P": cfg.curate.pixels_per_sample, "S": len(SCORE_NAMES)}
+    tile_id = json.loads(cfg.layout.curation_stats.read_text())["tiles_curated"][0]
+    with h5py.File(cfg.layout.curated_tile(tile_id)[1]) as f:
+        per_tile = {"M": len(f["lr_pixels"]), "L": f["vhr_blue"].shape[0], "B": f["vhr_blue"].shape[1]}
+        _assert_follows(f, TILE_FIELDS, sizes | per_tile)
+    with h5py.File(cfg.layout.datasets / "train-000.h5") as f:
+        _assert_follows(f, SHARD_FIELDS, sizes)
+
+
+def _assert_follows(f: h5py.File, fields: dict, sizes: dict) -> None:
+    assert set(f) == set(fields)
+    for key, field in fields.items():
+        assert f[key].shape == field.shape({"N": len(f["lr"]), **sizes}), key
+        if field.dtype != "S":  # "S": bytes as long as the longest value
+            assert f[key].dtype == np.dtype(field.dtype), key
 
 
 def cfg_tiles(rows: list[dict]) -> list[str]:

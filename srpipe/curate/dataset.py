@@ -1,16 +1,14 @@
-"""Sharded HDF5 training sets: writing them (curate reduce) and reading them as a torch Dataset (train, evaluate).
+"""The samples' on-disk format (`TILE_FIELDS`, `SHARD_FIELDS`: the one spec), the shard writer and the torch Dataset.
 
-A shard `datasets/<split>-NNN.h5` holds N samples: lr (N, K, 4, h, w) float32 in [0, 1], lr_mask (N, K, h, w) bool,
-hr (N, 4, H, W) float32 in [0, 1], hr_mask (N, H, W) bool, tile_id (N,), hr_date (N,),
-lr_dates (N, K) (ISO dates, "" = padding); provenance and curation: hr_unmatched (N, 4, H, W) the label before histogram
-matching (same scale), ref_date (N,) the S2 frame it was matched to, yx (N, 2) S2-pixel corner in the tile,
-scores (N, 5) the noise filter's scores (names in the attribute `score_names`).
-Chunked per sample and LZF-compressed: fast to decode, so the loader keeps up with training.
+The curate map writes a tile's raw samples to `curation/tiles/<tile>.h5` (TILE_FIELDS); the reduce filters, normalises
+and cuts them into `datasets/<split>-NNN.h5` (SHARD_FIELDS), which train and evaluate read (KEYS; EXTRA_KEYS optional).
+Shards are chunked per sample and LZF-compressed: fast to decode, so the loader keeps up with training.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -18,8 +16,76 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-KEYS = ("lr", "lr_mask", "hr", "hr_mask", "tile_id", "hr_date", "lr_dates")  # the contract train/evaluate read
-EXTRA_KEYS = ("hr_unmatched", "ref_date", "yx", "scores")  # provenance; optional for readers
+
+@dataclass(frozen=True)
+class Field:
+    """One HDF5 dataset of a sample file: its dims (symbols of DIMS, or sizes), numpy dtype and meaning."""
+
+    dims: tuple[str | int, ...]
+    dtype: str
+    meaning: str
+    required: bool = True  # False: provenance that readers may ignore
+
+    def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        """The concrete shape, given the size of each symbolic dim."""
+        return tuple(d if isinstance(d, int) else sizes[d] for d in self.dims)
+
+
+DIMS = {
+    "N": "samples in the file",
+    "K": "S2 frames per stack (curate.n_frames)",
+    "h": "S2 patch height = width, px (curate.lr_patch_px); `w` likewise",
+    "H": "label patch height = width, px (h * source.scale); `W` likewise",
+    "P": "label pixels drawn per sample (curate.pixels_per_sample)",
+    "S": "noise scores (quality.SCORE_NAMES, also the file attribute `score_names`)",
+    "M": "clear S2 pixels drawn per tile (at most curate.pixels_per_tile)",
+    "L": "label frames of the tile",
+    "B": "label blue pixels drawn per frame (at most tile.BLUE_SAMPLE_PX)",
+}
+_DATES = "ISO dates (YYYY-MM-DD)"
+
+# `curation/tiles/<tile>.h5`, the curate map's raw samples (unnormalised) and the pixels the reduce's statistics need
+TILE_FIELDS = {
+    "lr": Field(("N", "K", 4, "h", "w"), "float32", "S2 stack in S2 units, chronological, zero after the last frame"),
+    "lr_mask": Field(("N", "K", "h", "w"), "bool", "True = valid and cloud-free S2 pixel (False for padding)"),
+    "hr": Field(("N", 4, "H", "W"), "float32", "the label histogram-matched to S2 (S2 units)"),
+    "hr_unmatched": Field(("N", 4, "H", "W"), "float32", "the label in its own units"),
+    "hr_mask": Field(("N", "H", "W"), "bool", "True = valid and cloud-free label pixel"),
+    "scores": Field(("N", "S"), "float32", "noise filter scores of the label against its S2 reference"),
+    "yx": Field(("N", 2), "int32", "S2-pixel (row, column) of the patch's top-left corner in the tile"),
+    "hr_pixels": Field(("N", "P", 4), "float32", "random pixels of `hr`, for the reduce's label percentiles"),
+    "lr_dates": Field(("N", "K"), "S10", f"{_DATES} of the stack's frames, '' = padding"),
+    "hr_date": Field(("N",), "S10", f"{_DATES} of the label"),
+    "ref_date": Field(("N",), "S10", f"{_DATES} of the S2 frame closest to the label (scores, histogram matching)"),
+    "lr_pixels": Field(("M", 4), "float32", "random clear pixels of the kept S2 frames, for the region factors"),
+    "vhr_blue": Field(("L", "B"), "float32", "random label blue values per frame, for the cloud-threshold plots"),
+}
+TILE_ATTRS = {"score_names": "comma-separated names of the `scores` columns"}
+
+# `datasets/<split>-NNN.h5`, the reduce's shards: kept samples, normalised to [0, 1] (see reduce.py for the units)
+SHARD_FIELDS = {
+    "lr": Field(("N", "K", 4, "h", "w"), "float32", "S2 stack in [0, 1], zero after the last frame"),
+    "lr_mask": Field(("N", "K", "h", "w"), "bool", "True = valid and cloud-free S2 pixel (False for padding)"),
+    "hr": Field(("N", 4, "H", "W"), "float32", "the label matched to S2, in [0, 1]"),
+    "hr_mask": Field(("N", "H", "W"), "bool", "True = valid and cloud-free label pixel"),
+    "tile_id": Field(("N",), "S", "the tile the sample comes from"),
+    "hr_date": Field(("N",), "S10", f"{_DATES} of the label"),
+    "lr_dates": Field(("N", "K"), "S10", f"{_DATES} of the stack's frames, '' = padding"),
+    "hr_unmatched": Field(("N", 4, "H", "W"), "float32", "the label before histogram matching, in [0, 1]", False),
+    "ref_date": Field(("N",), "S10", f"{_DATES} of the S2 frame the label was matched to", False),
+    "yx": Field(("N", 2), "int32", "S2-pixel (row, column) of the patch's top-left corner in the tile", False),
+    "scores": Field(("N", "S"), "float32", "the noise filter's scores", False),
+}
+SHARD_ATTRS = {
+    "bands": "comma-separated band names (B02, B03, B04, B08)",
+    "scale": "label pixels per S2 pixel (source.scale)",
+    "lr_resolution_m": "S2 pixel size, m",
+    "score_names": "comma-separated names of the `scores` columns",
+    "split": "train, val or test",
+}
+
+KEYS = tuple(k for k, f in SHARD_FIELDS.items() if f.required)  # the contract train/evaluate read
+EXTRA_KEYS = tuple(k for k, f in SHARD_FIELDS.items() if not f.required)  # provenance; optional for readers
 
 
 def shard_paths(datasets_dir: str | Path, split: str) -> list[Path]:

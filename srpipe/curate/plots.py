@@ -145,7 +145,7 @@ def plot_blue_histograms(run_dir: str | Path, threshold: float | None = None, n_
 
     cfg = load_config(run_dir)
     run = cfg.run_path
-    tiles = [t.tile_id for t in read_grid(run) if ep.patch_dir(run, t.tile_id).exists()]
+    tiles = [t.tile_id for t in read_grid(run) if cfg.layout.eopatch(t.tile_id).exists()]
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(tiles, min(n_tiles, len(tiles)), replace=False))
     blue, dates = {}, {}
@@ -154,7 +154,7 @@ def plot_blue_histograms(run_dir: str | Path, threshold: float | None = None, n_
         values = patch[ep.VHR_BANDS][..., 0].reshape(len(patch[ep.VHR_BANDS]), -1)
         blue[t] = values[:, rng.choice(values.shape[1], min(BLUE_SAMPLE_PX, values.shape[1]), replace=False)]
         dates[t] = [d.date().isoformat() for d in ep.vhr_dates(patch)]
-    path = run / "curation" / "blue_histograms_eopatches.png"
+    path = cfg.layout.curation / "blue_histograms_eopatches.png"
     blue_histograms(blue, dates, cfg.curate.vhr_cloud_threshold if threshold is None else threshold, path)
     return path
 

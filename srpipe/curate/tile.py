@@ -1,23 +1,25 @@
 """Curate map, one tile: clouds, medians, samples, noise scores, histogram matching -> `curation/tiles/<tile>.*`.
 
-The h5 holds raw (unnormalised) samples: lr (N, K, 4, h, w) S2 values, lr_mask (N, K, h, w), hr (N, 4, H, W) the label
-matched to S2 (S2 units), hr_unmatched (N, 4, H, W) the label in its own units, hr_mask (N, H, W), scores (N, 5)
-(quality.SCORE_NAMES), yx (N, 2) S2-pixel corner, dates; plus pixel samples for the reduce's factors and percentiles.
+The raw samples file `<tile>.h5` follows `dataset.TILE_FIELDS`; `<tile>.json` holds the frames' cloud cover and medians,
+the label medians and each sample's scores.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+from eolearn.core import EOPatch
 
 from srpipe import eopatch as ep
-from srpipe.config import Config
+from srpipe.config import Config, CurateConfig
 from srpipe.curate.clouds import clear_frames, cloud_cover, vhr_cloud_mask
+from srpipe.curate.dataset import TILE_FIELDS
 from srpipe.curate.histmatch import match_histograms
-from srpipe.curate.normalise import band_medians, percentile_scale, sample_pixels
+from srpipe.curate.normalise import BandScale, band_medians, percentile_scale, sample_pixels
 from srpipe.curate.quality import SCORE_NAMES, bicubic_upsample, pair_scores
 from srpipe.errors import TileError
 from srpipe.grid import tile_seed
@@ -26,10 +28,32 @@ from srpipe.state import atomic_path, write_json
 BLUE_SAMPLE_PX = 4000  # label blue values kept per frame, for the threshold histograms
 
 
-def tile_paths(run_dir: str | Path, tile_id: str) -> tuple[Path, Path]:
-    """(stats JSON, raw samples HDF5) of a curated tile."""
-    folder = Path(run_dir) / "curation" / "tiles"
-    return folder / f"{tile_id}.json", folder / f"{tile_id}.h5"
+@dataclass(frozen=True)
+class _Frames:
+    """A tile's S2 (T, h, w, 4) and label (L, H, W, 4) values with their (T|L, ...) bool masks and kept frames."""
+
+    s2: np.ndarray
+    s2_valid: np.ndarray
+    s2_clear: np.ndarray  # valid and cloud-free
+    s2_dates: list[dt.datetime]
+    s2_cover: np.ndarray  # (T,) cloud share
+    s2_kept: np.ndarray  # (T,) bool: clear enough and complete
+    vhr: np.ndarray
+    vhr_valid: np.ndarray
+    vhr_clear: np.ndarray
+    vhr_dates: list[dt.datetime]
+    vhr_cover: np.ndarray
+    vhr_kept: np.ndarray
+
+
+@dataclass(frozen=True)
+class _TileScales:
+    """This tile's own scales for the noise scores (the reduce's are unknown here) and its pixel samples."""
+
+    lr_pixels: np.ndarray  # (M, 4) float32 clear S2 pixels of the kept frames
+    lr: BandScale  # S2 percentiles
+    hr: BandScale  # label percentiles
+    label_medians: list[float]  # the label normalisation factors of this tile
 
 
 def frames_before(dates: list[dt.datetime], usable: np.ndarray, when: dt.datetime, max_days: int, k: int) -> list[int]:
@@ -49,137 +73,189 @@ def closest_frame(dates: list[dt.datetime], usable: np.ndarray, when: dt.datetim
 
 def curate_tile(cfg: Config, tile_id: str) -> dict:
     """Run the curation map for one tile; write its stats and raw samples with their scores; return counts."""
-    c = cfg.curate
     patch = ep.load_patch(cfg.run_path, tile_id, cfg.source.scale)
+    frames = _choose_frames(cfg.curate, tile_id, patch)
+    rng = np.random.default_rng([cfg.source.seed, tile_seed(tile_id)])  # every draw below comes from it, in order
+    tile_scales = _tile_scales(cfg.curate, frames, rng)
+    vhr_blue = _blue_sample(frames.vhr, rng)
+    samples, skipped = _draw_samples(cfg, tile_id, frames, tile_scales, rng)
+    stats_path, samples_path = cfg.layout.curated_tile(tile_id)
+    _write_samples(cfg, samples_path, samples, tile_scales.lr_pixels, vhr_blue)
+    write_json(stats_path, _tile_stats(tile_id, frames, tile_scales, samples, skipped))
+    return {"samples": len(samples), "s2_kept": int(frames.s2_kept.sum()), "vhr_kept": int(frames.vhr_kept.sum())}
+
+
+def _choose_frames(curate: CurateConfig, tile_id: str, patch: EOPatch) -> _Frames:
+    """The tile's frames with cloud masks and covers; the clear ones kept; TileError when no S2 or label frame is."""
     s2, s2_valid = patch[ep.S2_BANDS], patch[ep.S2_VALID][..., 0]
     s2_clouds = patch[ep.S2_CLOUDS][..., 0]
     vhr, vhr_valid = patch[ep.VHR_BANDS], patch[ep.VHR_VALID][..., 0]
-    s2_dates, label_dates = list(patch.timestamps), ep.vhr_dates(patch)
-
-    s2_cover = cloud_cover(s2_clouds, s2_valid)
-    s2_keep = clear_frames(s2_cover, s2_valid, c.s2_max_cloud_cover)
-    vhr_clouds = vhr_cloud_mask(vhr, c.vhr_cloud_threshold)
-    vhr_cover = cloud_cover(vhr_clouds, vhr_valid)
-    vhr_keep = clear_frames(vhr_cover, vhr_valid, c.vhr_max_cloud_cover)
-    if not s2_keep.any():
+    vhr_clouds = vhr_cloud_mask(vhr, curate.vhr_cloud_threshold)
+    s2_cover, vhr_cover = cloud_cover(s2_clouds, s2_valid), cloud_cover(vhr_clouds, vhr_valid)
+    frames = _Frames(
+        s2=s2,
+        s2_valid=s2_valid,
+        s2_clear=~s2_clouds & s2_valid,
+        s2_dates=list(patch.timestamps),
+        s2_cover=s2_cover,
+        s2_kept=clear_frames(s2_cover, s2_valid, curate.s2_max_cloud_cover),
+        vhr=vhr,
+        vhr_valid=vhr_valid,
+        vhr_clear=~vhr_clouds & vhr_valid,
+        vhr_dates=ep.vhr_dates(patch),
+        vhr_cover=vhr_cover,
+        vhr_kept=clear_frames(vhr_cover, vhr_valid, curate.vhr_max_cloud_cover),
+    )
+    if not frames.s2_kept.any():
         raise TileError(
             tile_id,
-            f"all {len(s2_dates)} S2 frames are cloudier than curate.s2_max_cloud_cover={c.s2_max_cloud_cover} "
-            "or lack data; widen source.time_interval or raise the threshold",
+            f"all {len(frames.s2_dates)} S2 frames are cloudier than "
+            f"curate.s2_max_cloud_cover={curate.s2_max_cloud_cover} or lack data; "
+            "widen source.time_interval or raise the threshold",
         )
-    if not vhr_keep.any():
+    if not frames.vhr_kept.any():
         raise TileError(
             tile_id,
-            f"all {len(label_dates)} label frames are cloudier than curate.vhr_max_cloud_cover={c.vhr_max_cloud_cover} "
-            f"(blue > curate.vhr_cloud_threshold={c.vhr_cloud_threshold}); "
+            f"all {len(frames.vhr_dates)} label frames are cloudier than "
+            f"curate.vhr_max_cloud_cover={curate.vhr_max_cloud_cover} "
+            f"(blue > curate.vhr_cloud_threshold={curate.vhr_cloud_threshold}); "
             "check the threshold against the label's units",
         )
+    return frames
 
-    rng = np.random.default_rng([cfg.source.seed, tile_seed(tile_id)])
-    lr_clear = ~s2_clouds & s2_valid
-    hr_clear = ~vhr_clouds & vhr_valid
-    lr_pixels = sample_pixels(s2[s2_keep], lr_clear[s2_keep], c.pixels_per_tile, rng)
-    hr_pixels = sample_pixels(vhr[vhr_keep], hr_clear[vhr_keep], c.pixels_per_tile, rng)
-    label_medians = band_medians(vhr[vhr_keep], hr_clear[vhr_keep])  # the label normalisation factors of this tile
-    # scores compare label and S2 in about [0, 1]: each scaled by this tile's own percentiles (the reduce's are unknown)
-    lr_tile_scale = percentile_scale(lr_pixels, c.percentiles)
-    hr_tile_scale = percentile_scale(hr_pixels, c.percentiles)
+
+def _tile_scales(curate: CurateConfig, frames: _Frames, rng: np.random.Generator) -> _TileScales:
+    """Percentiles of random clear pixels of the kept S2 and label frames (scores compare the two in about [0, 1])."""
+    s2_kept, vhr_kept = frames.s2_kept, frames.vhr_kept
+    lr_pixels = sample_pixels(frames.s2[s2_kept], frames.s2_clear[s2_kept], curate.pixels_per_tile, rng)
+    hr_pixels = sample_pixels(frames.vhr[vhr_kept], frames.vhr_clear[vhr_kept], curate.pixels_per_tile, rng)
+    return _TileScales(
+        lr_pixels=lr_pixels,
+        lr=percentile_scale(lr_pixels, curate.percentiles),
+        hr=percentile_scale(hr_pixels, curate.percentiles),
+        label_medians=band_medians(frames.vhr[vhr_kept], frames.vhr_clear[vhr_kept]),
+    )
+
+
+def _blue_sample(vhr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(L, B) float32: up to BLUE_SAMPLE_PX random blue values of each (L, H, W, 4) label frame, the same pixels."""
     blue = vhr[..., 0].reshape(len(vhr), -1)
-    blue = blue[:, rng.choice(blue.shape[1], min(BLUE_SAMPLE_PX, blue.shape[1]), replace=False)]
+    return blue[:, rng.choice(blue.shape[1], min(BLUE_SAMPLE_PX, blue.shape[1]), replace=False)].astype(np.float32)
 
-    k, p, s = c.n_frames, c.lr_patch_px, cfg.source.scale
-    h, w = s2.shape[1:3]
-    if h < p or w < p:
-        raise TileError(tile_id, f"S2 grid {h}x{w} is smaller than curate.lr_patch_px={p}; lower it")
-    out: dict[str, list] = {k_: [] for k_ in ("lr", "lr_mask", "hr", "hr_unmatched", "hr_mask", "scores", "yx")}
-    out |= {"lr_dates": [], "hr_date": [], "ref_date": [], "hr_pixels": []}
-    skipped_dates = {}
-    for t in np.flatnonzero(vhr_keep):
-        frames = frames_before(s2_dates, s2_keep, label_dates[t], c.max_days_before, k)
-        if not frames:
-            skipped_dates[label_dates[t].isoformat()] = f"no clear S2 frame within {c.max_days_before} days before"
+
+def _draw_samples(
+    cfg: Config, tile_id: str, frames: _Frames, tile_scales: _TileScales, rng: np.random.Generator
+) -> tuple[list[dict], dict[str, str]]:
+    """`patches_per_tile` random patches per kept label frame (as dicts of TILE_FIELDS); {label date: why skipped}."""
+    curate, patch_px = cfg.curate, cfg.curate.lr_patch_px
+    height, width = frames.s2.shape[1:3]
+    if height < patch_px or width < patch_px:
+        raise TileError(tile_id, f"S2 grid {height}x{width} is smaller than curate.lr_patch_px={patch_px}; lower it")
+    samples, skipped = [], {}
+    for label_index in np.flatnonzero(frames.vhr_kept):
+        label_date = frames.vhr_dates[label_index]
+        stack = frames_before(frames.s2_dates, frames.s2_kept, label_date, curate.max_days_before, curate.n_frames)
+        if not stack:
+            skipped[label_date.isoformat()] = f"no clear S2 frame within {curate.max_days_before} days before"
             continue
-        ref = closest_frame(s2_dates, s2_keep, label_dates[t])
-        last = frames[-1]
-        for _ in range(c.patches_per_tile):
-            y, x = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
-            stack = np.zeros((k, 4, p, p), np.float32)
-            stack_mask = np.zeros((k, p, p), bool)
-            stack[: len(frames)] = s2[frames, y : y + p, x : x + p].transpose(0, 3, 1, 2)
-            stack_mask[: len(frames)] = lr_clear[frames, y : y + p, x : x + p]
-            label = vhr[t, y * s : (y + p) * s, x * s : (x + p) * s].transpose(2, 0, 1)
-            label_mask = hr_clear[t, y * s : (y + p) * s, x * s : (x + p) * s]
-            bicubic = bicubic_upsample(s2[ref, y : y + p, x : x + p].transpose(2, 0, 1), s)
-            scores = pair_scores(
-                hr_tile_scale.apply(label, band_axis=0), lr_tile_scale.apply(bicubic, band_axis=0), c.noise_max_shift_px
-            )
-            if c.histmatch_reference == "bicubic_closest":
-                matched = match_histograms(label, bicubic)
-            else:  # the published code: the last S2 frame of the stack, at low resolution
-                matched = match_histograms(label, s2[last, y : y + p, x : x + p].transpose(2, 0, 1))
-            pick = rng.choice(label_mask.size, c.pixels_per_sample)
-            out["lr"].append(stack)
-            out["lr_mask"].append(stack_mask)
-            out["hr"].append(matched)
-            out["hr_unmatched"].append(label)
-            out["hr_mask"].append(label_mask)
-            out["scores"].append(scores.as_array())
-            out["yx"].append((y, x))
-            out["hr_pixels"].append(matched.reshape(4, -1)[:, pick].T)
-            out["lr_dates"].append([s2_dates[i].date().isoformat() for i in frames] + [""] * (k - len(frames)))
-            out["hr_date"].append(label_dates[t].date().isoformat())
-            out["ref_date"].append(s2_dates[ref].date().isoformat())
+        reference = closest_frame(frames.s2_dates, frames.s2_kept, label_date)
+        for _ in range(curate.patches_per_tile):
+            corner = int(rng.integers(0, height - patch_px + 1)), int(rng.integers(0, width - patch_px + 1))
+            samples.append(_sample(cfg, frames, tile_scales, label_index, stack, reference, corner, rng))
+    return samples, skipped
 
-    n = len(out["lr"])
-    shapes = {
-        "lr": ((n, k, 4, p, p), np.float32),
-        "lr_mask": ((n, k, p, p), bool),
-        "hr": ((n, 4, p * s, p * s), np.float32),
-        "hr_unmatched": ((n, 4, p * s, p * s), np.float32),
-        "hr_mask": ((n, p * s, p * s), bool),
-        "scores": ((n, len(SCORE_NAMES)), np.float32),
-        "yx": ((n, 2), np.int32),
-        "hr_pixels": ((n, c.pixels_per_sample, 4), np.float32),
-        "lr_dates": ((n, k), "S10"),
-        "hr_date": ((n,), "S10"),
-        "ref_date": ((n,), "S10"),
+
+def _sample(
+    cfg: Config,
+    frames: _Frames,
+    tile_scales: _TileScales,
+    label_index: int,
+    stack: list[int],
+    reference: int,
+    corner: tuple[int, int],
+    rng: np.random.Generator,
+) -> dict:
+    """One sample at S2-pixel `corner`: the `stack` frames, the label, its scores against the `reference` frame."""
+    curate, scale, patch_px = cfg.curate, cfg.source.scale, cfg.curate.lr_patch_px
+    y, x = corner
+    rows, cols = slice(y, y + patch_px), slice(x, x + patch_px)
+    hr_rows, hr_cols = slice(y * scale, (y + patch_px) * scale), slice(x * scale, (x + patch_px) * scale)
+    lr = np.zeros((curate.n_frames, 4, patch_px, patch_px), np.float32)
+    lr_mask = np.zeros((curate.n_frames, patch_px, patch_px), bool)
+    lr[: len(stack)] = frames.s2[stack, rows, cols].transpose(0, 3, 1, 2)
+    lr_mask[: len(stack)] = frames.s2_clear[stack, rows, cols]
+    label = frames.vhr[label_index, hr_rows, hr_cols].transpose(2, 0, 1)
+    label_mask = frames.vhr_clear[label_index, hr_rows, hr_cols]
+    bicubic = bicubic_upsample(frames.s2[reference, rows, cols].transpose(2, 0, 1), scale)
+    scores = pair_scores(
+        tile_scales.hr.apply(label, band_axis=0), tile_scales.lr.apply(bicubic, band_axis=0), curate.noise_max_shift_px
+    )
+    if curate.histmatch_reference == "bicubic_closest":
+        matched = match_histograms(label, bicubic)
+    else:  # the published code: the last S2 frame of the stack, at low resolution
+        matched = match_histograms(label, frames.s2[stack[-1], rows, cols].transpose(2, 0, 1))
+    pick = rng.choice(label_mask.size, curate.pixels_per_sample)
+    lr_dates = [frames.s2_dates[i].date().isoformat() for i in stack]
+    return {
+        "lr": lr,
+        "lr_mask": lr_mask,
+        "hr": matched,
+        "hr_unmatched": label,
+        "hr_mask": label_mask,
+        "scores": scores.as_array(),
+        "yx": (y, x),
+        "hr_pixels": matched.reshape(4, -1)[:, pick].T,
+        "lr_dates": lr_dates + [""] * (curate.n_frames - len(stack)),
+        "hr_date": frames.vhr_dates[label_index].date().isoformat(),
+        "ref_date": frames.s2_dates[reference].date().isoformat(),
     }
-    json_path, h5_path = tile_paths(cfg.run_path, tile_id)
-    with atomic_path(h5_path) as tmp, h5py.File(tmp, "w") as f:
-        for key, (shape, dtype) in shapes.items():
-            f.create_dataset(key, data=np.asarray(out[key], dtype=dtype).reshape(shape))
-        f.create_dataset("lr_pixels", data=lr_pixels)
-        f.create_dataset("vhr_blue", data=blue.astype(np.float32))
+
+
+def _write_samples(cfg: Config, path: Path, samples: list[dict], lr_pixels: np.ndarray, vhr_blue: np.ndarray) -> None:
+    """Write the tile's raw samples file (dataset.TILE_FIELDS), atomically."""
+    patch_px, label_px = cfg.curate.lr_patch_px, cfg.curate.lr_patch_px * cfg.source.scale
+    sizes = {"N": len(samples), "K": cfg.curate.n_frames, "h": patch_px, "w": patch_px, "H": label_px, "W": label_px}
+    sizes |= {"P": cfg.curate.pixels_per_sample, "S": len(SCORE_NAMES), "M": len(lr_pixels)}
+    sizes |= dict(zip("LB", vhr_blue.shape, strict=True))
+    per_tile = {"lr_pixels": lr_pixels, "vhr_blue": vhr_blue}
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, field in TILE_FIELDS.items():
+            values = per_tile[key] if key in per_tile else [sample[key] for sample in samples]
+            f.create_dataset(key, data=np.asarray(values, dtype=field.dtype).reshape(field.shape(sizes)))
         f.attrs["score_names"] = ",".join(SCORE_NAMES)
-    stats = {
+
+
+def _tile_stats(
+    tile_id: str, frames: _Frames, tile_scales: _TileScales, samples: list[dict], skipped: dict[str, str]
+) -> dict:
+    """The tile's stats JSON: cloud cover, kept frames and medians per frame kind; label medians; sample scores."""
+    return {
         "tile_id": tile_id,
         "s2": {
-            "dates": [d.date().isoformat() for d in s2_dates],
-            "cloud_cover": s2_cover.round(4).tolist(),
-            "kept": s2_keep.tolist(),
-            "medians_all": band_medians(s2, s2_valid),
-            "medians": band_medians(s2[s2_keep], lr_clear[s2_keep]),
+            "dates": [d.date().isoformat() for d in frames.s2_dates],
+            "cloud_cover": frames.s2_cover.round(4).tolist(),
+            "kept": frames.s2_kept.tolist(),
+            "medians_all": band_medians(frames.s2, frames.s2_valid),
+            "medians": band_medians(frames.s2[frames.s2_kept], frames.s2_clear[frames.s2_kept]),
         },
         "vhr": {
-            "dates": [d.date().isoformat() for d in label_dates],
-            "cloud_cover": vhr_cover.round(4).tolist(),
-            "kept": vhr_keep.tolist(),
-            "medians_all": band_medians(vhr, vhr_valid),
-            "medians_cloud_free": label_medians,
-            "skipped": skipped_dates,
+            "dates": [d.date().isoformat() for d in frames.vhr_dates],
+            "cloud_cover": frames.vhr_cover.round(4).tolist(),
+            "kept": frames.vhr_kept.tolist(),
+            "medians_all": band_medians(frames.vhr, frames.vhr_valid),
+            "medians_cloud_free": tile_scales.label_medians,
+            "skipped": skipped,
         },
-        "label_medians": label_medians,
+        "label_medians": tile_scales.label_medians,
         "samples": [
             {
-                "hr_date": hd,
-                "ref_date": rd,
-                "y": int(y),
-                "x": int(x),
-                **dict(zip(SCORE_NAMES, map(float, sc), strict=True)),
+                "hr_date": sample["hr_date"],
+                "ref_date": sample["ref_date"],
+                "y": int(sample["yx"][0]),
+                "x": int(sample["yx"][1]),
+                **dict(zip(SCORE_NAMES, map(float, sample["scores"]), strict=True)),
             }
-            for hd, rd, (y, x), sc in zip(out["hr_date"], out["ref_date"], out["yx"], out["scores"], strict=True)
+            for sample in samples
         ],
-        "n_samples": n,
+        "n_samples": len(samples),
     }
-    write_json(json_path, stats)
-    return {"samples": n, "s2_kept": int(s2_keep.sum()), "vhr_kept": int(vhr_keep.sum())}

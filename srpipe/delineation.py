@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from affine import Affine
 from rasterio.features import rasterize
+from rasterio.transform import from_bounds
 from scipy import ndimage
 from skimage.segmentation import felzenszwalb, find_boundaries
 
@@ -34,7 +35,7 @@ from srpipe.models.delineation import DelineationNet
 
 def delineation_dir(cfg: Config) -> Path:
     """Folder of the delineation model in the run directory."""
-    return cfg.run_path / "models" / cfg.delineation.name
+    return cfg.layout.model(cfg.delineation.name)
 
 
 def segment_targets(segments: np.ndarray) -> np.ndarray:
@@ -68,9 +69,9 @@ def rasterise_parcels(parcels: gpd.GeoDataFrame, transform: Affine, shape: tuple
 
 def _from_shards(cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels (N, 4, H, W), masks (N, H, W) and proxy targets (N, 3, H, W) from the training shards."""
-    paths = shard_paths(cfg.run_path / "datasets", "train")
+    paths = shard_paths(cfg.layout.datasets, "train")
     if not paths:
-        raise StageError(f"no training shards in {cfg.run_path / 'datasets'}; run `srpipe curate` first")
+        raise StageError(f"no training shards in {cfg.layout.datasets}; run `srpipe curate` first")
     images, masks = [], []
     for shard in iter_samples(paths):
         images.append(shard["hr"])
@@ -96,7 +97,7 @@ def _from_parcels(cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         label = hr_scale.apply(patch[ep.VHR_BANDS][t], band_axis=-1).transpose(2, 0, 1)
         bbox = patch.bbox
         h, w = label.shape[1:]
-        transform = Affine((bbox.max_x - bbox.min_x) / w, 0, bbox.min_x, 0, -(bbox.max_y - bbox.min_y) / h, bbox.max_y)
+        transform = from_bounds(bbox.min_x, bbox.min_y, bbox.max_x, bbox.max_y, w, h)
         ids = rasterise_parcels(parcels.to_crs(bbox.crs.epsg), transform, (h, w))
         target = segment_targets(ids)
         for _ in range(max(1, cfg.delineation.max_samples // 16)):

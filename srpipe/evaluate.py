@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
 
 import matplotlib
 
@@ -16,9 +18,9 @@ from srpipe.config import Config
 from srpipe.curate.dataset import iter_samples, shard_paths
 from srpipe.errors import StageError
 from srpipe.losses import cpsnr
-from srpipe.metrics import psnr, ssim
+from srpipe.metrics import masked_psnr, masked_ssim
 from srpipe.models.highresnet import bicubic, masked_median
-from srpipe.train import load_trained
+from srpipe.models.trained import TrainedModel, load_trained
 
 
 def rgb(image: np.ndarray) -> np.ndarray:
@@ -26,7 +28,7 @@ def rgb(image: np.ndarray) -> np.ndarray:
     return np.clip(image[[2, 1, 0]].transpose(1, 2, 0), 0, 1) ** 0.7
 
 
-def plot_sample(path, lr_frame: np.ndarray, bic: np.ndarray, sr: np.ndarray, hr: np.ndarray, title: str) -> None:
+def plot_sample(path: Path, lr_frame: np.ndarray, bic: np.ndarray, sr: np.ndarray, hr: np.ndarray, title: str) -> None:
     """PNG of an LR frame, bicubic, SR and the label side by side (all (4, H, W) in [0, 1])."""
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
     for ax, image, name in zip(
@@ -42,71 +44,70 @@ def plot_sample(path, lr_frame: np.ndarray, bic: np.ndarray, sr: np.ndarray, hr:
     plt.close(fig)
 
 
-def evaluate(cfg: Config) -> dict:
-    """Score SR and bicubic on every test sample; write reports/metrics.json, per-tile PNGs and report.md."""
-    paths = shard_paths(cfg.run_path / "datasets", "test")
-    if not paths:
-        raise StageError(f"no test shards in {cfg.run_path / 'datasets'}; run `srpipe curate` (with >= 3 tiles)")
-    model = load_trained(cfg)
-    reports = cfg.run_path / "reports"
-    rows: dict[str, list[dict]] = defaultdict(list)
-    plotted: set[str] = set()
+def _batches(paths: list, size: int) -> Iterator[dict]:
+    """Test samples in batches of `size`: lr, lr_mask, hr, hr_mask as tensors; tile_id, hr_date as lists of str."""
     for shard in iter_samples(paths):
-        for start in range(0, len(shard["lr"]), cfg.evaluate.batch_size):
-            part = slice(start, start + cfg.evaluate.batch_size)
-            lr, lr_mask = torch.from_numpy(shard["lr"][part]), torch.from_numpy(shard["lr_mask"][part])
-            with torch.no_grad():
-                sr = model.super_resolve(lr, lr_mask, cfg.infer.self_ensemble).numpy()
-                bic = bicubic(masked_median(lr, lr_mask), model.scale).clamp(0, 1).numpy()
-                hr_t, hm_t = torch.from_numpy(shard["hr"][part]), torch.from_numpy(shard["hr_mask"][part])
-                shift = cfg.loss.cpsnr_max_shift_px  # registered scores: best integer shift, brightness-corrected
-                sr_c = cpsnr(torch.from_numpy(sr), hr_t, hm_t, shift).tolist()
-                bic_c = cpsnr(torch.from_numpy(bic), hr_t, hm_t, shift).tolist()
-            for i, hr in enumerate(shard["hr"][part]):
-                tile_id = shard["tile_id"][start + i].decode()
-                rows[tile_id].append(
-                    {
-                        "sr_psnr": psnr(sr[i], hr),
-                        "sr_ssim": ssim(sr[i], hr),
-                        "bicubic_psnr": psnr(bic[i], hr),
-                        "bicubic_ssim": ssim(bic[i], hr),
-                        "sr_cpsnr": sr_c[i],
-                        "bicubic_cpsnr": bic_c[i],
-                    }
-                )
-                if tile_id not in plotted and len(plotted) < cfg.evaluate.max_tile_plots:
-                    plotted.add(tile_id)
-                    last = int(lr_mask[i].flatten(1).any(1).nonzero().max()) if lr_mask[i].any() else 0
-                    frame = torch.nn.functional.interpolate(lr[i, last][None], scale_factor=model.scale)[0].numpy()
-                    plot_sample(
-                        reports / f"{tile_id}.png",
-                        frame,
-                        bic[i],
-                        sr[i],
-                        hr,
-                        f"tile {tile_id}, label {shard['hr_date'][start + i].decode()}",
-                    )
+        for start in range(0, len(shard["lr"]), size):
+            part = {k: shard[k][start : start + size] for k in ("lr", "lr_mask", "hr", "hr_mask", "tile_id", "hr_date")}
+            yield {
+                **{k: torch.from_numpy(part[k]) for k in ("lr", "lr_mask", "hr", "hr_mask")},
+                **{k: [v.decode() for v in part[k]] for k in ("tile_id", "hr_date")},
+            }
+
+
+@torch.no_grad()
+def _score_batch(
+    model: TrainedModel, cfg: Config, batch: dict
+) -> tuple[dict[str, list[float]], torch.Tensor, torch.Tensor]:
+    """SR and bicubic (B, 4, H, W) of a batch and their (B,) masked PSNR, SSIM (`srpipe.metrics`) and cPSNR."""
+    lr, lr_mask, hr, hr_mask = batch["lr"], batch["lr_mask"], batch["hr"], batch["hr_mask"]
+    sr = model.super_resolve(lr, lr_mask, cfg.infer.self_ensemble)
+    bic = bicubic(masked_median(lr, lr_mask), model.scale).clamp(0, 1)
+    scores = {}
+    for name, image in (("sr", sr), ("bicubic", bic)):
+        scores[f"{name}_psnr"] = masked_psnr(image, hr, hr_mask)
+        scores[f"{name}_ssim"] = masked_ssim(image.clamp(0, 1), hr, hr_mask)
+        # registered: best integer shift, brightness-corrected (PROBA-V)
+        scores[f"{name}_cpsnr"] = cpsnr(image, hr, hr_mask, cfg.loss.cpsnr_max_shift_px)
+    return {k: v.tolist() for k, v in scores.items()}, sr, bic
+
+
+def _plot_tile(path: Path, batch: dict, i: int, sr: torch.Tensor, bic: torch.Tensor, scale: int) -> None:
+    """PNG of sample `i` of `batch`: its latest clear LR frame (nearest-upsampled), bicubic, SR and the label."""
+    lr, lr_mask = batch["lr"][i], batch["lr_mask"][i]
+    last = int(lr_mask.flatten(1).any(1).nonzero().max()) if lr_mask.any() else 0
+    frame = torch.nn.functional.interpolate(lr[last][None], scale_factor=scale)[0]
+    title = f"tile {batch['tile_id'][i]}, label {batch['hr_date'][i]}"
+    plot_sample(path, frame.numpy(), bic[i].numpy(), sr[i].numpy(), batch["hr"][i].numpy(), title)
+
+
+def _aggregate(rows: dict[str, list[dict]], self_ensemble: bool) -> dict:
+    """`reports/metrics.json` from each tile's per-sample score rows (keys of `_score_batch`)."""
     every = [r for tile_rows in rows.values() for r in tile_rows]
     mean = {k: float(np.mean([r[k] for r in every])) for k in every[0]}
     per_tile = [
         {"tile_id": t, "n_samples": len(rs), **{k: float(np.mean([r[k] for r in rs])) for k in rs[0]}}
         for t, rs in sorted(rows.items())
     ]
-    metrics = {
+    return {
         "sr": {"psnr": mean["sr_psnr"], "ssim": mean["sr_ssim"]},
         "bicubic": {"psnr": mean["bicubic_psnr"], "ssim": mean["bicubic_ssim"]},
         "cpsnr": {"sr": mean["sr_cpsnr"], "bicubic": mean["bicubic_cpsnr"]},  # registered: best shift, bias removed
         "n_samples": len(every),
-        "self_ensemble": cfg.infer.self_ensemble,
+        "self_ensemble": self_ensemble,
         "sr_beats_bicubic_share": float(np.mean([r["sr_psnr"] > r["bicubic_psnr"] for r in every])),
         "sr_beats_bicubic_cpsnr_share": float(np.mean([r["sr_cpsnr"] > r["bicubic_cpsnr"] for r in every])),
         "per_tile": per_tile,
     }
-    state.write_json(reports / "metrics.json", metrics)
+
+
+def _write_report(path: Path, metrics: dict, plotted: list[str], max_shift_px: int) -> None:
+    """`reports/report.md`: the table of `metrics` and the PNGs of the `plotted` tiles."""
     lines = [
         "# Evaluation on the test tiles",
         "",
-        f"{len(every)} samples from {len(rows)} test tiles; values in [0, 1] after the curation's percentile scaling.",
+        f"{metrics['n_samples']} samples from {len(metrics['per_tile'])} test tiles; values in [0, 1] after the "
+        "curation's percentile scaling. PSNR and SSIM are on the label's clear pixels (`srpipe.metrics`).",
         "",
         "| method | PSNR (dB) | cPSNR (dB, registered) | SSIM |",
         "| --- | --- | --- | --- |",
@@ -117,13 +118,37 @@ def evaluate(cfg: Config) -> dict:
         "",
         f"SR beats bicubic on {100 * metrics['sr_beats_bicubic_share']:.0f} % of the samples (PSNR), "
         f"{100 * metrics['sr_beats_bicubic_cpsnr_share']:.0f} % (cPSNR: best shift up to "
-        f"{cfg.loss.cpsnr_max_shift_px} px, brightness bias removed, as PROBA-V).",
+        f"{max_shift_px} px, brightness bias removed, as PROBA-V).",
         "",
         "SR is the mean over the eight flips/rotations of the input (infer.self_ensemble)."
-        if cfg.infer.self_ensemble
+        if metrics["self_ensemble"]
         else "SR is one pass of the model (infer.self_ensemble is off).",
         "",
+        *(f"![{t}]({t}.png)" for t in plotted),
     ]
-    lines += [f"![{t}]({t}.png)" for t in sorted(plotted)]
-    state.write_text(reports / "report.md", "\n".join(lines) + "\n")
-    return {"sr_psnr": round(mean["sr_psnr"], 3), "bicubic_psnr": round(mean["bicubic_psnr"], 3), "samples": len(every)}
+    state.write_text(path, "\n".join(lines) + "\n")
+
+
+def evaluate(cfg: Config) -> dict:
+    """Score SR and bicubic on every test sample; write reports/metrics.json, per-tile PNGs and report.md."""
+    paths = shard_paths(cfg.layout.datasets, "test")
+    if not paths:
+        raise StageError(f"no test shards in {cfg.layout.datasets}; run `srpipe curate` (with >= 3 tiles)")
+    model = load_trained(cfg)
+    rows: dict[str, list[dict]] = defaultdict(list)
+    plotted: list[str] = []
+    for batch in _batches(paths, cfg.evaluate.batch_size):
+        scores, sr, bic = _score_batch(model, cfg, batch)
+        for i, tile_id in enumerate(batch["tile_id"]):
+            rows[tile_id].append({k: v[i] for k, v in scores.items()})
+            if tile_id not in plotted and len(plotted) < cfg.evaluate.max_tile_plots:
+                plotted.append(tile_id)
+                _plot_tile(cfg.layout.reports / f"{tile_id}.png", batch, i, sr, bic, model.scale)
+    metrics = _aggregate(rows, cfg.infer.self_ensemble)
+    state.write_json(cfg.layout.reports / "metrics.json", metrics)
+    _write_report(cfg.layout.reports / "report.md", metrics, sorted(plotted), cfg.loss.cpsnr_max_shift_px)
+    return {
+        "sr_psnr": round(metrics["sr"]["psnr"], 3),
+        "bicubic_psnr": round(metrics["bicubic"]["psnr"], 3),
+        "samples": metrics["n_samples"],
+    }

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from srpipe.config import LossConfig
+from srpipe.metrics import masked_ssim
 from srpipe.models.delineation import DelineationNet
 from srpipe.models.lanczos import lanczos_shift
 from srpipe.models.shiftnet import ShiftNet
@@ -90,22 +91,9 @@ def perceptual(net: DelineationNet, sr: torch.Tensor, hr: torch.Tensor, style_we
     return loss / len(target)
 
 
-def ssim(sr: torch.Tensor, hr: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM (Gaussian window, data range 1); differentiable, which scikit-image's is not."""
-    c = sr.shape[1]
-    g = torch.exp(-((torch.arange(window, device=sr.device, dtype=sr.dtype) - window // 2) ** 2) / (2 * sigma**2))
-    g = g / g.sum()
-    kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window)
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, kernel, groups=c)
-
-    mu_x, mu_y = blur(sr), blur(hr)
-    var_x, var_y = blur(sr * sr) - mu_x**2, blur(hr * hr) - mu_y**2
-    cov = blur(sr * hr) - mu_x * mu_y
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return s.mean()
+def ssim(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of `srpipe.metrics.masked_ssim` (Wang et al. 2004 on clear pixels, data range 1)."""
+    return masked_ssim(sr, hr, mask).mean()
 
 
 @torch.no_grad()
@@ -158,6 +146,7 @@ def sr_losses(
         terms["perceptual"] = perceptual(delineation, registered, hr, cfg.style_weight)
         total = total + cfg.perceptual_weight * terms["perceptual"]
     if cfg.ssim_weight > 0:
-        terms["ssim"] = 1 - ssim(crop(registered, cfg.crop_border_px), crop(hr, cfg.crop_border_px))
+        border = cfg.crop_border_px
+        terms["ssim"] = 1 - ssim(crop(registered, border), crop(hr, border), crop(mask, border))
         total = total + cfg.ssim_weight * terms["ssim"]
     return total, {k: v.detach() for k, v in terms.items()}

@@ -1,16 +1,86 @@
-"""Image quality scores (scikit-image): PSNR and SSIM of (bands, H, W) images with values in [0, 1]."""
+"""Image quality scores, one definition for training, evaluation and curation: masked PSNR and SSIM.
+
+Images are (bands, H, W) or (B, bands, H, W) with values in [0, 1] (data range 1), masks (H, W) or (B, H, W) bool
+(True = clear; None = every pixel). The definitions:
+
+- PSNR = 10 log10(1 / MSE) dB, MSE over the clear pixels of every band (floored at 1e-10, so identity is 100 dB).
+- SSIM is Wang et al. (2004): Gaussian window of 11 px with sigma 1.5, K1 = 0.01, K2 = 0.03, population (co)variances.
+  The local statistics of each window are Gaussian-weighted over its clear pixels only, so masked-out values never
+  change a score; the SSIM map is averaged over the clear pixels at least 5 px (half a window) inside the image, and
+  over bands. With every pixel clear this is exactly scikit-image's `structural_similarity(gaussian_weights=True,
+  sigma=1.5, use_sample_covariance=False, data_range=1)` (tests/test_metrics.py checks it).
+
+The torch functions are the implementation (training needs gradients); the numpy ones wrap them for one image.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+import torch
+import torch.nn.functional as F
+
+WINDOW_PX = 11
+SIGMA_PX = 1.5
+K1, K2 = 0.01, 0.03
+MSE_FLOOR = 1e-10
 
 
-def psnr(pred: np.ndarray, target: np.ndarray) -> float:
-    """PSNR in dB of (bands, H, W) `pred` against `target`, data range 1."""
-    return float(peak_signal_noise_ratio(target, np.clip(pred, 0, 1), data_range=1.0))
+def _gaussian_kernel(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1, 1, 11, 11) normalised Gaussian window, sigma 1.5 px."""
+    x = torch.arange(WINDOW_PX, device=device, dtype=dtype) - WINDOW_PX // 2
+    g = torch.exp(-(x**2) / (2 * SIGMA_PX**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
 
 
-def ssim(pred: np.ndarray, target: np.ndarray) -> float:
-    """Mean SSIM over bands of (bands, H, W) `pred` against `target`, data range 1."""
-    return float(structural_similarity(target, np.clip(pred, 0, 1), data_range=1.0, channel_axis=0))
+def _full_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, H, W) bool mask of (B, C, H, W) `x`; all True when `mask` is None."""
+    if mask is None:
+        return torch.ones(x.shape[0], *x.shape[-2:], dtype=torch.bool, device=x.device)
+    return mask
+
+
+def masked_ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) SSIM of (B, C, H, W) `x` against `y` on (B, H, W) bool `mask` (module docstring); differentiable."""
+    b, c, h, w = x.shape
+    m = _full_mask(x, mask).to(x.dtype)[:, None]
+    kernel = _gaussian_kernel(x.dtype, x.device)
+    # normalised convolution: each window's weights restricted to its clear pixels ("valid": interior centres only)
+    weight = F.conv2d(m, kernel).clamp_min(torch.finfo(x.dtype).tiny)
+
+    def mean(v: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H - 10, W - 10) Gaussian mean over each window's clear pixels."""
+        return F.conv2d((v * m).reshape(b * c, 1, h, w), kernel).reshape(b, c, *weight.shape[-2:]) / weight
+
+    mu_x, mu_y = mean(x), mean(y)
+    var_x, var_y, cov = mean(x * x) - mu_x**2, mean(y * y) - mu_y**2, mean(x * y) - mu_x * mu_y
+    c1, c2 = K1**2, K2**2
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    pad = WINDOW_PX // 2
+    centre = m[..., pad : h - pad, pad : w - pad]
+    return (s * centre).sum((1, 2, 3)) / (centre.sum((1, 2, 3)) * c).clamp_min(1)
+
+
+def masked_psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) PSNR in dB of (B, C, H, W) `x`, clamped to [0, 1], against `y` on (B, H, W) bool `mask`."""
+    m = _full_mask(x, mask).to(x.dtype)[:, None]
+    mse = ((x.clamp(0, 1) - y) ** 2 * m).sum((1, 2, 3)) / (m.sum((1, 2, 3)) * x.shape[1]).clamp_min(1)
+    return -10 * torch.log10(mse.clamp_min(MSE_FLOOR))
+
+
+def _batch_of_one(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None) -> tuple[torch.Tensor, ...]:
+    """(C, H, W) arrays and (H, W) mask -> float64 (1, C, H, W) tensors and (1, H, W) bool (or None)."""
+    x = torch.from_numpy(np.asarray(pred, np.float64))[None]
+    y = torch.from_numpy(np.asarray(target, np.float64))[None]
+    return x, y, None if mask is None else torch.from_numpy(np.asarray(mask, bool))[None]
+
+
+def ssim(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None, clip: bool = True) -> float:
+    """SSIM of (C, H, W) `pred` (clipped to [0, 1] unless `clip` is False) against `target` on (H, W) bool `mask`."""
+    x, y, m = _batch_of_one(np.clip(pred, 0, 1) if clip else pred, target, mask)
+    return float(masked_ssim(x, y, m)[0])
+
+
+def psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """PSNR in dB of (C, H, W) `pred`, clipped to [0, 1], against `target` on (H, W) bool `mask`."""
+    return float(masked_psnr(*_batch_of_one(pred, target, mask))[0])

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import pystac
 import rasterio
+import rasterio.transform
 from pyproj import Transformer
+from pystac.extensions.projection import ProjectionExtension
 from rasterio.windows import Window, from_bounds
-from rio_cogeo.cogeo import cog_translate
-from rio_cogeo.profiles import cog_profiles
 from tqdm import tqdm
 
 from srpipe import BANDS, state
+from srpipe.cog import cog_writer
 from srpipe.config import Config
 from srpipe.errors import StageError
 from srpipe.grid import Tile, read_grid
-from srpipe.infer import as_of_date, prediction_path
 
 
 def _window(bounds: tuple[float, float, float, float], transform: rasterio.Affine) -> Window:
@@ -68,8 +66,8 @@ def _write_vrt(
 
 def mosaic_zone(cfg: Config, epsg: int, tiles: list[Tile], stem: str) -> dict:
     """Merge the cores of `tiles` (one UTM zone) into `mosaics/<stem>.tif` (COG) and `<stem>.vrt`."""
-    run = cfg.run_path
-    present = [(t, prediction_path(cfg, t.tile_id)) for t in tiles]
+    date = cfg.as_of_date.isoformat()
+    present = [(t, cfg.layout.prediction(cfg.train.name, t.tile_id, date)) for t in tiles]
     missing = [t.tile_id for t, p in present if not p.exists()]
     present = [(t, p) for t, p in present if p.exists()]
     if not present:
@@ -81,55 +79,23 @@ def mosaic_zone(cfg: Config, epsg: int, tiles: list[Tile], stem: str) -> dict:
     maxx = max(t.core[2] for t in tiles)
     maxy = max(t.core[3] for t in tiles)
     width, height = round((maxx - minx) / res), round((maxy - miny) / res)
-    transform = rasterio.Affine(res, 0, minx, 0, -res, maxy)
-    profile = {
-        "driver": "GTiff",
-        "dtype": "float32",
-        "count": 4,
-        "width": width,
-        "height": height,
-        "crs": f"EPSG:{epsg}",
-        "transform": transform,
-        "nodata": float("nan"),
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "compress": "deflate",
-        "BIGTIFF": "IF_SAFER",
-    }
-    folder = run / "mosaics"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"{stem}.tif"
-    with state.atomic_path(out) as tmp:
-        raw = tmp.with_name(tmp.name + ".raw.tif")
-        try:
-            # block-wise: each core is written into its window, so memory stays one tile whatever the country's size
-            with rasterio.open(raw, "w", **profile) as dst:
-                for tile, path in tqdm(present, desc=f"mosaic EPSG:{epsg}", unit="tile", leave=False):
-                    with rasterio.open(path) as src:
-                        core = src.read(window=tile_core_window(tile, src.transform))
-                    dst.write(core, window=_window(tile.core, transform))
-                dst.descriptions = BANDS
-            cog = cog_profiles.get(cfg.mosaic.compress)
-            cog.update(blockxsize=cfg.mosaic.blocksize, blockysize=cfg.mosaic.blocksize)
-            levels = max(0, math.ceil(math.log2(max(width, height) / cfg.mosaic.min_overview_px)))
-            with rasterio.open(raw) as src:
-                cog_translate(
-                    src,
-                    str(tmp),
-                    cog,
-                    overview_level=levels,
-                    overview_resampling="average",
-                    quiet=True,
-                    additional_cog_metadata={"missing_tiles": ",".join(missing)},
-                )
-        finally:
-            raw.unlink(missing_ok=True)
-    _write_vrt(folder / f"{stem}.vrt", [t for t, _ in present], [p for _, p in present], epsg, transform, width, height)
+    transform = rasterio.transform.from_bounds(minx, miny, maxx, maxy, width, height)
+    out = cfg.layout.mosaics / f"{stem}.tif"
+    tags = {"missing_tiles": ",".join(missing)}
+    with cog_writer(out, width, height, transform, epsg, cfg.mosaic, tags) as dst:
+        # block-wise: each core is written into its window, so memory stays one tile whatever the country's size
+        for tile, path in tqdm(present, desc=f"mosaic EPSG:{epsg}", unit="tile", leave=False):
+            with rasterio.open(path) as src:
+                core = src.read(window=tile_core_window(tile, src.transform))
+            dst.write(core, window=_window(tile.core, transform))
+    vrt = cfg.layout.mosaics / f"{stem}.vrt"
+    _write_vrt(vrt, [t for t, _ in present], [p for _, p in present], epsg, transform, width, height)
     return {
         "path": str(out),
         "epsg": epsg,
         "bounds": (minx, miny, maxx, maxy),
+        "shape": (height, width),
+        "transform": tuple(transform)[:6],
         "tiles": len(present),
         "missing": missing,
     }
@@ -137,7 +103,6 @@ def mosaic_zone(cfg: Config, epsg: int, tiles: list[Tile], stem: str) -> dict:
 
 def _stac(cfg: Config, mosaics: list[dict], date: dt.date) -> None:
     """A STAC collection with one item per zone mosaic (COG and VRT assets), in `mosaics/stac/`."""
-    folder = cfg.run_path / "mosaics" / "stac"
     collection = pystac.Collection(
         id=f"srpipe-{cfg.plan.region}",
         description=f"4x super-resolved Sentinel-2 (B02, B03, B04, B08) of {cfg.plan.region} by srpipe",
@@ -156,9 +121,10 @@ def _stac(cfg: Config, mosaics: list[dict], date: dt.date) -> None:
             "type": "Polygon",
             "coordinates": [[[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]], [box[0], box[1]]]],
         }
-        item = pystac.Item(
-            Path(m["path"]).stem, geometry, box, when, {"proj:epsg": m["epsg"], "srpipe:tiles": m["tiles"]}
-        )
+        item = pystac.Item(Path(m["path"]).stem, geometry, box, when, {"srpipe:tiles": m["tiles"]})
+        proj = ProjectionExtension.ext(item, add_if_missing=True)
+        proj.epsg, proj.bbox = m["epsg"], list(m["bounds"])
+        proj.shape, proj.transform = list(m["shape"]), list(m["transform"])
         item.add_asset(
             "cog", pystac.Asset(f"../../{Path(m['path']).name}", media_type=pystac.MediaType.COG, roles=["data"])
         )
@@ -170,8 +136,9 @@ def _stac(cfg: Config, mosaics: list[dict], date: dt.date) -> None:
         ),
         pystac.TemporalExtent([[when, when]]),
     )
-    collection.normalize_hrefs(str(folder))
-    collection.save(pystac.CatalogType.SELF_CONTAINED)
+    with state.atomic_path(cfg.layout.stac) as tmp:  # self-contained (relative links): the folder renames whole
+        collection.normalize_hrefs(f"{tmp}/")  # the slash: pystac takes a last name with a dot for a file
+        collection.save(pystac.CatalogType.SELF_CONTAINED)
 
 
 def mosaic(cfg: Config) -> dict:
@@ -180,23 +147,10 @@ def mosaic(cfg: Config) -> dict:
     zones: dict[int, list[Tile]] = defaultdict(list)
     for t in tiles:
         zones[t.epsg].append(t)
-    date = as_of_date(cfg)
+    date = cfg.as_of_date
     results = []
     for epsg, zone_tiles in sorted(zones.items()):
         stem = f"{cfg.plan.region}_{date.isoformat()}" + (f"_{epsg}" if len(zones) > 1 else "")
         results.append(mosaic_zone(cfg, epsg, zone_tiles, stem))
     _stac(cfg, results, date)
     return {"mosaics": [r["path"] for r in results], "missing": [t for r in results for t in r["missing"]]}
-
-
-def mosaic_stats(path: Path) -> dict:
-    """Shape, CRS, bounds and NaN share of a mosaic (for reports and tests)."""
-    with rasterio.open(path) as src:
-        data = src.read(1, out_shape=(max(1, src.height // 4), max(1, src.width // 4)))
-        return {
-            "crs": str(src.crs),
-            "bounds": tuple(src.bounds),
-            "shape": (src.height, src.width),
-            "nan_share": float(np.isnan(data).mean()),
-            "overviews": src.overviews(1),
-        }

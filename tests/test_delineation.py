@@ -5,7 +5,7 @@ import json
 import geopandas as gpd
 import numpy as np
 import torch
-from affine import Affine
+from rasterio.transform import from_bounds
 
 from srpipe.config import DelineationConfig
 from srpipe.delineation import delineation_loss, proxy_segments, rasterise_parcels, segment_targets
@@ -37,7 +37,7 @@ def test_real_parcel_layer_rasterises_onto_the_scene_grid_and_trains_the_net():
     (x0, y0), (x1, y1) = ring.min(0), ring.max(0)
     scenes = np.load(SLOVENIA / "REFERENCE_SCENES.npy")  # (5, 101, 100, 13)
     h, w = scenes.shape[1:3]
-    transform = Affine((x1 - x0) / w, 0, x0, 0, -(y1 - y0) / h, y1)
+    transform = from_bounds(x0, y0, x1, y1, w, h)
     ids = rasterise_parcels(gpd.read_file(SLOVENIA / "LULC.gpkg").to_crs(32633), transform, (h, w))
     assert len(np.unique(ids[ids > 0])) >= 10  # many real parcels cover the footprint
     target = segment_targets(ids)

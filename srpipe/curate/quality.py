@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from skimage.metrics import structural_similarity
+
+from srpipe import metrics
 
 SCORE_NAMES = ("mse", "mse_corrected", "mse_ratio", "psnr", "ssim")
 
@@ -42,7 +43,7 @@ def pair_scores(label: np.ndarray, reference: np.ndarray, max_shift_px: int) -> 
 
     Both MSEs are the best over integer shifts of the reference up to `max_shift_px` label pixels (as the published
     code's min-shift scores); the corrected one first removes each band's mean difference (brightness). PSNR and SSIM
-    are taken at the corrected MSE's shift, with that correction.
+    (`srpipe.metrics`, every pixel clear) are taken at the corrected MSE's shift, with that correction.
     """
     s = max_shift_px
     _, h, w = label.shape
@@ -58,7 +59,7 @@ def pair_scores(label: np.ndarray, reference: np.ndarray, max_shift_px: int) -> 
                 best = (mse_corrected, (dy, dx), corrected)
     mse_corrected, shift, corrected = best
     mse_corrected = max(mse_corrected, 1e-10)
-    ssim = structural_similarity(core, corrected, data_range=1.0, channel_axis=0)
+    ssim = metrics.ssim(corrected, core, clip=False)
     return PairScores(
         mse, mse_corrected, mse / mse_corrected, float(10 * np.log10(1 / mse_corrected)), float(ssim), shift
     )

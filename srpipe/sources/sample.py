@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from affine import Affine
 from eolearn.core import EOPatch, FeatureType
 from rasterio.enums import Resampling
+from rasterio.transform import from_bounds
 from rasterio.vrt import WarpedVRT
 from scipy import ndimage
 
@@ -135,7 +135,7 @@ class SampleSource:
             )
         minx, miny, maxx, maxy = tile.bounds
         width, height = round((maxx - minx) / self.hr_res), round((maxy - miny) / self.hr_res)
-        transform = Affine(self.hr_res, 0, minx, 0, -self.hr_res, maxy)
+        transform = from_bounds(minx, miny, maxx, maxy, width, height)
         bands = []
         for path in self.files:
             with (

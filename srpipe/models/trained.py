@@ -1,0 +1,73 @@
+"""A trained HighRes-Net for inference and evaluation: `models/<name>/model.pt` loaded once per process."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import torch
+
+from srpipe import state
+from srpipe.augment import self_ensemble
+from srpipe.config import Config, ModelConfig
+from srpipe.curate.normalise import BandScale
+from srpipe.errors import StageError
+from srpipe.models.highresnet import HighResNet, build_model
+
+MODEL_FILE = "model.pt"  # in models/<name>/: the weights with the normalisation they were trained with
+
+
+def model_dir(cfg: Config) -> Path:
+    """Folder of the configured model (`train.name`) in the run directory."""
+    return cfg.layout.model(cfg.train.name)
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A trained model with the normalisation it was trained with."""
+
+    net: HighResNet
+    lr_scale: BandScale
+    hr_scale: BandScale
+    n_frames: int
+    scale: int
+
+    @torch.no_grad()
+    def super_resolve(self, lr: torch.Tensor, mask: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
+        """(B, K, 4, h, w) LR-scaled frames, (B, K, h, w) clear masks -> (B, 4, s*h, s*w) label-scaled SR in [0, 1].
+
+        `ensemble`: the mean over the eight flips/rotations (`infer.self_ensemble`).
+        """
+        sr = self_ensemble(self.net, lr, mask) if ensemble else self.net(lr, mask)
+        return sr.clamp(0, 1)
+
+
+def load_trained(cfg: Config) -> TrainedModel:
+    """Load the configured `models/<name>/model.pt` (see `load_model`)."""
+    return load_model(model_dir(cfg) / MODEL_FILE)
+
+
+def load_model(path: str | Path) -> TrainedModel:
+    """Load a model.pt in eval mode, once per process while the file is unchanged (so do not train the result)."""
+    path = Path(path)
+    if not path.exists():
+        raise StageError(f"{path} does not exist; run `srpipe train` first")
+    return _load_model_file(str(path.resolve()), *state.file_version(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model_file(path: str, inode: int, mtime_ns: int) -> TrainedModel:
+    """The TrainedModel in one version of a model.pt; inode and mtime key the cache: a retrained model is reloaded."""
+    saved = torch.load(path, weights_only=False)
+    torch.set_flush_denormal(True)  # as in training: denormals slow CPU convolutions many times over
+    net = build_model(ModelConfig(**saved["model_config"]), saved["scale"])
+    net.load_state_dict(saved["model"])
+    net.eval()
+    return TrainedModel(
+        net,
+        BandScale.from_json(saved["lr_scale"]),
+        BandScale.from_json(saved["hr_scale"]),
+        saved["n_frames"],
+        saved["scale"],
+    )

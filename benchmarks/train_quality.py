@@ -30,9 +30,11 @@ from srpipe.curate.dataset import ShardDataset, iter_samples, shard_paths
 from srpipe.curate.reduce import load_stats, scales
 from srpipe.delineation import load_delineation, train_delineation
 from srpipe.losses import cpsnr, sr_losses
+from srpipe.metrics import masked_psnr
 from srpipe.models import ShiftNet, build_model
 from srpipe.models.highresnet import bicubic, masked_median
-from srpipe.train import TrainedModel, load_model, load_trained, lr_to_hr_map, model_dir, psnr_per_sample, train
+from srpipe.models.trained import TrainedModel, load_model, load_trained, model_dir
+from srpipe.train import lr_to_hr_map, train
 
 REPO = Path(__file__).resolve().parents[1]
 # In [0, 1] label units the pixel MSE is ~3e-3 and its gradient tiny: at the method's weights (mean matching 10,
@@ -73,8 +75,8 @@ def score(model: TrainedModel, run_dir: Path, max_shift: int, ensemble: bool) ->
             sr, bic = model.super_resolve(lr, m, ensemble), bicubic(masked_median(lr, m), 4).clamp(0, 1)
             out["sr_cpsnr"].append(cpsnr(sr, hr, hm, max_shift))
             out["bic_cpsnr"].append(cpsnr(bic, hr, hm, max_shift))
-            out["sr_psnr"].append(psnr_per_sample(sr, hr, hm))
-            out["bic_psnr"].append(psnr_per_sample(bic, hr, hm))
+            out["sr_psnr"].append(masked_psnr(sr, hr, hm))
+            out["bic_psnr"].append(masked_psnr(bic, hr, hm))
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from srpipe import __version__
 from srpipe.config import Config, load_config
-from srpipe.errors import SrpipeError, StageError
-from srpipe.launch import StageSummary, launcher_rank, launcher_size
+from srpipe.errors import ConfigError, SrpipeError, StageError
+from srpipe.stages import CHAIN, StageSummary, check_stage, plan_run, run_chain
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     curate.add_argument("--map-only", action="store_true", help="only the per-tile map")
     curate.add_argument("--reduce-only", action="store_true", help="only the reduce over curated tiles")
-    add("train-delineation", "train the field-delineation net (perceptual loss, evaluation) on labels and parcels")
+    add("train-delineation", "train the field-delineation net (the perceptual loss's frozen net) on labels or parcels")
     add("train", "train HighRes-Net on the shards (resumes from its checkpoint)")
     add("infer", "super-resolve each tile into a COG", tiles=True)
     add("mosaic", "merge the SR tiles into country COGs, VRT and STAC")
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--run-dir", help="override the config's run_dir")
     submit.add_argument("--profile", default="local", help="hpc/profiles/<name>.toml or a TOML path (default: local)")
     submit.add_argument("--tiles", help="comma-separated tile ids (default: every tile of the grid)")
-    add("status", "per-stage progress of a run: done / failed / pending units, Slurm jobs (markers + sacct)")
+    add("status", "per-stage progress of a run: done / stale (which input changed) / failed / pending, Slurm jobs")
     resub = add("resubmit", "submit again the units of STAGE that failed or never finished (none twice)")
     resub.add_argument("stage", help="the stage to complete")
     resub.add_argument("--profile", help="default: the profile of the run's last submission")
@@ -55,67 +55,95 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stage_config(args: argparse.Namespace) -> Config:
+def _stage_config(config: Path, run_dir: str | None) -> Config:
     """The run's resolved config (`<run_dir>/config.toml`, written by plan) that every stage reads."""
-    cfg = load_config(args.config, args.run_dir)
-    stored = cfg.run_path / "config.toml"
-    if not stored.exists():
-        raise StageError(f"run directory {cfg.run_path} is not planned yet; run `srpipe plan {args.config}` first")
-    return load_config(stored)
+    cfg = load_config(config, run_dir)
+    if not cfg.layout.config.exists():
+        raise StageError(f"run directory {cfg.run_path} is not planned yet; run `srpipe plan {config}` first")
+    return load_config(cfg.layout.config)
 
 
-def _report(summary: StageSummary) -> bool:
+def _report(summary: StageSummary) -> None:
     print(summary.line(), flush=True)
-    return not summary.failed
+
+
+def _stages_of(args: argparse.Namespace) -> list[str]:
+    """The stages a command runs: `curate` is the map and the reduce; `run` and `submit all` the whole chain."""
+    if args.command == "curate":
+        return ["curate"] if args.map_only else ["curate-reduce"] if args.reduce_only else ["curate", "curate-reduce"]
+    if args.command in ("run", "submit") and getattr(args, "stage", "all") == "all":
+        return list(CHAIN)
+    name = args.stage if args.command == "submit" else args.command
+    check_stage(name)
+    return [name]
+
+
+def _executor(args: argparse.Namespace, cfg: Config):
+    """Where the stages run: a Slurm profile submits; `local` and every plain command run here (MPI ranks split)."""
+    from srpipe.cluster.local import LocalExecutor
+
+    if args.command == "submit":
+        from srpipe.cluster.profiles import load_profile
+
+        profile = load_profile(args.profile)
+        if profile.executor == "slurm":
+            from srpipe.cluster.slurm import SlurmExecutor
+
+            return SlurmExecutor(profile)
+    return LocalExecutor.from_launcher(getattr(args, "workers", None) or cfg.workers)
+
+
+def _chain_command(args: argparse.Namespace) -> int:
+    """plan, a stage, curate, run, or submit: plan first where the chain starts there, then `run_chain`."""
+    start = time.perf_counter()
+    if args.command in ("plan", "run") or (args.command == "submit" and args.stage == "all"):
+        planned = plan_run(load_config(args.config, args.run_dir))
+        _report(planned)
+        if planned.failed or args.command == "plan":
+            return 1 if planned.failed else 0
+    cfg = _stage_config(args.config, args.run_dir)
+    tiles = args.tiles.split(",") if getattr(args, "tiles", None) else None
+    if getattr(args, "chunk", None):
+        tiles = _chunk_tiles(cfg, args.chunk)
+    summaries = run_chain(cfg, _stages_of(args), tiles, _executor(args, cfg), _report)
+    if summaries and summaries[-1].stopped:
+        print(f"srpipe: stopped at {summaries[-1].stage}; fix the error above and re-run (finished work is kept)")
+    elif args.command == "run":
+        _final_words(cfg, time.perf_counter() - start)
+    elif any(s.jobs is not None for s in summaries):
+        print(f"follow it with: srpipe status {cfg.run_path}")
+    return 1 if any(s.failed for s in summaries) else 0
+
+
+def _cluster_command(args: argparse.Namespace) -> int:
+    """status or resubmit."""
+    from srpipe.cluster.profiles import load_profile
+    from srpipe.cluster.slurm import submissions
+    from srpipe.cluster.status import resubmit, run_progress, status_text
+
+    cfg = _stage_config(args.config, args.run_dir)
+    if args.command == "status":
+        print(status_text(cfg))
+        return 1 if any(row.failed for row in run_progress(cfg)) else 0
+    check_stage(args.stage)
+    subs = submissions(cfg.run_path)
+    name = args.profile or (subs[-1].get("profile") if subs else None)
+    if not name:
+        raise ConfigError("this run has no Slurm submission yet; give --profile NAME")
+    submitted = resubmit(cfg, load_profile(name), args.stage, args.downstream) or {args.stage: []}
+    for stage, ids in submitted.items():
+        print(f"{stage}: {', '.join(ids) if ids else 'nothing to submit (done, or queued already)'}")
+    print(f"follow it with: srpipe status {cfg.run_path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 0 when every unit finished, 1 when some failed, 2 on a configuration or stage error."""
     args = _parser().parse_args(argv)
-    from srpipe.stages import CHAIN, run_plan, run_stage
-
     try:
-        tiles = args.tiles.split(",") if getattr(args, "tiles", None) else None
-        workers = getattr(args, "workers", None)
-        if args.command in ("submit", "status", "resubmit"):
-            from srpipe.slurm_cli import cluster_command
-
-            return cluster_command(args, tiles)
-        if getattr(args, "chunk", None):
-            tiles = _chunk_tiles(_stage_config(args), args.chunk)
-        if args.command == "plan":
-            return 0 if _report(run_plan(load_config(args.config, args.run_dir))) else 1
-        if args.command == "run":
-            start = time.perf_counter()
-            if not _report(run_plan(load_config(args.config, args.run_dir))):
-                return 1
-            cfg = _stage_config(args)
-            ok = True
-            for name in CHAIN:
-                summary = run_stage(cfg, name, tiles, workers)
-                ok = _report(summary) and ok
-                if summary.failed and summary.failed.keys() == {"all"}:
-                    print(f"srpipe run: stopped at {name}; fix the error above and re-run (finished work is kept)")
-                    return 1
-            _final_words(cfg, time.perf_counter() - start)
-            return 0 if ok else 1
-        cfg = _stage_config(args)
-        if args.command == "curate":
-            names = (
-                ["curate"] if args.map_only else ["curate-reduce"] if args.reduce_only else ["curate", "curate-reduce"]
-            )
-        else:
-            names = [args.command]
-        ok = True
-        rank, size = launcher_rank(), launcher_size()
-        if size > 1 and args.command in ("download", "curate", "infer"):  # e.g. one rank per GPU: tiles round-robin
-            from srpipe.grid import read_grid
-
-            tiles, workers = (tiles or [t.tile_id for t in read_grid(cfg.run_path)])[rank::size], 1
-            names = [n for n in names if n != "curate-reduce"]  # the reduce needs every rank's map: run it after
-        for name in names:
-            ok = _report(run_stage(cfg, name, tiles, workers, rank=rank)) and ok
-        return 0 if ok else 1
+        if args.command in ("status", "resubmit"):
+            return _cluster_command(args)
+        return _chain_command(args)
     except SrpipeError as exc:
         print(f"srpipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -136,13 +164,13 @@ def _chunk_tiles(cfg: Config, chunk: str) -> list[str]:
 
 def _final_words(cfg: Config, seconds: float) -> None:
     """Tell the user where the results are."""
-    run = cfg.run_path
-    mosaics = sorted((run / "mosaics").glob("*.tif"))
-    print(f"\nsrpipe run finished in {seconds:.0f} s. Results in {run}:")
-    for m in mosaics:
-        print(f"  mosaic: {m}  (+ {m.with_suffix('.vrt').name}, STAC in {run / 'mosaics' / 'stac'})")
-    print(f"  report: {run / 'reports' / 'report.md'}  (metrics.json, one PNG per test tile)")
-    print(f"  curation: {run / 'curation' / 'report.md'}")
+    layout = cfg.layout
+    print(f"\nsrpipe run finished in {seconds:.0f} s. Results in {cfg.run_path}:")
+    for m in sorted(layout.mosaics.glob("*.tif")):
+        print(f"  mosaic: {m}  (+ {m.with_suffix('.vrt').name}, STAC in {layout.stac})")
+    print(f"  report: {layout.reports / 'report.md'}  (metrics.json, one PNG per test tile)")
+    print(f"  curation: {layout.curation / 'report.md'}")
+    print(f"  status: srpipe status {cfg.run_path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

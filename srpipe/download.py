@@ -14,6 +14,6 @@ def download_tile(cfg: Config, tile_id: str) -> dict:
     tile = tiles_by_id(cfg.run_path)[tile_id]
     patch = make_source(cfg.source).fetch(tile)
     ep.check_patch(patch, tile_id, cfg.source.scale)
-    with atomic_path(ep.patch_dir(cfg.run_path, tile_id)) as tmp:
+    with atomic_path(cfg.layout.eopatch(tile_id)) as tmp:
         patch.save(str(tmp))
     return {"s2_frames": int(patch[ep.S2_BANDS].shape[0]), "vhr_frames": int(patch[ep.VHR_BANDS].shape[0])}

@@ -9,6 +9,7 @@ import numpy as np
 from eolearn.core import EOPatch, FeatureType
 
 from srpipe.errors import TileError
+from srpipe.layout import RunLayout
 
 # (T, h, w, 4) float32 S2 reflectance at the low resolution, bands B02, B03, B04, B08
 S2_BANDS = (FeatureType.DATA, "S2_BANDS")
@@ -32,7 +33,7 @@ REQUIRED = (S2_BANDS, S2_CLOUDS, S2_VALID, VHR_BANDS, VHR_VALID)
 
 def patch_dir(run_dir: str | Path, tile_id: str) -> Path:
     """Folder of a tile's EOPatch in the run directory."""
-    return Path(run_dir) / "eopatches" / tile_id
+    return RunLayout(Path(run_dir)).eopatch(tile_id)
 
 
 def vhr_dates(patch: EOPatch) -> list[dt.datetime]:

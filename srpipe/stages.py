@@ -1,100 +1,409 @@
-"""The chain of stages, each a function of (config, unit) -> files, and how local mode runs them in order."""
+"""The chain: each stage's function, what it reads, and the one driver `run_chain(cfg, stages, units, executor)`.
+
+A unit's fingerprint hashes the config keys its stage reads, the input files it names (by content) and the versions
+of the upstream units it reads (per tile, or every tile for a whole-run stage). A unit is done only while its recorded
+fingerprint equals today's, so a changed setting redoes exactly the units it reaches and everything downstream.
+The registry names stage functions as `module:function` and imports them only to run, so it imports no torch.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
+import importlib
+import json
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from srpipe import state
-from srpipe.config import Config
-from srpipe.curate.reduce import curate_reduce
-from srpipe.curate.tile import curate_tile
-from srpipe.delineation import delineation_dir, train_delineation
-from srpipe.download import download_tile
-from srpipe.evaluate import evaluate
-from srpipe.grid import plan, read_grid
-from srpipe.infer import infer_tile
-from srpipe.launch import StageSummary, run_single, run_units
-from srpipe.mosaic import mosaic
-from srpipe.train import model_dir, train
+from srpipe.config import Config, config_to_dict
+from srpipe.errors import StageError
+
+ALL = "all"  # the one unit of a whole-run stage
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage: per-tile (`per_tile` fn over grid tiles) or whole-run (`single` fn), and what its result depends on."""
+    """A stage: `target` ("module:function") over grid tiles (`per_tile`) or once per run, and what it reads."""
 
     name: str
-    per_tile: Callable[[Config, str], dict] | None = None
-    single: Callable[[Config], dict] | None = None
-    inputs: Callable[[Config], str] | None = None  # fingerprint of the inputs; a change redoes a whole-run stage
+    target: str
+    per_tile: bool = False
+    reads: tuple[str, ...] = ()  # config sections ("curate") or keys ("source.scale") it reads
+    after: tuple[str, ...] = ()  # upstream stages whose outputs it reads
+    files: Callable[[Config], list[str]] | None = None  # input files outside the run, hashed by content
+    restart: Callable[[Config], Path] | None = None  # resumable state: set aside when the inputs change
+    product: Callable[[Config], Path] | None = None  # the output file whose content hash downstream units read
+    mpi: bool = False  # runs on every rank of an MPI job (the others: rank 0 only)
+
+    def function(self) -> Callable[..., dict]:
+        """The stage function: fn(cfg, tile_id) for a per-tile stage, fn(cfg) for a whole-run one."""
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
-def _fingerprint(*parts: object) -> str:
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+def _parcels(cfg: Config) -> list[str]:
+    return [cfg.delineation.parcels] if cfg.delineation.parcels else []
 
 
-def _file_stamp(path: Path) -> tuple:
-    return (str(path), path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else (str(path), None)
-
+_CURATE_MAP_KEYS = tuple(
+    f"curate.{k}"
+    for k in (
+        "vhr_cloud_threshold",
+        "vhr_max_cloud_cover",
+        "s2_max_cloud_cover",
+        "n_frames",
+        "max_days_before",
+        "lr_patch_px",
+        "patches_per_tile",
+        "percentiles",
+        "pixels_per_tile",
+        "noise_max_shift_px",
+        "histmatch_reference",
+        "pixels_per_sample",
+    )
+)
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("download", per_tile=download_tile),
-        Stage("curate", per_tile=curate_tile),
+        Stage("download", "srpipe.download:download_tile", per_tile=True, reads=("source",)),
+        Stage(
+            "curate",
+            "srpipe.curate.tile:curate_tile",
+            per_tile=True,
+            reads=("source.scale", "source.seed", *_CURATE_MAP_KEYS),
+            after=("download",),
+        ),
         Stage(
             "curate-reduce",
-            single=curate_reduce,
-            inputs=lambda c: _fingerprint(state.done_units(c.run_path, "curate"), c.curate),  # thresholds: reduce-side
+            "srpipe.curate.reduce:curate_reduce",
+            reads=("source.scale", "source.seed", "source.lr_resolution_m", "curate", "train.seed"),
+            after=("curate",),
         ),
         Stage(
             "train-delineation",
-            single=train_delineation,
-            inputs=lambda c: _fingerprint(_file_stamp(c.run_path / "curation" / "stats.json"), c.delineation),
+            "srpipe.delineation:train_delineation",
+            reads=("source.scale", "curate.lr_patch_px", "delineation"),
+            after=("curate-reduce",),
+            files=_parcels,
+            product=lambda c: c.layout.model(c.delineation.name) / "model.pt",
         ),
         Stage(
             "train",
-            single=train,
-            inputs=lambda c: _fingerprint(
-                _file_stamp(c.run_path / "curation" / "stats.json"), _file_stamp(delineation_dir(c) / "model.pt")
-            ),
+            "srpipe.train:train",
+            reads=("source.scale", "curate.n_frames", "model", "train", "loss"),
+            after=("curate-reduce", "train-delineation"),
+            restart=lambda c: c.layout.model(c.train.name),
+            product=lambda c: c.layout.model(c.train.name) / "model.pt",
+            mpi=True,
         ),
-        Stage("infer", per_tile=infer_tile),
-        Stage("mosaic", single=mosaic, inputs=lambda c: _fingerprint(state.done_units(c.run_path, "infer"))),
-        Stage("evaluate", single=evaluate, inputs=lambda c: _fingerprint(_file_stamp(model_dir(c) / "model.pt"))),
+        Stage(
+            "infer",
+            "srpipe.infer:infer_tile",
+            per_tile=True,
+            reads=("source.scale", "source.time_interval", "train.name", "infer", "mosaic"),
+            after=("download", "train"),
+        ),
+        Stage("mosaic", "srpipe.mosaic:mosaic", reads=("plan.region", "mosaic"), after=("infer",)),
+        Stage(
+            "evaluate",
+            "srpipe.evaluate:evaluate",
+            reads=("evaluate", "infer.self_ensemble", "loss.cpsnr_max_shift_px", "train.name"),
+            after=("curate-reduce", "train"),
+        ),
     )
 }
 CHAIN = tuple(STAGES)
 
 
-def run_stage(
+def check_stage(name: str) -> Stage:
+    """The stage called `name`, or a StageError listing the stages."""
+    if name not in STAGES:
+        raise StageError(f"unknown stage {name!r}; stages: {', '.join(CHAIN)}")
+    return STAGES[name]
+
+
+def stage_units(cfg: Config, stage: Stage, tiles: Iterable[str] | None = None) -> list[str]:
+    """The units of `stage`: `tiles` (default: every tile of the grid) for a per-tile stage, else ['all']."""
+    if not stage.per_tile:
+        return [ALL]
+    from srpipe.grid import read_grid
+
+    return list(tiles) if tiles is not None else [t.tile_id for t in read_grid(cfg.run_path)]
+
+
+# ---- fingerprints --------------------------------------------------------------------------------------------------
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def _config_tree(cfg: Config) -> dict[str, Any]:
+    return config_to_dict(cfg)
+
+
+def _config_values(cfg: Config, keys: tuple[str, ...]) -> dict[str, Any]:
+    """{dotted key: value} of every key `keys` names (a section expands to its keys)."""
+    tree, out = _config_tree(cfg), {}
+    for key in keys:
+        value: Any = tree
+        for part in key.split("."):
+            value = value[part]
+        items = value.items() if isinstance(value, dict) else [("", value)]
+        out |= {f"{key}.{k}" if k else key: v for k, v in items}
+    return out
+
+
+class Versions:
+    """Recorded versions of every unit of the chain, read once per stage folder (one listing, not one per tile)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self._records = run_dir, {}
+
+    def records(self, stage: str) -> dict[str, dict]:
+        """{unit: done record} of `stage`."""
+        if stage not in self._records:
+            self._records[stage] = state.done_records(self.run_dir, stage)
+        return self._records[stage]
+
+    def forget(self, stage: str) -> None:
+        """Drop the cached records of `stage` (it has just run)."""
+        self._records.pop(stage, None)
+
+
+def _upstream(stage: Stage, unit: str, versions: Versions) -> dict[str, Any]:
+    """{upstream stage: the version of the unit(s) this unit reads}; None where that unit is not done."""
+    out = {}
+    for name in stage.after:
+        records = versions.records(name)
+        if STAGES[name].per_tile and not stage.per_tile:  # a whole-run stage reads every finished tile
+            out[name] = _digest({u: r.get("version") for u, r in records.items()})
+        else:
+            out[name] = records.get(unit if STAGES[name].per_tile else ALL, {}).get("version")
+    return out
+
+
+def inputs_of(cfg: Config, stage: Stage, unit: str, versions: Versions) -> dict[str, Any]:
+    """What `unit` of `stage` reads now: config values, input files by content hash, upstream versions."""
+    paths = stage.files(cfg) if stage.files else []
+    files = {path: state.file_sha256(path) if Path(path).exists() else None for path in paths}
+    return {"config": _config_values(cfg, stage.reads), "files": files, "upstream": _upstream(stage, unit, versions)}
+
+
+def fingerprint(inputs: dict[str, Any]) -> str:
+    """16 hex digits identifying `inputs`."""
+    return _digest(inputs)
+
+
+def stale_reason(recorded: dict[str, Any], now: dict[str, Any]) -> str:
+    """Which input changed between a unit's recorded inputs and today's, in words."""
+    reasons = []
+    old_config, new_config = recorded.get("config", {}), now["config"]
+    for key in sorted(set(old_config) | set(new_config)):
+        if old_config.get(key) != new_config.get(key):
+            reasons.append(f"{key} {old_config.get(key)!r} -> {new_config.get(key)!r}")
+    reasons += [f"file {p} changed" for p in now["files"] if recorded.get("files", {}).get(p) != now["files"][p]]
+    old_up = recorded.get("upstream", {})
+    reasons += [f"{name} was redone" for name, v in now["upstream"].items() if old_up.get(name) != v]
+    return "; ".join(reasons) or "recorded before fingerprints"
+
+
+# ---- unit states ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UnitState:
+    """One unit: `status` done | stale | failed | pending, and why (the changed input, or the error)."""
+
+    status: str
+    reason: str = ""
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+def unit_state(cfg: Config, stage: Stage, unit: str, versions: Versions) -> UnitState:
+    """Whether `unit` of `stage` is done on today's inputs, stale (and why), failed or pending."""
+    now = inputs_of(cfg, stage, unit, versions)
+    record = versions.records(stage.name).get(unit)
+    if record is not None:
+        if record.get("inputs") == fingerprint(now):
+            return UnitState("done", inputs=now)
+        return UnitState("stale", stale_reason(record.get("inputs_detail", {}), now), now)
+    failure = state.failure_records(cfg.run_path, stage.name).get(unit)
+    if failure:
+        return UnitState("failed", failure["error"], now)
+    return UnitState("pending", inputs=now)
+
+
+def upstream_problem(
+    cfg: Config, stage: Stage, unit: str, versions: Versions, memo: dict[tuple[str, str], str] | None = None
+) -> str:
+    """Why `unit` cannot run on current inputs ('' when it can): a unit it reads, or one further up, is stale."""
+    memo = {} if memo is None else memo
+    for name in stage.after:
+        upstream, records = STAGES[name], versions.records(name)
+        others = [unit] if upstream.per_tile and stage.per_tile else list(records) if upstream.per_tile else [ALL]
+        for other in others:
+            if other not in records:
+                continue  # missing upstream work fails inside the stage with its own clear error
+            if (name, other) not in memo:
+                current = unit_state(cfg, upstream, other, versions)
+                where = f" of tile {other}" if upstream.per_tile else ""
+                memo[name, other] = (
+                    f"{name}{where} is stale ({current.reason}); run `srpipe {name}` first"
+                    if current.status == "stale"
+                    else upstream_problem(cfg, upstream, other, versions, memo)
+                )
+            if memo[name, other]:
+                return memo[name, other]
+    return ""
+
+
+# ---- running units -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageSummary:
+    """What one stage did: units done now, skipped (current already), failed ({unit: error}), wall seconds."""
+
+    stage: str
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    jobs: list[str] | None = None  # Slurm job ids when submitted rather than run ([] = nothing left to submit)
+
+    def record(self, unit: str, error: str | None) -> None:
+        """Count `unit` as done (no error) or failed with `error`."""
+        if error is None:
+            self.done.append(unit)
+        else:
+            self.failed[unit] = error
+
+    @property
+    def stopped(self) -> bool:
+        """True when a whole-run stage failed: nothing downstream can run."""
+        return ALL in self.failed
+
+    def line(self) -> str:
+        """One-line summary for the terminal (plus one line per failed unit)."""
+        if self.jobs is not None:
+            return f"{self.stage}: {', '.join(self.jobs) or 'nothing to submit (done, or queued already)'}"
+        text = (
+            f"{self.stage}: {len(self.done)} done, {len(self.skipped)} skipped (done before), "
+            f"{len(self.failed)} failed in {self.seconds:.1f} s"
+        )
+        for unit, error in self.failed.items():
+            text += f"\n  FAILED {unit}: {error.splitlines()[-1] if error else ''}"
+        return text
+
+
+def _set_aside(cfg: Config, stage: Stage, unit: str, fp: str) -> None:
+    """Before a resumable unit runs: if its resumable state was made from other inputs, move it aside whole."""
+    assert stage.restart is not None
+    folder = stage.restart(cfg)
+    started = state.started_info(cfg.run_path, stage.name, unit).get("inputs")
+    if folder.exists() and started != fp:
+        aside = folder.with_name(f"{folder.name}.previous")
+        shutil.rmtree(aside, ignore_errors=True)
+        folder.rename(aside)
+        print(f"{stage.name}: inputs changed since {folder} was started; kept it aside as {aside.name}", flush=True)
+
+
+def _version(cfg: Config, stage: Stage, fp: str) -> str:
+    """The unit's version that downstream units read: its fingerprint, plus its product's content hash."""
+    if stage.product is None:
+        return fp
+    product = stage.product(cfg)
+    return _digest([fp, state.file_sha256(product) if product.exists() else None])
+
+
+def run_unit(cfg: Config, stage: Stage, unit: str, rank: int = 0, log_path: str = "") -> tuple[str, str | None]:
+    """Run one unit on today's inputs and record it done (with its fingerprint) or failed; return (unit, error)."""
+    versions = Versions(cfg.run_path)
+    now = inputs_of(cfg, stage, unit, versions)
+    fp = fingerprint(now)
+    try:
+        problem = upstream_problem(cfg, stage, unit, versions)
+        if problem:
+            raise StageError(problem)
+        if stage.restart is not None and rank == 0:
+            _set_aside(cfg, stage, unit, fp)
+            state.mark_started(cfg.run_path, stage.name, unit, {"inputs": fp})
+        fn = stage.function()
+        info = (fn(cfg, unit) if stage.per_tile else fn(cfg)) or {}
+    except Exception as exc:  # noqa: BLE001 - any failure of one unit must not stop the others
+        message = f"{type(exc).__name__}: {exc}"
+        if rank == 0:
+            state.mark_failed(cfg.run_path, stage.name, unit, message, traceback.format_exc(), log_path=log_path)
+        else:
+            state.write_json(cfg.layout.state(stage.name) / f"{unit}.rank{rank}.json", {"error": message})
+        return unit, message
+    if rank == 0:
+        record = {**info, "inputs": fp, "version": _version(cfg, stage, fp), "inputs_detail": now}
+        state.mark_done(cfg.run_path, stage.name, unit, record)
+    else:  # the other ranks' results beside rank 0's marker (e.g. their parameter checksums)
+        state.write_json(cfg.layout.state(stage.name) / f"{unit}.rank{rank}.json", {**info, "error": None})
+    return unit, None
+
+
+def pending_units(cfg: Config, stage: Stage, units: list[str]) -> tuple[list[str], list[str]]:
+    """(units to run: not done on today's inputs, units current already)."""
+    versions = Versions(cfg.run_path)
+    todo, current = [], []
+    for unit in units:
+        (current if unit_state(cfg, stage, unit, versions).status == "done" else todo).append(unit)
+    return todo, current
+
+
+# ---- the chain -----------------------------------------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """Where a stage's units run: in this process or a local pool (cluster.local), or as Slurm jobs (cluster.slurm)."""
+
+    def run(self, cfg: Config, stage: Stage, units: list[str], after: StageSummary | None) -> StageSummary:
+        """Run (or submit, after `after`'s jobs) the units of `stage`; return what happened."""
+        ...
+
+
+def run_chain(
     cfg: Config,
-    name: str,
-    tiles: list[str] | None = None,
-    workers: int | None = None,
-    rank: int = 0,
-    log_path: str = "",
-) -> StageSummary:
-    """Run one stage over `tiles` (default: every tile of the grid), skipping finished units.
-
-    `rank`: this process's MPI rank when a whole-run stage (train) runs on many; rank 0 alone clears and marks.
-    """
-    stage = STAGES[name]
-    if stage.per_tile is not None:
-        units = tiles or [t.tile_id for t in read_grid(cfg.run_path)]
-        return run_units(cfg, name, stage.per_tile, units, workers, log_path=log_path)
-    fingerprint = stage.inputs(cfg) if stage.inputs else ""
-    stale = state.done_info(cfg.run_path, name, "all").get("inputs") != fingerprint
-    if stale and rank == 0:
-        state.clear_stage(cfg.run_path, name)
-    assert stage.single is not None
-    single = stage.single
-    fn = lambda c: {**(single(c) or {}), "inputs": fingerprint}  # noqa: E731
-    return run_single(cfg, name, fn, force=stale, rank=rank, log_path=log_path)
+    stages: Iterable[str],
+    units: list[str] | None,
+    executor: Executor,
+    report: Callable[[StageSummary], None] = lambda s: None,
+) -> list[StageSummary]:
+    """Run `stages` in order over `units` (default: every tile) with `executor`; stop after a failed whole-run stage."""
+    summaries: list[StageSummary] = []
+    previous = None
+    for name in stages:
+        stage = check_stage(name)
+        previous = executor.run(cfg, stage, stage_units(cfg, stage, units), previous)
+        summaries.append(previous)
+        report(previous)
+        if previous.stopped:
+            break
+    return summaries
 
 
-def run_plan(cfg: Config) -> StageSummary:
+def plan_run(cfg: Config) -> StageSummary:
     """Plan the run (always re-checked: cheap, and it guards the grid against a changed config)."""
-    return run_single(cfg, "plan", plan, force=True)
+    from srpipe.grid import plan
+
+    start, summary = time.perf_counter(), StageSummary("plan")
+    try:
+        state.mark_done(cfg.run_path, "plan", ALL, plan(cfg))
+        summary.done.append(ALL)
+    except Exception as exc:  # noqa: BLE001 - reported like every stage's failure
+        summary.failed[ALL] = f"{type(exc).__name__}: {exc}"
+        state.mark_failed(cfg.run_path, "plan", ALL, summary.failed[ALL], traceback.format_exc())
+    summary.seconds = time.perf_counter() - start
+    return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,13 +13,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from srpipe.layout import RunLayout
 
-def _marker(run_dir: Path, stage: str, unit: str, kind: str) -> Path:
-    return Path(run_dir) / "_state" / stage / f"{unit}.{kind}"
+
+def _folder(run_dir: str | Path, stage: str) -> Path:
+    return RunLayout(Path(run_dir)).state(stage)
+
+
+def _marker(run_dir: str | Path, stage: str, unit: str, kind: str) -> Path:
+    return _folder(run_dir, stage) / f"{unit}.{kind}"
 
 
 def is_done(run_dir: Path, stage: str, unit: str) -> bool:
-    """True when `unit` of `stage` has finished in an earlier or this run."""
+    """True when `unit` of `stage` has a done marker (whether it is still current is the stage registry's call)."""
     return _marker(run_dir, stage, unit, "done").exists()
 
 
@@ -34,6 +41,17 @@ def mark_done(run_dir: Path, stage: str, unit: str, info: dict[str, Any] | None 
     _marker(run_dir, stage, unit, "failed").unlink(missing_ok=True)
 
 
+def mark_started(run_dir: Path, stage: str, unit: str, info: dict[str, Any]) -> None:
+    """Record that `unit` started on the inputs in `info` (a resumable unit resumes only on the same inputs)."""
+    write_json(_marker(run_dir, stage, unit, "started"), {"started_at": time.time(), **info})
+
+
+def started_info(run_dir: Path, stage: str, unit: str) -> dict[str, Any]:
+    """What `mark_started` recorded ({} when never started)."""
+    path = _marker(run_dir, stage, unit, "started")
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def mark_failed(run_dir: Path, stage: str, unit: str, error: str, log: str = "", log_path: str = "") -> None:
     """Record why `unit` failed (`log`: traceback; `log_path`: the task's log file), so status and resubmit name it."""
     record = {"failed_at": time.time(), "error": error, "log": log, "log_path": log_path}
@@ -42,25 +60,26 @@ def mark_failed(run_dir: Path, stage: str, unit: str, error: str, log: str = "",
 
 def failure_records(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
     """{unit: the whole .failed record (error, log, log_path)} of the units of `stage` that failed."""
-    folder = Path(run_dir) / "_state" / stage
+    folder = _folder(run_dir, stage)
     return {p.name[: -len(".failed")]: json.loads(p.read_text()) for p in sorted(folder.glob("*.failed"))}
 
 
 def failures(run_dir: Path, stage: str) -> dict[str, str]:
     """{unit: error} of the units of `stage` that failed and have not finished since."""
-    folder = Path(run_dir) / "_state" / stage
+    folder = _folder(run_dir, stage)
     return {p.name[: -len(".failed")]: json.loads(p.read_text())["error"] for p in sorted(folder.glob("*.failed"))}
 
 
 def done_units(run_dir: Path, stage: str) -> list[str]:
     """Units of `stage` with a done marker, sorted."""
-    folder = Path(run_dir) / "_state" / stage
+    folder = _folder(run_dir, stage)
     return sorted(p.name[: -len(".done")] for p in folder.glob("*.done"))
 
 
-def clear_stage(run_dir: Path, stage: str) -> None:
-    """Forget every marker of `stage` (its outputs stay; the next run redoes and overwrites them)."""
-    shutil.rmtree(Path(run_dir) / "_state" / stage, ignore_errors=True)
+def done_records(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
+    """{unit: its done record} of every finished unit of `stage` (one folder listing)."""
+    folder = _folder(run_dir, stage)
+    return {p.name[: -len(".done")]: json.loads(p.read_text()) for p in sorted(folder.glob("*.done"))}
 
 
 def _tmp_name(path: Path) -> Path:
@@ -99,6 +118,15 @@ def write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's content (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def file_version(path: str | Path) -> tuple[int, int]:

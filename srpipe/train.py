@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import math
 import time
 from pathlib import Path
@@ -22,29 +21,19 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from srpipe import state
-from srpipe.augment import dihedral, self_ensemble
-from srpipe.config import Config, ModelConfig, config_to_dict
+from srpipe.augment import dihedral
+from srpipe.config import Config, config_to_dict
 from srpipe.curate.dataset import ShardDataset, shard_paths
 from srpipe.curate.normalise import BandScale
 from srpipe.curate.reduce import load_stats, scales
 from srpipe.delineation import load_delineation
 from srpipe.errors import StageError
 from srpipe.losses import cpsnr, sr_losses
+from srpipe.metrics import masked_psnr
 from srpipe.models import HighResNet, build_model
 from srpipe.models.highresnet import bicubic, masked_median
 from srpipe.models.shiftnet import ShiftNet
-
-
-def model_dir(cfg: Config) -> Path:
-    """Folder of the configured model in the run directory."""
-    return cfg.run_path / "models" / cfg.train.name
-
-
-def psnr_per_sample(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B,) PSNR in dB of values in [0, 1] over clear label pixels."""
-    m = mask[:, None].to(sr.dtype).expand_as(sr)
-    mse = ((sr.clamp(0, 1) - hr) ** 2 * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
-    return -10 * torch.log10(mse.clamp_min(1e-10))
+from srpipe.models.trained import MODEL_FILE, model_dir
 
 
 class Ranks:
@@ -86,8 +75,8 @@ def validate(model: HighResNet, loader: DataLoader, ranks: Ranks, device: torch.
         sr = model(batch["lr"], batch["lr_mask"]).float()
         bic = bicubic(masked_median(batch["lr"], batch["lr_mask"]), model.scale)
         hr, mask = batch["hr"], batch["hr_mask"]
-        scores = [psnr_per_sample(sr, hr, mask), cpsnr(sr, hr, mask, max_shift)]
-        scores += [psnr_per_sample(bic, hr, mask), cpsnr(bic, hr, mask, max_shift)]
+        scores = [masked_psnr(sr, hr, mask), cpsnr(sr, hr, mask, max_shift)]
+        scores += [masked_psnr(bic, hr, mask), cpsnr(bic, hr, mask, max_shift)]
         sums += torch.tensor([s.sum().item() for s in scores] + [len(hr)], dtype=torch.float64)
     model.train()
     sums = ranks.sum(sums)
@@ -158,217 +147,277 @@ def lr_to_hr_map(lr_scale: BandScale, hr_scale: BandScale, device: torch.device)
     return torch.from_numpy(gain).float().to(device), torch.from_numpy(offset).float().to(device)
 
 
-def train(cfg: Config) -> dict:
-    """Train (or resume) on every rank; rank 0 writes checkpoint.pt, history, loss_curves.png and model.pt."""
+@dataclasses.dataclass
+class _Setup:
+    """What the training loop reads: the world, data, networks, optimiser and budgets (fixed for the whole run)."""
+
+    cfg: Config
+    ranks: Ranks
+    device: torch.device
+    folder: Path
+    train_set: ShardDataset
+    sampler: DistributedSampler
+    val_loader: DataLoader
+    model: HighResNet
+    shiftnet: ShiftNet
+    optimizer: torch.optim.Optimizer
+    delineation: torch.nn.Module | None
+    lr_to_hr: tuple[torch.Tensor, torch.Tensor]
+    lr: float
+    budget_s: float
+    total_steps: int
+
+    @property
+    def lead(self) -> bool:
+        """True on rank 0, which alone writes files."""
+        return self.ranks.rank == 0
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Where training stands; all of it goes into the checkpoint, so a resume continues exactly."""
+
+    epoch: int = 0
+    batch_done: int = 0
+    step: int = 0
+    elapsed_s: float = 0.0
+    history: list[dict] = dataclasses.field(default_factory=list)
+    best: dict = dataclasses.field(default_factory=lambda: {"val_cpsnr": -math.inf})
+    sums: dict = dataclasses.field(default_factory=dict)
+    start: float = 0.0  # perf_counter at the (virtual) start: now - elapsed_s on a resume
+    clock_s: float = 0.0  # rank 0's seconds trained, shared by every rank each step (one budget, one lr)
+    out_of_time: bool = False
+
+
+def _device(ranks: Ranks) -> torch.device:
+    """This rank's GPU when there is one, else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device(f"cuda:{ranks.local_rank}")
+    torch.cuda.set_device(device)
+    return device
+
+
+def _frozen_delineation(cfg: Config, device: torch.device) -> torch.nn.Module | None:
+    """The frozen delineation net of the perceptual loss (None when its weight is 0)."""
+    if cfg.loss.perceptual_weight <= 0:
+        return None
+    net = load_delineation(cfg)
+    if net is None:
+        raise StageError(
+            "loss.perceptual_weight > 0 needs the delineation net; run `srpipe train-delineation` first "
+            "(or set loss.perceptual_weight = 0)"
+        )
+    return net.to(device)
+
+
+def _setup(cfg: Config) -> _Setup:
+    """Shards, samplers, HighRes-Net + ShiftNet and Adam on this rank (lr scaled with the ranks when set)."""
     t = cfg.train
-    folder = model_dir(cfg)
-    datasets = cfg.run_path / "datasets"
+    datasets = cfg.layout.datasets
     train_paths, val_paths = shard_paths(datasets, "train"), shard_paths(datasets, "val")
     if not train_paths:
         raise StageError(f"no training shards in {datasets}; run `srpipe curate` first")
     lr_scale, hr_scale = scales(load_stats(cfg.run_path))
     torch.set_flush_denormal(True)  # denormal activations after a few Adam steps make CPU convolutions 20x slower
     ranks = Ranks()
-    lead = ranks.rank == 0
-    if lead:
-        folder.mkdir(parents=True, exist_ok=True)
-    device = torch.device(f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = _device(ranks)
     torch.manual_seed(t.seed)
     np.random.seed(t.seed)
-    delineation = None
-    if cfg.loss.perceptual_weight > 0:
-        delineation = load_delineation(cfg)
-        if delineation is None:
-            raise StageError(
-                "loss.perceptual_weight > 0 needs the delineation net; run `srpipe train-delineation` first "
-                "(or set loss.perceptual_weight = 0)"
-            )
-        delineation = delineation.to(device)
-
     train_set, val_set = ShardDataset(train_paths), ShardDataset(val_paths)
     sampler = DistributedSampler(train_set, ranks.size, ranks.rank, shuffle=True, seed=t.seed, drop_last=True)
     val_sampler = DistributedSampler(val_set, ranks.size, ranks.rank, shuffle=False) if len(val_set) else []
     val_loader = DataLoader(val_set, batch_size=t.batch_size, sampler=val_sampler, num_workers=t.loader_workers)
-    per_rank = len(sampler)
-
     model = build_model(cfg.model, cfg.source.scale).to(device)
     shiftnet = ShiftNet(cfg.model.shiftnet_channels).to(device)
     trained = list(model.parameters()) + (list(shiftnet.parameters()) if cfg.loss.register else [])
     lr = t.lr * (ranks.size if t.scale_lr_with_ranks else 1)
-    optimizer = torch.optim.Adam(trained, lr=lr)
-    epoch, batch_done, step, elapsed, history = 0, 0, 0, 0.0, []
-    best, sums = {"val_cpsnr": -math.inf}, {}
-    checkpoint = folder / "checkpoint.pt"
-    if checkpoint.exists():  # resume where the last checkpoint (end of epoch or mid-epoch) left off
-        saved = torch.load(checkpoint, weights_only=False, map_location=device)
-        model.load_state_dict(saved["model"])
-        shiftnet.load_state_dict(saved["shiftnet"])
-        optimizer.load_state_dict(saved["optimizer"])
-        epoch, batch_done, step, elapsed = saved["epoch"], saved["batch_done"], saved["step"], saved["elapsed_s"]
-        history, best, sums = saved["history"], saved["best"], saved["sums"]
-        torch.set_rng_state(saved["rng"])
-        if lead:
-            print(f"train: resuming {folder.name} at epoch {epoch + 1}, batch {batch_done} ({elapsed:.0f} s trained)")
-    if ranks.size > 1:  # every rank starts from rank 0's weights and optimizer state
-        hvd = ranks.hvd
-        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        hvd.broadcast_parameters(shiftnet.state_dict(), root_rank=0)
-        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-        named = [(f"sr.{n}", p) for n, p in model.named_parameters()]
-        named += [(f"shift.{n}", p) for n, p in shiftnet.named_parameters()] if cfg.loss.register else []
-        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=named)
-    lr_to_hr = lr_to_hr_map(lr_scale, hr_scale, device)
-    amp = t.amp and device.type == "cuda"
-    tracker = _wandb_run(cfg, folder) if lead else None
-    if lead:
-        print(f"train: {ranks.size} rank(s) on {device.type}, {len(train_set)} samples, lr {lr:g}")
+    return _Setup(
+        cfg=cfg,
+        ranks=ranks,
+        device=device,
+        folder=model_dir(cfg),
+        train_set=train_set,
+        sampler=sampler,
+        val_loader=val_loader,
+        model=model,
+        shiftnet=shiftnet,
+        optimizer=torch.optim.Adam(trained, lr=lr),
+        delineation=_frozen_delineation(cfg, device),
+        lr_to_hr=lr_to_hr_map(lr_scale, hr_scale, device),
+        lr=lr,
+        budget_s=t.max_minutes * 60 if t.max_minutes > 0 else math.inf,
+        total_steps=t.epochs * max(len(sampler) // t.batch_size, 1),
+    )
 
-    def save_checkpoint() -> None:
-        payload = {
-            "model": model.state_dict(),
-            "shiftnet": shiftnet.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            **{"epoch": epoch, "batch_done": batch_done, "step": step, "history": history, "best": best},
-            **{"elapsed_s": time.perf_counter() - start, "sums": sums, "rng": torch.get_rng_state()},
-        }
-        _save(checkpoint, payload)
 
-    budget_s = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
-    total_steps = t.epochs * max(per_rank // t.batch_size, 1)
-    start = time.perf_counter() - elapsed
-    clock, out_of_time = elapsed, False  # rank 0's seconds trained, shared by every rank each step
-    model.train()
-    shiftnet.train()
-    while epoch < t.epochs and not out_of_time:
-        sampler.set_epoch(epoch)
-        order = list(sampler)[batch_done * t.batch_size :]  # the same order after a resume: seeded by epoch
-        loader = DataLoader(
-            train_set,
-            batch_size=t.batch_size,
-            sampler=order,
-            drop_last=per_rank >= t.batch_size,
-            num_workers=t.loader_workers,
-            generator=torch.Generator().manual_seed(t.seed + epoch),
-        )  # fmt: skip; its own generator: drawing worker seeds from the global one would break exact resumes
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            if t.augment:  # seeded by position, so a resumed run draws what the unbroken one did
-                seed = t.seed + 1_000_003 * ranks.rank + 7919 * step
-                batch = dihedral(batch, torch.Generator().manual_seed(seed))
-            for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(t.lr_schedule, max(step / total_steps, clock / budget_s))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                sr = model(batch["lr"], batch["lr_mask"])
-            loss, terms = sr_losses(cfg.loss, sr.float(), batch, shiftnet, delineation, lr_to_hr)
-            optimizer.zero_grad()  # Horovod's wrapper takes no set_to_none (it is the default)
-            loss.backward()
-            optimizer.step()
-            for k, v in {"loss": loss.detach(), **{f"loss_{k}": v for k, v in terms.items()}}.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
-            step, batch_done = step + 1, batch_done + 1
-            clock = ranks.lead_value(time.perf_counter() - start)
-            out_of_time = clock > budget_s
-            if out_of_time:
-                break
-            if t.checkpoint_every_steps > 0 and step % t.checkpoint_every_steps == 0 and lead:
-                save_checkpoint()
-        row = {"epoch": epoch + 1, "step": step, **ranks.average({k: v / max(batch_done, 1) for k, v in sums.items()})}
-        row.update(validate(model, val_loader, ranks, device, cfg.loss.cpsnr_max_shift_px))
-        row["seconds"] = round(time.perf_counter() - start, 1)
-        epoch, batch_done, sums = epoch + 1, 0, {}
-        history.append(row)
-        if not lead:
-            continue
-        print(
-            f"train: epoch {epoch} loss {row['loss']:.5f} val cPSNR {row['val_cpsnr']:.2f} dB "
-            f"(bicubic {row['val_bicubic_cpsnr']:.2f} dB) at {row['seconds']:.0f} s"
-        )
-        if tracker is not None:
-            tracker.log(row, step=step)
-        if not row["val_cpsnr"] <= best["val_cpsnr"]:  # also true for the first epoch and for NaN-free improvements
-            best = {"val_cpsnr": row["val_cpsnr"], "val_psnr": row["val_psnr"], "epoch": epoch}
-            _save(folder / "best.pt", {"model": model.state_dict()})
-        save_checkpoint()
-        _write_history(folder, history)
-        plot_loss_curves(folder / "loss_curves.png", history)
+def _resume(run: _Setup) -> _Progress:
+    """Rank 0's checkpoint (end of epoch or mid-epoch), loaded by rank 0 and sent to every rank; else a fresh start."""
+    checkpoint = run.folder / "checkpoint.pt"
+    saved = None
+    if run.lead and checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False, map_location="cpu")
+    if run.ranks.size > 1:
+        saved = run.ranks.hvd.broadcast_object(saved, root_rank=0)
+    if saved is None:
+        return _Progress(start=time.perf_counter())
+    run.model.load_state_dict(saved["model"])
+    run.shiftnet.load_state_dict(saved["shiftnet"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"])
+    keys = ("epoch", "batch_done", "step", "elapsed_s", "history", "best", "sums")
+    start = time.perf_counter() - saved["elapsed_s"]
+    progress = _Progress(**{k: saved[k] for k in keys}, start=start, clock_s=saved["elapsed_s"])
+    if run.lead:
+        print(f"train: resuming {run.folder.name} at epoch {progress.epoch + 1}, batch {progress.batch_done} "
+              f"({progress.elapsed_s:.0f} s trained)")  # fmt: skip
+    return progress
 
-    summary = {
-        "epochs": epoch,
-        "steps": step,
-        "ranks": ranks.size,
-        "rank": ranks.rank,
-        "best_val_cpsnr": best["val_cpsnr"],
-        "param_checksum": float(sum(p.detach().double().sum().item() for p in model.parameters())),
-        "seconds": round(time.perf_counter() - start, 1),
+
+def _distribute(run: _Setup) -> None:
+    """Horovod: every rank starts from rank 0's weights and optimiser state, and averages gradients."""
+    if run.ranks.size == 1:
+        return
+    hvd = run.ranks.hvd
+    hvd.broadcast_parameters(run.model.state_dict(), root_rank=0)
+    hvd.broadcast_parameters(run.shiftnet.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(run.optimizer, root_rank=0)
+    named = [(f"sr.{n}", p) for n, p in run.model.named_parameters()]
+    named += [(f"shift.{n}", p) for n, p in run.shiftnet.named_parameters()] if run.cfg.loss.register else []
+    run.optimizer = hvd.DistributedOptimizer(run.optimizer, named_parameters=named)
+
+
+def _save_checkpoint(run: _Setup, progress: _Progress) -> None:
+    """checkpoint.pt: weights, optimiser, counters, history and the RNG state (rank 0)."""
+    payload = {
+        "model": run.model.state_dict(),
+        "shiftnet": run.shiftnet.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        **{k: getattr(progress, k) for k in ("epoch", "batch_done", "step", "history", "best", "sums")},
+        "elapsed_s": time.perf_counter() - progress.start,
+        "rng": torch.get_rng_state(),
     }
+    _save(run.folder / "checkpoint.pt", payload)
+
+
+def _epoch_loader(run: _Setup, progress: _Progress) -> DataLoader:
+    """This epoch's remaining batches, in the order an unbroken run draws them (seeded by epoch)."""
+    t = run.cfg.train
+    run.sampler.set_epoch(progress.epoch)
+    order = list(run.sampler)[progress.batch_done * t.batch_size :]
+    return DataLoader(
+        run.train_set,
+        batch_size=t.batch_size,
+        sampler=order,
+        drop_last=len(run.sampler) >= t.batch_size,
+        num_workers=t.loader_workers,
+        generator=torch.Generator().manual_seed(t.seed + progress.epoch),
+    )  # fmt: skip; its own generator: drawing worker seeds from the global one would break exact resumes
+
+
+def _train_step(run: _Setup, progress: _Progress, batch: dict[str, torch.Tensor]) -> None:
+    """One optimiser step on `batch` (augmented, seeded by position), its loss terms added to the epoch's sums."""
+    t = run.cfg.train
+    batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+    if t.augment:  # seeded by position, so a resumed run draws what the unbroken one did
+        seed = t.seed + 1_000_003 * run.ranks.rank + 7919 * progress.step
+        batch = dihedral(batch, torch.Generator().manual_seed(seed))
+    done = max(progress.step / run.total_steps, progress.clock_s / run.budget_s)
+    for group in run.optimizer.param_groups:
+        group["lr"] = run.lr * lr_factor(t.lr_schedule, done)
+    amp = t.amp and run.device.type == "cuda"
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
+        sr = run.model(batch["lr"], batch["lr_mask"])
+    loss, terms = sr_losses(run.cfg.loss, sr.float(), batch, run.shiftnet, run.delineation, run.lr_to_hr)
+    run.optimizer.zero_grad()  # Horovod's wrapper takes no set_to_none (it is the default)
+    loss.backward()
+    run.optimizer.step()
+    for k, v in {"loss": loss.detach(), **{f"loss_{k}": v for k, v in terms.items()}}.items():
+        progress.sums[k] = progress.sums.get(k, 0.0) + v.item()
+    progress.step, progress.batch_done = progress.step + 1, progress.batch_done + 1
+
+
+def _train_epoch(run: _Setup, progress: _Progress) -> None:
+    """The rest of this epoch's steps, checkpointing every `checkpoint_every_steps`; stops when out of time."""
+    every = run.cfg.train.checkpoint_every_steps
+    for batch in _epoch_loader(run, progress):
+        _train_step(run, progress, batch)
+        progress.clock_s = run.ranks.lead_value(time.perf_counter() - progress.start)
+        progress.out_of_time = progress.clock_s > run.budget_s
+        if progress.out_of_time:
+            return
+        if every > 0 and progress.step % every == 0 and run.lead:
+            _save_checkpoint(run, progress)
+
+
+def _end_epoch(run: _Setup, progress: _Progress, tracker) -> None:
+    """Validate, log, keep the best weights and checkpoint (rank 0 writes); the next epoch starts at batch 0."""
+    averaged = run.ranks.average({k: v / max(progress.batch_done, 1) for k, v in progress.sums.items()})
+    row = {"epoch": progress.epoch + 1, "step": progress.step, **averaged}
+    row.update(validate(run.model, run.val_loader, run.ranks, run.device, run.cfg.loss.cpsnr_max_shift_px))
+    row["seconds"] = round(time.perf_counter() - progress.start, 1)
+    progress.epoch, progress.batch_done, progress.sums = progress.epoch + 1, 0, {}
+    progress.history.append(row)
+    if not run.lead:
+        return
+    print(
+        f"train: epoch {progress.epoch} loss {row['loss']:.5f} val cPSNR {row['val_cpsnr']:.2f} dB "
+        f"(bicubic {row['val_bicubic_cpsnr']:.2f} dB) at {row['seconds']:.0f} s"
+    )
+    if tracker is not None:
+        tracker.log(row, step=progress.step)
+    if not row["val_cpsnr"] <= progress.best["val_cpsnr"]:  # also true for the first epoch and for NaN-free gains
+        progress.best = {"val_cpsnr": row["val_cpsnr"], "val_psnr": row["val_psnr"], "epoch": progress.epoch}
+        _save(run.folder / "best.pt", {"model": run.model.state_dict()})
+    _save_checkpoint(run, progress)
+    _write_history(run.folder, progress.history)
+    plot_loss_curves(run.folder / "loss_curves.png", progress.history)
+
+
+def _save_model(run: _Setup, progress: _Progress) -> None:
+    """model.pt: the best epoch's weights (else the last) with the model's shape and normalisation (rank 0)."""
+    cfg, folder = run.cfg, run.folder
+    lr_scale, hr_scale = scales(load_stats(cfg.run_path))
+    best = folder / "best.pt"
+    weights = torch.load(best, weights_only=False)["model"] if best.exists() else run.model.state_dict()
+    payload = {
+        "model": weights,
+        "model_config": dataclasses.asdict(cfg.model),
+        "scale": cfg.source.scale,
+        "n_frames": cfg.curate.n_frames,
+        "lr_scale": lr_scale.to_json(),
+        "hr_scale": hr_scale.to_json(),
+        "best": progress.best,
+    }
+    _save(folder / MODEL_FILE, payload)
+    state.write_text(folder / "config.toml", cfg.layout.config.read_text())
+
+
+def train(cfg: Config) -> dict:
+    """Train (or resume) on every rank; rank 0 writes checkpoint.pt, history, loss_curves.png and model.pt."""
+    run = _setup(cfg)
+    if run.lead:
+        run.folder.mkdir(parents=True, exist_ok=True)
+    progress = _resume(run)
+    _distribute(run)
+    tracker = _wandb_run(cfg, run.folder) if run.lead else None
+    if run.lead:
+        print(f"train: {run.ranks.size} rank(s) on {run.device.type}, {len(run.train_set)} samples, lr {run.lr:g}")
+    run.model.train()
+    run.shiftnet.train()
+    while progress.epoch < cfg.train.epochs and not progress.out_of_time:
+        _train_epoch(run, progress)
+        _end_epoch(run, progress, tracker)
     if tracker is not None:
         tracker.finish()
-    if not lead:
-        return summary
-    weights = torch.load(folder / "best.pt", weights_only=False)["model"] if (folder / "best.pt").exists() else None
-    _save(
-        folder / "model.pt",
-        {
-            "model": weights or model.state_dict(),
-            "model_config": dataclasses.asdict(cfg.model),
-            "scale": cfg.source.scale,
-            "n_frames": cfg.curate.n_frames,
-            "lr_scale": lr_scale.to_json(),
-            "hr_scale": hr_scale.to_json(),
-            "best": best,
-        },
-    )
-    state.write_text(folder / "config.toml", (cfg.run_path / "config.toml").read_text())
-    return summary
-
-
-@dataclasses.dataclass
-class TrainedModel:
-    """A trained model with the normalisation it was trained with."""
-
-    net: HighResNet
-    lr_scale: BandScale
-    hr_scale: BandScale
-    n_frames: int
-    scale: int
-
-    @torch.no_grad()
-    def super_resolve(self, lr: torch.Tensor, mask: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
-        """(B, K, 4, h, w) LR-scaled frames, (B, K, h, w) clear masks -> (B, 4, s*h, s*w) label-scaled SR in [0, 1].
-
-        `ensemble`: the mean over the eight flips/rotations (`infer.self_ensemble`).
-        """
-        sr = self_ensemble(self.net, lr, mask) if ensemble else self.net(lr, mask)
-        return sr.clamp(0, 1)
-
-
-def load_trained(cfg: Config) -> TrainedModel:
-    """Load the configured `models/<name>/model.pt` (see `load_model`)."""
-    return load_model(model_dir(cfg) / "model.pt")
-
-
-def load_model(path: str | Path) -> TrainedModel:
-    """Load a model.pt in eval mode, once per process while the file is unchanged (so do not train the result)."""
-    path = Path(path)
-    if not path.exists():
-        raise StageError(f"{path} does not exist; run `srpipe train` first")
-    return _load_model_file(str(path.resolve()), *state.file_version(path))
-
-
-@functools.lru_cache(maxsize=2)
-def _load_model_file(path: str, inode: int, mtime_ns: int) -> TrainedModel:
-    """The TrainedModel in one version of a model.pt; inode and mtime key the cache: a retrained model is reloaded."""
-    saved = torch.load(path, weights_only=False)
-    torch.set_flush_denormal(True)  # as in training: denormals slow CPU convolutions many times over
-    net = build_model(ModelConfig(**saved["model_config"]), saved["scale"])
-    net.load_state_dict(saved["model"])
-    net.eval()
-    return TrainedModel(
-        net,
-        BandScale.from_json(saved["lr_scale"]),
-        BandScale.from_json(saved["hr_scale"]),
-        saved["n_frames"],
-        saved["scale"],
-    )
+    if run.lead:
+        _save_model(run, progress)
+    return {
+        "epochs": progress.epoch,
+        "steps": progress.step,
+        "ranks": run.ranks.size,
+        "rank": run.ranks.rank,
+        "best_val_cpsnr": progress.best["val_cpsnr"],
+        "param_checksum": float(sum(p.detach().double().sum().item() for p in run.model.parameters())),
+        "seconds": round(time.perf_counter() - progress.start, 1),
+    }

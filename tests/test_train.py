@@ -20,7 +20,8 @@ from srpipe import state
 from srpipe.config import Config, DelineationConfig, LossConfig, ModelConfig, TrainConfig, dump_config, load_config
 from srpipe.curate.dataset import ShardWriter
 from srpipe.delineation import train_delineation
-from srpipe.train import Ranks, load_trained, lr_factor, model_dir, train, validate
+from srpipe.models.trained import load_trained, model_dir
+from srpipe.train import Ranks, lr_factor, train, validate
 
 
 def _samples(n: int, k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from srpipe.train import model_dir
+from srpipe.models.trained import model_dir
 from tests.test_train import tiny_run
 
 pytestmark = pytest.mark.mpi

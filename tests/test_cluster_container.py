@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from eolearn.core import EOPatch
 
-from srpipe.container import container_argv
+from srpipe.cluster.container import container_argv
 from srpipe.grid import read_grid
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
 

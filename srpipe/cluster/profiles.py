@@ -1,4 +1,8 @@
-"""Site profiles (hpc/profiles/<name>.toml): where and with what resources each stage runs; typed, validated by key."""
+"""Site profiles: where and with what resources each stage runs; typed TOML, validated by key.
+
+The shipped profiles live in the package (`srpipe/cluster/site_profiles/`, also reachable as `hpc/profiles/` in a
+checkout), so `--profile NAME` works from an installed srpipe; a site's own profile is given as a TOML path.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from srpipe.cluster.container import container_argv
 from srpipe.config import build_dataclass
 from srpipe.errors import ConfigError
 
-PROFILES_DIR = Path(__file__).resolve().parents[1] / "hpc" / "profiles"
+PROFILES_DIR = Path(__file__).resolve().parent / "site_profiles"
 
 
 @dataclass(frozen=True)
@@ -73,17 +78,15 @@ class Profile:
 
 
 def container_command(container: Container, paths: list[str], python: str = "python") -> str:
-    """Shell prefix that runs `python` in `container` with `paths` + its binds visible at the same place."""
+    """Shell prefix that runs `python` in `container` with `paths` + its binds visible at the same place.
+
+    The job's environment is kept (submitit and PMIx need its SLURM_* / PMIX_* variables inside the container).
+    """
     if not container.runtime:
         return python
     binds = list(dict.fromkeys([*paths, *container.binds]))
-    if container.runtime == "apptainer":
-        from srpipe.container import container_argv
-
-        return shlex.join(container_argv("apptainer", container.image, binds, [container.python], gpu=True))
-    # not container_argv's `--unset-env=*`: submitit and PMIx need the job's SLURM_* / PMIX_* variables inside
-    mounts = [f"-b {shlex.quote(b if ':' in b else f'{b}:{b}')}" for b in binds]
-    return " ".join(["ch-run", *mounts, shlex.quote(container.image), "--", container.python])
+    argv = container_argv(container.runtime, container.image, binds, [container.python], gpu=True, keep_env=True)
+    return shlex.join(argv)
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
@@ -103,7 +106,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     stages = data.get("stages", {})
     if not isinstance(defaults, dict) or not isinstance(stages, dict):
         raise ConfigError(f"profile {path}: [defaults] and [stages.<name>] must be tables")
-    from srpipe.stages import CHAIN
+    from srpipe.stages import CHAIN  # the registry: names only, no stage code imported
 
     for stage, table in stages.items():
         if stage not in CHAIN:

@@ -1,4 +1,5 @@
-"""Progress of a run on Slurm (markers in _state/ + sacct/squeue job states) and resubmission of what is unfinished."""
+"""`srpipe status` of any run (done / stale and why / failed / pending from the markers and fingerprints, plus the
+sacct/squeue states of its Slurm jobs when it has any) and resubmission of what is unfinished or stale."""
 
 from __future__ import annotations
 
@@ -7,20 +8,22 @@ import subprocess
 from dataclasses import dataclass, field
 
 from srpipe import state
+from srpipe.cluster.profiles import Profile
+from srpipe.cluster.slurm import SlurmExecutor, submissions
 from srpipe.config import Config
-from srpipe.profiles import Profile
-from srpipe.slurm import stage_units, submissions, submit_chain
+from srpipe.stages import CHAIN, STAGES, Versions, run_chain, stage_units, unit_state, upstream_problem
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD"}
 
 
 @dataclass
 class StageProgress:
-    """One stage: its units, which are done, failed ({unit: reason}) or pending, and its active Slurm tasks."""
+    """One stage: its units, which are done, stale or failed ({unit: reason}) or pending, its active Slurm tasks."""
 
     stage: str
     units: list[str]
     done: list[str] = field(default_factory=list)
+    stale: dict[str, str] = field(default_factory=dict)  # done once, on inputs that have changed since (why)
     failed: dict[str, str] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)  # never submitted, or their task ended without a record
     queued: list[str] = field(default_factory=list)  # in a task that is queued or running now
@@ -30,7 +33,8 @@ class StageProgress:
         """One row of `srpipe status`."""
         jobs = ", ".join(f"{j} {s}" for j, s in sorted(self.active_jobs.items())) or "-"
         pending = len(self.pending) + len(self.queued)
-        return f"{self.stage:<18}{len(self.units):>6}{len(self.done):>6}{len(self.failed):>8}{pending:>9}  {jobs}"
+        counts = f"{len(self.units):>6}{len(self.done):>6}{len(self.stale):>7}{len(self.failed):>8}{pending:>9}"
+        return f"{self.stage:<18}{counts}  {jobs}"
 
 
 def _expand(job_id: str) -> list[str]:
@@ -59,7 +63,7 @@ def parse_job_states(text: str) -> dict[str, str]:
 
 def job_states(job_ids: list[str]) -> dict[str, str]:
     """{task id: state} of `job_ids` (array ids expand to their tasks): sacct, then squeue for the live ones."""
-    if not job_ids:
+    if not job_ids:  # a local run: no Slurm client needed
         return {}
     ids = ",".join(sorted({j.split("_")[0] for j in job_ids}))
     sacct = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobID,State"], capture_output=True, text=True)
@@ -82,23 +86,32 @@ def _latest_tasks(cfg: Config, stage: str) -> tuple[dict[str, str], dict[str, st
     return latest, logs
 
 
-def stage_progress(cfg: Config, stage: str, states: dict[str, str] | None = None) -> StageProgress:
-    """Progress of `stage`: done from markers; failed from markers or from a task that ended without finishing."""
-    progress = StageProgress(stage, stage_units(cfg, stage))
+def stage_progress(
+    cfg: Config, stage: str, states: dict[str, str] | None = None, versions: Versions | None = None
+) -> StageProgress:
+    """Progress of `stage`: done or stale from markers and fingerprints; failed from markers or from a Slurm task
+    that ended without finishing the unit; queued while its task is."""
+    spec = STAGES[stage]
+    progress = StageProgress(stage, stage_units(cfg, spec))
     latest, logs = _latest_tasks(cfg, stage)
     states = job_states(sorted(set(latest.values()))) if states is None else states
-    records = state.failure_records(cfg.run_path, stage)
-    done = set(state.done_units(cfg.run_path, stage))
+    versions = Versions(cfg.run_path) if versions is None else versions
+    memo: dict[tuple[str, str], str] = {}
     for unit in progress.units:
+        current = unit_state(cfg, spec, unit, versions)
         task = latest.get(unit, "")
         job_state = states.get(task, "")
-        if unit in done:
-            progress.done.append(unit)
+        if current.status in ("done", "stale"):
+            problem = current.reason if current.status == "stale" else upstream_problem(cfg, spec, unit, versions, memo)
+            if problem:
+                progress.stale[unit] = problem
+            else:
+                progress.done.append(unit)
         elif job_state in ACTIVE:
             progress.queued.append(unit)
             progress.active_jobs[task] = job_state
-        elif unit in records:
-            record = records[unit]
+        elif current.status == "failed":
+            record = state.failure_records(cfg.run_path, stage)[unit]
             progress.failed[unit] = f"{record['error']} (log: {record.get('log_path') or logs.get(task, '?')})"
         elif job_state and job_state != "COMPLETED":
             progress.failed[unit] = f"job {task} {job_state} before the unit finished (log: {logs.get(task, '?')})"
@@ -111,34 +124,48 @@ def stage_progress(cfg: Config, stage: str, states: dict[str, str] | None = None
 
 def run_progress(cfg: Config) -> list[StageProgress]:
     """Progress of every stage of the chain, with one sacct/squeue query for the whole run."""
-    from srpipe.stages import CHAIN
-
     tasks = sorted({t for sub in submissions(cfg.run_path) for t in sub["tasks"]})
-    states = job_states(tasks)
-    return [stage_progress(cfg, stage, states) for stage in CHAIN]
+    states, versions = job_states(tasks), Versions(cfg.run_path)
+    return [stage_progress(cfg, stage, states, versions) for stage in CHAIN]
+
+
+def _grouped(kind: str, stage: str, reasons: dict[str, str], limit: int = 5) -> list[str]:
+    """`  KIND stage unit: reason` lines, units of the same reason folded into one line past `limit`."""
+    by_reason: dict[str, list[str]] = {}
+    for unit, reason in reasons.items():
+        by_reason.setdefault(reason, []).append(unit)
+    lines = []
+    for reason, units in by_reason.items():
+        if len(units) <= limit:
+            lines += [f"  {kind} {stage} {unit}: {reason}" for unit in units]
+        else:
+            lines.append(f"  {kind} {stage} {len(units)} units ({', '.join(units[:3])}, ...): {reason}")
+    return lines
 
 
 def status_text(cfg: Config) -> str:
-    """The table of `srpipe status RUN`, then every failed unit with its reason and log."""
+    """The table of `srpipe status RUN`, then every stale unit (which input changed) and failed unit (why, log)."""
     rows = run_progress(cfg)
-    lines = [f"run {cfg.run_path}", f"{'stage':<18}{'units':>6}{'done':>6}{'failed':>8}{'pending':>9}  active jobs"]
-    lines += [row.line() for row in rows]
+    header = f"{'stage':<18}{'units':>6}{'done':>6}{'stale':>7}{'failed':>8}{'pending':>9}  active jobs"
+    lines = [f"run {cfg.run_path}", header, *(row.line() for row in rows)]
     for row in rows:
-        lines += [f"  FAILED {row.stage} {unit}: {reason}" for unit, reason in row.failed.items()]
+        lines += _grouped("STALE", row.stage, row.stale) + _grouped("FAILED", row.stage, row.failed)
     return "\n".join(lines)
 
 
 def resubmit(cfg: Config, profile: Profile, stage: str, downstream: bool = False) -> dict[str, list[str]]:
-    """Submit the units of `stage` that failed or never finished, none that is queued or running (no duplicates).
+    """Submit the units of `stage` that failed, are stale or never finished, none queued or running (no duplicates).
 
     With `downstream`, the later stages of the chain follow afterok, as `srpipe submit all` chains them.
     """
-    from srpipe.stages import CHAIN
-
     progress = stage_progress(cfg, stage)
-    todo = [u for u in progress.units if u in progress.failed or u in progress.pending]  # never a queued unit
+    todo = [u for u in progress.units if u in progress.failed or u in progress.stale or u in progress.pending]
     stages = list(CHAIN[CHAIN.index(stage) :]) if downstream else [stage]
-    if not todo:
-        stages = stages[1:]
     active = sorted({job.split("_")[0] for job in progress.active_jobs})
-    return submit_chain(cfg, profile, stages, {stage: todo}, after=active)
+    executor = SlurmExecutor(profile, after=active)
+    submitted = {}
+    if todo:
+        submitted |= {s.stage: s.jobs for s in run_chain(cfg, [stage], todo, executor)}
+    if len(stages) > 1:
+        submitted |= {s.stage: s.jobs for s in run_chain(cfg, stages[1:], None, executor)}
+    return submitted

@@ -41,11 +41,13 @@ def container_argv(
     argv: Sequence[str],
     gpu: bool = False,
     env: Mapping[str, str] | None = None,
+    keep_env: bool = False,
 ) -> list[str]:
     """The command line running `argv` in `image` with `runtime` (apptainer, singularity, charliecloud or ch-run).
 
     Apptainer/Singularity: `apptainer exec [--nv] [--bind A,B] [--env K=V ...] IMAGE argv...`.
-    Charliecloud: `ch-run --unset-env=* --set-env [--set-env=K=V ...] [-b SRC:DST ...] IMAGE -- argv...`.
+    Charliecloud: `ch-run --unset-env=* --set-env [--set-env=K=V ...] [-b SRC:DST ...] IMAGE -- argv...`;
+    with `keep_env` (a Slurm job's wrapper) the caller's environment passes through: no `--unset-env`/`--set-env`.
     """
     exe = RUNTIMES.get(runtime)
     if exe is None:
@@ -60,7 +62,7 @@ def container_argv(
         if not name or "=" in name:
             raise ValueError(f"bad environment variable name {name!r}")
     if exe == "ch-run":
-        cmd = [exe, "--unset-env=*", "--set-env"]
+        cmd = [exe] if keep_env else [exe, "--unset-env=*", "--set-env"]
         cmd += [f"--set-env={k}={v}" for k, v in variables.items()]
         for src, dst in pairs:
             cmd += ["-b", f"{src}:{dst}"]

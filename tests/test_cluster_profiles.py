@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from srpipe.cluster.profiles import PROFILES_DIR, Container, container_command, load_profile
 from srpipe.errors import ConfigError
-from srpipe.profiles import PROFILES_DIR, Container, container_command, load_profile
 
 
 def test_every_shipped_profile_loads():
@@ -69,3 +69,32 @@ def test_no_container_keeps_the_plain_python():
     profile = load_profile("slurm-local")
     assert profile.python_command(Path("/runs/r1")).endswith("python")
     assert "apptainer" not in profile.python_command(Path("/runs/r1"))
+
+
+def test_profiles_load_from_an_installed_package_without_the_checkout_or_torch(tmp_path: Path):
+    """A wheel install (no hpc/ beside it) finds the shipped profiles; validating stage names imports no torch."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir)]
+    subprocess.run([*build, str(REPO)], check=True, capture_output=True)
+    wheel = next(wheel_dir.glob("srpipe-*.whl"))
+    install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "-t", str(target), str(wheel)]
+    subprocess.run(install, check=True)
+    probe = (
+        "import sys, srpipe; from srpipe.cluster.profiles import load_profile; "
+        "p = load_profile('example-gpu-cluster'); "
+        "print(srpipe.__file__, p.resources('train').gpus_per_node, 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {probe}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    path, gpus, torch_loaded = out.stdout.split()
+    assert path.startswith(str(target)) and gpus == "4" and torch_loaded == "False"

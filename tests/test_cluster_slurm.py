@@ -1,10 +1,9 @@
-"""Slurm launch layer without a cluster: array planning under limits, job-state parsing, launcher ranks."""
+"""Slurm submission and status without a cluster: array planning under limits, job states, resubmission."""
 
 from __future__ import annotations
 
-from srpipe.launch import launcher_rank
-from srpipe.slurm import ClusterLimits, parse_limits, plan_arrays
-from srpipe.slurm_status import parse_job_states
+from srpipe.cluster.slurm import ClusterLimits, parse_limits, plan_arrays
+from srpipe.cluster.status import parse_job_states
 
 SCONTROL = """Configuration data as of 2024-01-01T00:00:00
 MaxArraySize            = 1001
@@ -68,57 +67,43 @@ def test_job_states_expand_pending_array_ranges_and_strip_cancelled_by():
     }
 
 
-def test_launcher_rank_from_pmix_openmpi_or_multi_task_srun():
-    assert launcher_rank({}) == 0
-    assert launcher_rank({"PMIX_RANK": "1"}) == 1
-    assert launcher_rank({"OMPI_COMM_WORLD_RANK": "3"}) == 3
-    assert launcher_rank({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == 0
-    assert launcher_rank({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}) == 1
-
-
-def test_launcher_size_from_openmpi_or_srun_step():
-    from srpipe.launch import launcher_size
-
-    assert launcher_size({}) == 1
-    assert launcher_size({"OMPI_COMM_WORLD_SIZE": "4"}) == 4
-    assert launcher_size({"SLURM_STEP_NUM_TASKS": "2"}) == 2
-
-
 def test_status_and_resubmit_never_resubmit_a_queued_or_done_unit(tiny_config, monkeypatch):
     import json
 
-    from srpipe import slurm_status, state
+    from srpipe import state
+    from srpipe.cluster import slurm, status
+    from srpipe.cluster.profiles import load_profile
     from srpipe.config import load_config
-    from srpipe.profiles import load_profile
-    from srpipe.stages import run_plan
+    from srpipe.stages import STAGES, plan_run, stage_units
 
-    planned = run_plan(load_config(tiny_config))
+    planned = plan_run(load_config(tiny_config))
     assert not planned.failed
     cfg = load_config(load_config(tiny_config).run_path / "config.toml")
-    tiles = slurm_status.stage_units(cfg, "download")
+    tiles = stage_units(cfg, STAGES["download"])
     record = {"stage": "download", "tasks": {"5_0": tiles[:2], "5_1": tiles[2:4], "5_2": tiles[4:5]}, "logs": {}}
     (cfg.run_path / "_slurm").mkdir()
     (cfg.run_path / "_slurm/submissions.jsonl").write_text(json.dumps(record) + "\n")
-    state.mark_done(cfg.run_path, "download", tiles[0])
+    state.mark_done(cfg.run_path, "download", tiles[0], {"inputs": "an older source"})  # stale: redone too
     state.mark_failed(cfg.run_path, "download", tiles[1], "TileError: boom", log_path="/logs/5_0_0_log.out")
     states = {"5_0": "COMPLETED", "5_1": "CANCELLED", "5_2": "RUNNING"}
-    progress = slurm_status.stage_progress(cfg, "download", states)
-    assert progress.done == tiles[:1] and progress.queued == tiles[4:5] and progress.pending == tiles[5:]
+    progress = status.stage_progress(cfg, "download", states)
+    assert list(progress.stale) == tiles[:1] and progress.queued == tiles[4:5] and progress.pending == tiles[5:]
     assert "boom" in progress.failed[tiles[1]] and "/logs/5_0_0_log.out" in progress.failed[tiles[1]]
     assert "5_1 CANCELLED" in progress.failed[tiles[2]] and set(progress.failed) == set(tiles[1:4])
 
     calls = []
-    monkeypatch.setattr(slurm_status, "job_states", lambda ids: states)
-    monkeypatch.setattr(slurm_status, "submit_chain", lambda *a, **k: calls.append((a, k)) or {})
-    slurm_status.resubmit(cfg, load_profile("slurm-local"), "download")
-    (_, _, stages, units), kwargs = calls[0]
-    assert stages == ["download"] and units == {"download": tiles[1:4] + tiles[5:]} and kwargs["after"] == ["5"]
+    monkeypatch.setattr(status, "job_states", lambda ids: states)
+    monkeypatch.setattr(slurm, "cluster_limits", lambda: slurm.ClusterLimits())
+    monkeypatch.setattr(slurm, "submit_stage", lambda *a: calls.append(a) or ["6"])
+    status.resubmit(cfg, load_profile("slurm-local"), "download")
+    (_, _, stage, units, after, _) = calls[0]
+    assert len(calls) == 1 and stage == "download" and units == tiles[:4] + tiles[5:] and after == ["5"]
 
 
 def test_executor_carries_profile_resources_dependencies_and_mpi(tmp_path):
+    from srpipe.cluster.profiles import load_profile
+    from srpipe.cluster.slurm import _executor
     from srpipe.config import Config
-    from srpipe.profiles import load_profile
-    from srpipe.slurm import _executor
 
     cfg, profile = Config(run_dir=str(tmp_path)), load_profile("slurm-local")
     train = _executor(cfg, profile, "train", "job", ["12", "13"]).parameters

@@ -1,7 +1,8 @@
-"""Slurm launch layer: stages as submitit job arrays (tiles chunked per task) or single jobs, chained afterok."""
+"""Slurm: stages as submitit job arrays (tiles chunked per task) or single jobs, chained afterok (`SlurmExecutor`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -15,12 +16,12 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from srpipe import state
+from srpipe.cluster.local import run_units
+from srpipe.cluster.profiles import Profile
 from srpipe.config import Config, load_config
 from srpipe.errors import StageError
-from srpipe.profiles import Profile
-
-MPI_STAGES = ("train",)  # stages that call MPI_Init (hvd.init) on every rank
-SUBMISSIONS = "_slurm/submissions.jsonl"  # one JSON line per submission: stage, array tasks and their units
+from srpipe.layout import RunLayout
+from srpipe.stages import ALL, STAGES, Stage, StageSummary, stage_units
 
 
 @dataclass(frozen=True)
@@ -76,33 +77,28 @@ class UnitTask(Checkpointable):
 
     def __call__(self, units: list[str]) -> dict:
         """Run the not-yet-done units of the chunk; record failures with this task's log path; return the summary."""
-        from srpipe.launch import run_units
-        from srpipe.stages import STAGES
-
         env = submitit.JobEnvironment()
-        cfg = load_config(Path(self.run_dir) / "config.toml")
-        fn = STAGES[self.stage].per_tile
-        assert fn is not None
+        layout = RunLayout(Path(self.run_dir))
+        cfg = load_config(layout.config)
         mine = units[env.global_rank :: env.num_tasks]  # several ranks (e.g. one per GPU) take tiles round-robin
-        ledger = Ledger(fn, str(Path(self.run_dir) / "_slurm" / self.stage / "ledger.txt"), env.job_id)
-        summary = run_units(cfg, self.stage, ledger, mine, workers=1, log_path=str(env.paths.stdout))
+        ledger = Ledger(layout.slurm(self.stage) / "ledger.txt", env.job_id)
+        stage = STAGES[self.stage]
+        summary = run_units(cfg, stage, mine, log_path=str(env.paths.stdout), on_done=ledger.note)
         print(summary.line(), flush=True)
         return {"done": summary.done, "skipped": summary.skipped, "failed": summary.failed}
 
 
 class Ledger:
-    """Wrap a per-unit stage function: tag its done marker with the Slurm job and append `unit job` to a ledger."""
+    """`_slurm/<stage>/ledger.txt`: one `unit job` line per finished unit (an audit that no unit ran twice)."""
 
-    def __init__(self, fn, path: str, job_id: str) -> None:
-        self.fn, self.path, self.job_id = fn, path, job_id
+    def __init__(self, path: Path, job_id: str) -> None:
+        self.path, self.job_id = path, job_id
 
-    def __call__(self, cfg: Config, unit: str) -> dict:
-        """Run the unit; on success note it once in the ledger (an audit that no unit ran twice)."""
-        info = self.fn(cfg, unit) or {}
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as ledger:  # one short O_APPEND write per unit: atomic on a local or NFS file
+    def note(self, unit: str) -> None:
+        """Append `unit job`: one short O_APPEND write per unit, atomic on a local or NFS file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as ledger:
             ledger.write(f"{unit} {self.job_id}\n")
-        return {**info, "slurm_job": self.job_id}
 
 
 class StageJob(Checkpointable):
@@ -113,20 +109,19 @@ class StageJob(Checkpointable):
 
     def __call__(self) -> dict:
         """Run the stage on this rank; raise when it failed, so that afterok stops the chain."""
-        from srpipe.stages import run_stage
-
         env = submitit.JobEnvironment()
-        cfg = load_config(Path(self.run_dir) / "config.toml")
-        summary = run_stage(cfg, self.stage, rank=env.global_rank, log_path=str(env.paths.stdout))
+        cfg = load_config(RunLayout(Path(self.run_dir)).config)
+        stage = STAGES[self.stage]
+        summary = run_units(cfg, stage, [ALL], rank=env.global_rank, log_path=str(env.paths.stdout))
         print(summary.line(), flush=True)
         if summary.failed:
-            raise StageError(f"{self.stage} failed on rank {env.global_rank}: {summary.failed['all']}")
-        return state.done_info(cfg.run_path, self.stage, "all") if env.global_rank == 0 else {}
+            raise StageError(f"{self.stage} failed on rank {env.global_rank}: {summary.failed[ALL]}")
+        return state.done_info(cfg.run_path, self.stage, ALL) if env.global_rank == 0 else {}
 
 
 def _executor(cfg: Config, profile: Profile, stage: str, name: str, after: list[str]) -> submitit.SlurmExecutor:
     """A submitit executor in its own folder with the profile's resources, container and dependencies."""
-    folder = cfg.run_path / "_slurm" / stage / time.strftime(f"%Y%m%d-%H%M%S-{os.getpid()}-{name}")
+    folder = cfg.layout.slurm(stage) / time.strftime(f"%Y%m%d-%H%M%S-{os.getpid()}-{name}")
     executor = submitit.SlurmExecutor(folder=folder, python=profile.python_command(cfg.run_path), max_num_timeout=3)
     res = profile.resources(stage)
     extra: dict[str, object] = {"kill_on_invalid_dep": "yes", **profile.sbatch}
@@ -152,20 +147,12 @@ def _executor(cfg: Config, profile: Profile, stage: str, name: str, after: list[
         params["qos"] = profile.qos
     if res.gpus_per_node:
         params["gpus_per_node"] = res.gpus_per_node
-    if res.nodes * res.tasks_per_node > 1 or stage in MPI_STAGES:
+    if res.nodes * res.tasks_per_node > 1 or STAGES[stage].mpi:
         params["srun_args"] = [f"--mpi={profile.mpi}"]  # under srun, MPI_Init needs Slurm's PMI even for one rank
     if after:
         params["dependency"] = "afterok:" + ":".join(after)
     executor.update_parameters(**params)
     return executor
-
-
-def stage_units(cfg: Config, stage: str) -> list[str]:
-    """The units of `stage`: every tile of the grid, or 'all' for a whole-run stage."""
-    from srpipe.grid import read_grid
-    from srpipe.stages import STAGES
-
-    return [t.tile_id for t in read_grid(cfg.run_path)] if STAGES[stage].per_tile else ["all"]
 
 
 def submit_stage(
@@ -177,15 +164,13 @@ def submit_stage(
     limits: ClusterLimits | None = None,
 ) -> list[str]:
     """Submit `stage` over `units` (default: all) as arrays or one job, after the jobs `after`; return job ids."""
-    from srpipe.stages import STAGES
-
-    units = stage_units(cfg, stage) if units is None else units
+    units = stage_units(cfg, STAGES[stage]) if units is None else units
     if not units:
         return []
     record: dict[str, list[str]] = {}
     logs: dict[str, str] = {}
     ids: list[str] = []
-    if STAGES[stage].per_tile is None:
+    if not STAGES[stage].per_tile:
         job = _executor(cfg, profile, stage, "job", after or []).submit(StageJob(str(cfg.run_path), stage))
         ids, record, logs = [job.job_id], {job.job_id: ["all"]}, {job.job_id: str(job.paths.stdout)}
     else:
@@ -198,7 +183,7 @@ def submit_stage(
             logs.update({job.job_id: str(job.paths.stdout) for job in jobs})
     line = {"stage": stage, "profile": profile.name, "job_ids": ids, "tasks": record, "logs": logs}
     line |= {"after": after or [], "submitted_at": time.time()}
-    path = cfg.run_path / SUBMISSIONS
+    path = cfg.layout.submissions
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as out:
         out.write(json.dumps(line) + "\n")
@@ -225,5 +210,23 @@ def submit_chain(
 
 def submissions(run_dir: Path) -> list[dict]:
     """Every submission recorded for the run, oldest first."""
-    path = Path(run_dir) / SUBMISSIONS
+    path = RunLayout(Path(run_dir)).submissions
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+@dataclass
+class SlurmExecutor:
+    """Submit each stage per `profile`: per-tile stages as arrays, whole-run ones as jobs, each afterok the last."""
+
+    profile: Profile
+    after: list[str] = dataclasses.field(default_factory=list)  # jobs the first stage waits for
+    limits: ClusterLimits | None = None
+
+    def run(self, cfg: Config, stage: Stage, units: list[str], after: StageSummary | None) -> StageSummary:
+        """Submit `stage` over `units` after `after`'s jobs (or this executor's `after`); returns at once."""
+        if self.limits is None:
+            self.limits = cluster_limits()
+        waits = (after.jobs if after is not None and after.jobs else None) or self.after
+        ids = submit_stage(cfg, self.profile, stage.name, units, waits, self.limits)
+        self.after = ids or waits
+        return StageSummary(stage.name, jobs=ids)

@@ -1,0 +1,190 @@
+"""Re-runs are never stale: a changed setting redoes exactly the units it reaches and everything downstream of them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+import torch
+
+from srpipe import state
+from srpipe.config import Config, InferConfig
+from srpipe.stages import STAGES, Stage, Versions, fingerprint, inputs_of, stale_reason, unit_state
+from tests.conftest import srpipe
+
+pytestmark = pytest.mark.slow
+
+
+def _copy_run(tiny_run: Path, target: Path, **changes: dict) -> Path:
+    """A copy of the finished tiny run at `target`, its config.toml changed section by section."""
+    shutil.copytree(tiny_run.parent / "run", target, ignore=shutil.ignore_patterns("_slurm"))
+    config = tomllib.loads((target / "config.toml").read_text())
+    config["run_dir"] = str(target)
+    for section, values in changes.items():
+        config[section].update(values)
+    (target / "config.toml").write_text(tomli_w.dumps(config))
+    return target
+
+
+def _counts(stdout: str) -> dict[str, tuple[int, int, int]]:
+    """{stage: (done, skipped, failed)} from the summary lines of `srpipe run`."""
+    pattern = r"^([\w-]+): (\d+) done, (\d+) skipped \(done before\), (\d+) failed"
+    return {m[1]: (int(m[2]), int(m[3]), int(m[4])) for m in re.finditer(pattern, stdout, re.MULTILINE)}
+
+
+def _status_rows(stdout: str) -> dict[str, tuple[int, ...]]:
+    """{stage: (units, done, stale, failed, pending)} from the table of `srpipe status`."""
+    rows = re.findall(r"^([\w-]+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", stdout, re.MULTILINE)
+    return {row[0]: tuple(map(int, row[1:])) for row in rows}
+
+
+def _sha(path: Path) -> str:
+    return state.file_sha256(path)
+
+
+def test_a_changed_curate_threshold_redoes_the_reduce_and_everything_after_it_but_not_the_map(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path / "run", curate={"noise_min_psnr_db": 18.0})
+    mosaic = run / "mosaics" / "tiny_2016-10-31.tif"
+    before = {"mosaic": _sha(mosaic), "model": _sha(run / "models/highresnet/model.pt")}
+    status = srpipe("status", str(run)).stdout
+    assert "STALE curate-reduce all: curate.noise_min_psnr_db 10.0 -> 18.0" in status, status
+    assert "STALE train all: curate-reduce is stale (curate.noise_min_psnr_db 10.0 -> 18.0)" in status, status
+    assert "STALE mosaic all: curate-reduce is stale" in status and "STALE infer 6 units" in status, status
+    rows = _status_rows(status)
+    assert rows["download"] == rows["curate"] == (6, 6, 0, 0, 0) and rows["curate-reduce"] == (1, 0, 1, 0, 0), status
+    assert rows["infer"] == (6, 0, 6, 0, 0) and rows["evaluate"] == (1, 0, 1, 0, 0), status
+
+    out = srpipe("run", str(run)).stdout
+    counts = _counts(out)
+    assert counts["download"] == (0, 6, 0) and counts["curate"] == (0, 6, 0)  # the map reads no noise threshold
+    for stage in ("curate-reduce", "train-delineation", "train", "mosaic", "evaluate"):
+        assert counts[stage] == (1, 0, 0), (stage, out)
+    assert counts["infer"] == (6, 0, 0)
+    assert "resuming" not in out  # the finished model's weights and spent budget are not continued
+    assert (run / "models/highresnet.previous/model.pt").exists()  # the old model kept aside, not mixed in
+    assert _sha(run / "models/highresnet.previous/model.pt") == before["model"]
+    assert _sha(run / "models/highresnet/model.pt") != before["model"] and _sha(mosaic) != before["mosaic"]
+    samples = json.loads((run / "curation/stats.json").read_text())["n_samples"]["train"]
+    original = json.loads((tiny_run.parent / "run/curation/stats.json").read_text())["n_samples"]["train"]
+    assert samples < original  # the new threshold reached the shards
+    status = srpipe("status", str(run)).stdout
+    assert "STALE" not in status and all(row[1] == row[0] for row in _status_rows(status).values()), status
+
+
+def test_an_evaluate_setting_redoes_only_evaluate(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path / "run", evaluate={"max_tile_plots": 1})
+    counts = _counts(srpipe("run", str(run)).stdout)
+    assert counts.pop("evaluate") == (1, 0, 0) and counts.pop("plan") == (1, 0, 0)  # plan: re-checked each run
+    assert all(done == 0 and failed == 0 for done, _, failed in counts.values()), counts
+
+
+def _train_checkpoint(run: Path) -> dict:
+    path = run / "models/highresnet/checkpoint.pt"
+    try:
+        return torch.load(path, weights_only=False) if path.exists() else {}
+    except (EOFError, RuntimeError):  # being replaced right now
+        return {}
+
+
+def test_a_retrain_killed_midway_resumes_and_ends_as_an_unbroken_retrain(tiny_run, tmp_path):
+    change = {"lr": 5e-4, "epochs": 3, "checkpoint_every_steps": 1}
+    broken = _copy_run(tiny_run, tmp_path / "broken", train=change)
+    unbroken = _copy_run(tiny_run, tmp_path / "unbroken", train=change)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "srpipe", "train", str(broken)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    deadline, saved = time.time() + 240, {}
+    while time.time() < deadline and proc.poll() is None:
+        saved = _train_checkpoint(broken)
+        if saved.get("epoch") == 1 and saved.get("batch_done", 0) >= 1:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert saved.get("epoch") == 1 and saved["batch_done"] >= 1, "not killed in the retrain's second epoch"
+    assert (broken / "models/highresnet.previous/model.pt").exists()  # set aside before the retrain began
+    resumed = srpipe("train", str(broken)).stdout
+    assert "train: resuming highresnet at epoch 2" in resumed, resumed
+    srpipe("train", str(unbroken))
+    a = json.loads((broken / "_state/train/all.done").read_text())
+    b = json.loads((unbroken / "_state/train/all.done").read_text())
+    assert a["inputs"] == b["inputs"] and a["steps"] == b["steps"] and a["epochs"] == b["epochs"] == 3
+    assert a["param_checksum"] == pytest.approx(b["param_checksum"], rel=1e-4, abs=1e-3)
+
+
+def test_fingerprints_name_what_changed(tmp_path):
+    stage = Stage("demo", "x:y", reads=("curate.n_frames", "infer"))
+    versions = Versions(tmp_path)
+    old = inputs_of(Config(run_dir=str(tmp_path)), stage, "all", versions)
+    new_cfg = Config(run_dir=str(tmp_path), infer=InferConfig(date="2016-09-01"))
+    new = inputs_of(new_cfg, stage, "all", versions)
+    assert fingerprint(old) != fingerprint(new)
+    assert stale_reason(old, new) == "infer.date '' -> '2016-09-01'"
+    assert fingerprint(old) == fingerprint(inputs_of(Config(run_dir=str(tmp_path)), stage, "all", versions))
+
+
+def test_a_per_tile_unit_reads_the_same_tile_upstream_and_a_whole_run_unit_every_tile(tmp_path):
+    cfg = Config(run_dir=str(tmp_path))
+    versions = Versions(tmp_path)
+    for tile in ("a", "b"):
+        state.mark_done(tmp_path, "download", tile, {"inputs": "x", "version": f"v-{tile}"})
+    curate = inputs_of(cfg, STAGES["curate"], "a", versions)
+    assert curate["upstream"] == {"download": "v-a"}
+    reduce_before = inputs_of(cfg, STAGES["curate-reduce"], "all", versions)
+    state.mark_done(tmp_path, "curate", "a", {"inputs": "x", "version": "c-a"})
+    reduce_after = inputs_of(cfg, STAGES["curate-reduce"], "all", Versions(tmp_path))
+    assert reduce_before["upstream"] != reduce_after["upstream"]  # one more curated tile: the reduce is stale
+    record = {"inputs": fingerprint(reduce_before), "inputs_detail": reduce_before, "version": "r"}
+    state.mark_done(tmp_path, "curate-reduce", "all", record)
+    now = unit_state(cfg, STAGES["curate-reduce"], "all", Versions(tmp_path))
+    assert now.status == "stale" and now.reason == "curate was redone"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every srpipe module `path` imports (top level or inside functions)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    return {n for n in names if n.startswith("srpipe")}
+
+
+def test_no_stage_imports_the_cluster_layer_and_inference_does_not_import_training():
+    from tests.conftest import REPO
+
+    package = REPO / "srpipe"
+    edge = {package / "cli.py", package / "__main__.py"}
+    for path in package.rglob("*.py"):
+        if path in edge or package / "cluster" in path.parents:
+            continue
+        assert not any(n.startswith("srpipe.cluster") for n in _imports(path)), path
+    for name in ("infer.py", "evaluate.py", "mosaic.py", "models/trained.py"):
+        assert not any(n.startswith("srpipe.train") for n in _imports(package / name)), name
+    assert not any(n.startswith(("srpipe.infer", "srpipe.models")) for n in _imports(package / "mosaic.py"))
+
+
+def test_no_function_in_the_package_is_over_80_lines():
+    import ast
+
+    from tests.conftest import REPO
+
+    long = []
+    for path in (REPO / "srpipe").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{path.relative_to(REPO)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

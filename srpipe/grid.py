@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import tomllib
@@ -10,12 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
+import pyproj
 import shapely
 from sentinelhub import CRS, BBox, UtmZoneSplitter
 
 from srpipe import state
 from srpipe.config import Config, config_to_dict, dump_config
 from srpipe.errors import ConfigError, StageError
+from srpipe.layout import RunLayout
+
+_SIDES = ("minx", "miny", "maxx", "maxy")  # the order of a box tuple
+_OUTPUT_BANDS, _OUTPUT_BYTES = 4, 2  # an SR output: B02, B03, B04, B08 as uint16
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ def tile_seed(tile_id: str) -> int:
 
 def split_aoi(aoi: shapely.Geometry, tile_size_m: float, tile_buffer: float, region: str) -> list[Tile]:
     """Tiles whose cores cover `aoi` (EPSG:4326), each buffered by `tile_buffer` of its size, neighbours filled in."""
-    splitter = UtmZoneSplitter([aoi], CRS.WGS84, tile_size_m)
+    splitter = UtmZoneSplitter([aoi], CRS.WGS84, tile_size_m)  # ~1 s for Lithuania's 16k tiles: not the slow part
     tiles = []
     for bbox in splitter.get_bbox_list():
         epsg = int(bbox.crs.epsg)
@@ -72,19 +79,30 @@ def split_aoi(aoi: shapely.Geometry, tile_size_m: float, tile_buffer: float, reg
         tiles.append(Tile(tile_id_of(epsg, core), epsg, bounds, core, region))
     if not tiles:
         return []
-    frame = _footprints(tiles)
-    pairs = gpd.sjoin(frame, frame, predicate="intersects")
-    pairs = pairs[pairs.index != pairs["index_right"]]
-    neighbours: dict[str, list[str]] = {t.tile_id: [] for t in tiles}
-    for left, right in zip(pairs["tile_id_left"], pairs["tile_id_right"], strict=True):
-        neighbours[left].append(right)
-    return [dataclasses.replace(t, neighbours=tuple(sorted(neighbours[t.tile_id]))) for t in tiles]
+    neighbours = _neighbours(_footprints(tiles))
+    return [dataclasses.replace(t, neighbours=n) for t, n in zip(tiles, neighbours, strict=True)]
 
 
 def _footprints(tiles: list[Tile]) -> gpd.GeoDataFrame:
-    """Buffered tile boxes in EPSG:4326, one row per tile."""
-    geoms = [gpd.GeoSeries([shapely.box(*t.bounds)], crs=t.epsg).to_crs(4326).iloc[0] for t in tiles]
-    return gpd.GeoDataFrame({"tile_id": [t.tile_id for t in tiles]}, geometry=geoms, crs=4326)
+    """Buffered tile boxes in EPSG:4326, one row per tile in `tiles` order (reprojected once per UTM zone)."""
+    epsgs = np.array([t.epsg for t in tiles])
+    bounds = np.array([t.bounds for t in tiles], dtype=float).reshape(-1, 4)
+    geoms = np.empty(len(tiles), dtype=object)
+    for epsg in np.unique(epsgs):
+        rows = epsgs == epsg
+        geoms[rows] = gpd.GeoSeries(shapely.box(*bounds[rows].T), crs=int(epsg)).to_crs(4326).to_numpy()
+    return gpd.GeoDataFrame({"tile_id": [t.tile_id for t in tiles]}, geometry=list(geoms), crs=4326)
+
+
+def _neighbours(frame: gpd.GeoDataFrame) -> list[tuple[str, ...]]:
+    """Per row, the sorted ids of the other rows whose footprints intersect it (one STRtree query, across zones)."""
+    left, right = frame.sindex.query(frame.geometry, predicate="intersects")
+    ids = frame["tile_id"].tolist()
+    found: list[list[str]] = [[] for _ in ids]
+    for i, j in zip(left.tolist(), right.tolist(), strict=True):
+        if i != j:
+            found[i].append(ids[j])
+    return [tuple(sorted(n)) for n in found]
 
 
 def write_grid(tiles: list[Tile], path: Path) -> None:
@@ -93,7 +111,7 @@ def write_grid(tiles: list[Tile], path: Path) -> None:
     frame["epsg"] = [t.epsg for t in tiles]
     frame["region"] = [t.region for t in tiles]
     frame["neighbours"] = [",".join(t.neighbours) for t in tiles]
-    for i, name in enumerate(("minx", "miny", "maxx", "maxy")):
+    for i, name in enumerate(_SIDES):
         frame[f"bounds_{name}"] = [t.bounds[i] for t in tiles]
         frame[f"core_{name}"] = [t.core[i] for t in tiles]
     with state.atomic_path(path) as tmp:
@@ -102,56 +120,106 @@ def write_grid(tiles: list[Tile], path: Path) -> None:
 
 def read_grid(run_dir: str | Path) -> list[Tile]:
     """Tiles of a planned run, in grid order (read once per process while grid.gpkg is unchanged)."""
-    path = Path(run_dir) / "grid.gpkg"
+    return list(_read_grid_file(*_grid_version(run_dir)))
+
+
+def tiles_by_id(run_dir: str | Path) -> dict[str, Tile]:
+    """{tile_id: Tile} of a planned run: one dict per grid version and process, shared (read it, do not modify it)."""
+    return _tiles_by_id_file(*_grid_version(run_dir))
+
+
+def _grid_version(run_dir: str | Path) -> tuple[str, int, int]:
+    """(resolved path, inode, mtime in ns) of the run's grid.gpkg: the per-process cache key; StageError if none."""
+    path = RunLayout(Path(run_dir)).grid
     if not path.exists():
         raise StageError(f"{path} does not exist; run `srpipe plan` first")
-    return list(_read_grid_file(str(path.resolve()), *state.file_version(path)))
+    return (str(path.resolve()), *state.file_version(path))
 
 
 @functools.lru_cache(maxsize=4)
 def _read_grid_file(path: str, inode: int, mtime_ns: int) -> tuple[Tile, ...]:
     """Tiles of one grid.gpkg version; inode and mtime key the cache, so a re-planned grid is read anew."""
-    frame = gpd.read_file(path, layer="tiles")
+    frame = gpd.read_file(path, layer="tiles", ignore_geometry=True)  # the UTM columns hold the tile; skip the WKB
+    bounds = frame[[f"bounds_{side}" for side in _SIDES]].to_numpy(float).tolist()
+    cores = frame[[f"core_{side}" for side in _SIDES]].to_numpy(float).tolist()
+    rows = zip(frame["tile_id"], frame["epsg"], bounds, cores, frame["region"], frame["neighbours"], strict=True)
     return tuple(
-        Tile(
-            tile_id=row.tile_id,
-            epsg=int(row.epsg),
-            bounds=(row.bounds_minx, row.bounds_miny, row.bounds_maxx, row.bounds_maxy),
-            core=(row.core_minx, row.core_miny, row.core_maxx, row.core_maxy),
-            region=row.region,
-            neighbours=tuple(n for n in row.neighbours.split(",") if n),
-        )
-        for row in frame.itertuples()
+        Tile(str(tile_id), int(epsg), tuple(b), tuple(c), str(region), tuple(n for n in neighbours.split(",") if n))
+        for tile_id, epsg, b, c, region, neighbours in rows
     )
 
 
-def tiles_by_id(run_dir: str | Path) -> dict[str, Tile]:
-    """{tile_id: Tile} of a planned run."""
-    return {t.tile_id: t for t in read_grid(run_dir)}
+@functools.lru_cache(maxsize=4)
+def _tiles_by_id_file(path: str, inode: int, mtime_ns: int) -> dict[str, Tile]:
+    """{tile_id: Tile} of one grid.gpkg version: a stage looks up its unit in O(1), not O(tiles), per call."""
+    return {t.tile_id: t for t in _read_grid_file(path, inode, mtime_ns)}
 
 
 def plan(cfg: Config) -> dict:
-    """Write `config.toml` and `grid.gpkg` into the run directory; refuse to re-plan a run with another grid."""
-    run = cfg.run_path
-    run.mkdir(parents=True, exist_ok=True)
-    stored = run / "config.toml"
-    if stored.exists() and (run / "grid.gpkg").exists():
-        old = tomllib.loads(stored.read_text())
-        new = config_to_dict(cfg)
-        for key in ("plan", "source"):
-            if old.get(key) != new[key]:
-                raise ConfigError(
-                    f"run directory {run} was planned with other [{key}] settings; "
-                    "use a new run_dir (or delete this one) to change the grid or the source"
-                )
-        state.write_text(stored, dump_config(cfg))
-        return {"tiles": len(read_grid(run))}
+    """Write `config.toml` and `grid.gpkg` into the run directory, print and return the grid's figures.
+
+    Refuses to re-plan a run with other [plan]/[source] settings; a re-plan of the same settings keeps the grid.
+    """
+    layout = cfg.layout
+    cfg.run_path.mkdir(parents=True, exist_ok=True)
+    if layout.config.exists() and layout.grid.exists():
+        _check_same_grid(cfg)
+        tiles = read_grid(cfg.run_path)
+        aoi = load_aoi(cfg.plan.aoi) if Path(cfg.plan.aoi).is_file() else None  # the figures only; the grid stands
+        state.write_text(layout.config, dump_config(cfg))
+    else:
+        aoi, tiles = _new_grid(cfg)
+        state.write_text(layout.config, dump_config(cfg))
+        write_grid(tiles, layout.grid)
+    summary = _grid_figures(tiles, aoi, cfg.source.lr_resolution_m / cfg.source.scale)
+    print(_figures_line(summary), flush=True)
+    return summary
+
+
+def _check_same_grid(cfg: Config) -> None:
+    """Raise ConfigError when the run directory was planned with other [plan] or [source] settings."""
+    old, new = tomllib.loads(cfg.layout.config.read_text()), config_to_dict(cfg)
+    for key in ("plan", "source"):
+        if old.get(key) != new[key]:
+            raise ConfigError(
+                f"run directory {cfg.run_path} was planned with other [{key}] settings; "
+                "use a new run_dir (or delete this one) to change the grid or the source"
+            )
+
+
+def _new_grid(cfg: Config) -> tuple[shapely.Geometry, list[Tile]]:
+    """(AOI in EPSG:4326, its tiles) from `cfg.plan`; ConfigError when there is no AOI or it yields no tile."""
     if not cfg.plan.aoi:
         raise ConfigError("config key 'plan.aoi' is empty; set it to a GeoJSON/GPKG polygon of the area")
     aoi = load_aoi(cfg.plan.aoi)
     tiles = split_aoi(aoi, cfg.plan.tile_size_m, cfg.plan.tile_buffer, cfg.plan.region)
     if not tiles:
         raise ConfigError(f"AOI {cfg.plan.aoi} yields no tiles; check that it is a polygon with area in its CRS")
-    state.write_text(stored, dump_config(cfg))
-    write_grid(tiles, run / "grid.gpkg")
-    return {"tiles": len(tiles)}
+    return aoi, tiles
+
+
+def _grid_figures(tiles: list[Tile], aoi: shapely.Geometry | None, label_resolution_m: float) -> dict:
+    """Tiles per zone, AOI and tile-core km^2 (geodesic, None without an AOI), output pixels and GB per date."""
+    zones = collections.Counter(str(t.epsg) for t in tiles)
+    core_m2 = sum((t.core[2] - t.core[0]) * (t.core[3] - t.core[1]) for t in tiles)
+    pixels = round(core_m2 / label_resolution_m**2)  # per band and date: the mosaic keeps the cores
+    return {
+        "tiles": len(tiles),
+        "tiles_per_zone": dict(sorted(zones.items())),
+        "aoi_km2": None if aoi is None else abs(pyproj.Geod(ellps="WGS84").geometry_area_perimeter(aoi)[0]) / 1e6,
+        "core_km2": core_m2 / 1e6,
+        "label_resolution_m": label_resolution_m,
+        "output_px_per_band_per_date": pixels,
+        "output_gb_per_date": pixels * _OUTPUT_BANDS * _OUTPUT_BYTES / 1e9,
+    }
+
+
+def _figures_line(f: dict) -> str:
+    """One terminal line of `_grid_figures`."""
+    zones = ", ".join(f"EPSG:{epsg} {n}" for epsg, n in f["tiles_per_zone"].items())
+    aoi = "?" if f["aoi_km2"] is None else f"{f['aoi_km2']:,.0f}"
+    return (
+        f"plan: {f['tiles']} tiles ({zones}); AOI {aoi} km^2, tile cores {f['core_km2']:,.0f} km^2; output per date "
+        f"{f['output_px_per_band_per_date']:.3g} px per band at {f['label_resolution_m']:g} m = "
+        f"{f['output_gb_per_date']:,.1f} GB ({_OUTPUT_BANDS} bands, uint16)"
+    )

@@ -163,31 +163,37 @@ def _config_values(cfg: Config, keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 class Versions:
-    """Recorded versions of every unit of the chain, read once per stage folder (one listing, not one per tile)."""
+    """Recorded versions of the chain's units, read at most once each: one file per unit, or one listing per stage
+    where every unit is needed (a whole-run stage's upstream tiles, status), never a listing per tile."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.run_dir, self._records = run_dir, {}
+        self.run_dir = run_dir
+        self._listed: dict[str, dict[str, dict]] = {}
+        self._single: dict[tuple[str, str], dict | None] = {}
 
     def records(self, stage: str) -> dict[str, dict]:
-        """{unit: done record} of `stage`."""
-        if stage not in self._records:
-            self._records[stage] = state.done_records(self.run_dir, stage)
-        return self._records[stage]
+        """{unit: done record} of every finished unit of `stage` (one folder listing)."""
+        if stage not in self._listed:
+            self._listed[stage] = state.done_records(self.run_dir, stage)
+        return self._listed[stage]
 
-    def forget(self, stage: str) -> None:
-        """Drop the cached records of `stage` (it has just run)."""
-        self._records.pop(stage, None)
+    def record(self, stage: str, unit: str) -> dict | None:
+        """The done record of one unit (None when it is not done)."""
+        if stage in self._listed:
+            return self._listed[stage].get(unit)
+        if (stage, unit) not in self._single:
+            self._single[stage, unit] = state.done_info(self.run_dir, stage, unit) or None
+        return self._single[stage, unit]
 
 
 def _upstream(stage: Stage, unit: str, versions: Versions) -> dict[str, Any]:
     """{upstream stage: the version of the unit(s) this unit reads}; None where that unit is not done."""
     out = {}
     for name in stage.after:
-        records = versions.records(name)
         if STAGES[name].per_tile and not stage.per_tile:  # a whole-run stage reads every finished tile
-            out[name] = _digest({u: r.get("version") for u, r in records.items()})
+            out[name] = _digest({u: r.get("version") for u, r in versions.records(name).items()})
         else:
-            out[name] = records.get(unit if STAGES[name].per_tile else ALL, {}).get("version")
+            out[name] = (versions.record(name, unit if STAGES[name].per_tile else ALL) or {}).get("version")
     return out
 
 
@@ -231,12 +237,12 @@ class UnitState:
 def unit_state(cfg: Config, stage: Stage, unit: str, versions: Versions) -> UnitState:
     """Whether `unit` of `stage` is done on today's inputs, stale (and why), failed or pending."""
     now = inputs_of(cfg, stage, unit, versions)
-    record = versions.records(stage.name).get(unit)
+    record = versions.record(stage.name, unit)
     if record is not None:
         if record.get("inputs") == fingerprint(now):
             return UnitState("done", inputs=now)
         return UnitState("stale", stale_reason(record.get("inputs_detail", {}), now), now)
-    failure = state.failure_records(cfg.run_path, stage.name).get(unit)
+    failure = state.failure_record(cfg.run_path, stage.name, unit)
     if failure:
         return UnitState("failed", failure["error"], now)
     return UnitState("pending", inputs=now)
@@ -248,10 +254,13 @@ def upstream_problem(
     """Why `unit` cannot run on current inputs ('' when it can): a unit it reads, or one further up, is stale."""
     memo = {} if memo is None else memo
     for name in stage.after:
-        upstream, records = STAGES[name], versions.records(name)
-        others = [unit] if upstream.per_tile and stage.per_tile else list(records) if upstream.per_tile else [ALL]
+        upstream = STAGES[name]
+        if upstream.per_tile and not stage.per_tile:
+            others = list(versions.records(name))  # the tiles a whole-run stage reads: every finished one
+        else:
+            others = [unit if upstream.per_tile else ALL]
         for other in others:
-            if other not in records:
+            if versions.record(name, other) is None:
                 continue  # missing upstream work fails inside the stage with its own clear error
             if (name, other) not in memo:
                 current = unit_state(cfg, upstream, other, versions)
@@ -325,15 +334,37 @@ def _version(cfg: Config, stage: Stage, fp: str) -> str:
     return _digest([fp, state.file_sha256(product) if product.exists() else None])
 
 
-def run_unit(cfg: Config, stage: Stage, unit: str, rank: int = 0, log_path: str = "") -> tuple[str, str | None]:
-    """Run one unit on today's inputs and record it done (with its fingerprint) or failed; return (unit, error)."""
+@dataclass
+class Pending:
+    """A unit to run: what it reads now (`inputs`), or why it cannot run yet (`problem`: stale upstream work)."""
+
+    unit: str
+    inputs: dict[str, Any]
+    problem: str = ""
+
+
+def pending_units(cfg: Config, stage: Stage, units: list[str]) -> tuple[list[Pending], list[str]]:
+    """(units not done on today's inputs, with their inputs; units current already); upstream read once for all."""
     versions = Versions(cfg.run_path)
-    now = inputs_of(cfg, stage, unit, versions)
-    fp = fingerprint(now)
+    for name in (stage.name, *stage.after):  # every unit is checked: list each folder once, not a file per tile
+        versions.records(name)
+    memo: dict[tuple[str, str], str] = {}
+    todo, current = [], []
+    for unit in units:
+        now = unit_state(cfg, stage, unit, versions)
+        if now.status == "done":
+            current.append(unit)
+        else:
+            todo.append(Pending(unit, now.inputs, upstream_problem(cfg, stage, unit, versions, memo)))
+    return todo, current
+
+
+def run_unit(cfg: Config, stage: Stage, pending: Pending, rank: int = 0, log_path: str = "") -> tuple[str, str | None]:
+    """Run one unit on the inputs `pending_units` found and record it done (with their fingerprint) or failed."""
+    unit, fp = pending.unit, fingerprint(pending.inputs)
     try:
-        problem = upstream_problem(cfg, stage, unit, versions)
-        if problem:
-            raise StageError(problem)
+        if pending.problem:
+            raise StageError(pending.problem)
         if stage.restart is not None and rank == 0:
             _set_aside(cfg, stage, unit, fp)
             state.mark_started(cfg.run_path, stage.name, unit, {"inputs": fp})
@@ -347,20 +378,11 @@ def run_unit(cfg: Config, stage: Stage, unit: str, rank: int = 0, log_path: str 
             state.write_json(cfg.layout.state(stage.name) / f"{unit}.rank{rank}.json", {"error": message})
         return unit, message
     if rank == 0:
-        record = {**info, "inputs": fp, "version": _version(cfg, stage, fp), "inputs_detail": now}
+        record = {**info, "inputs": fp, "version": _version(cfg, stage, fp), "inputs_detail": pending.inputs}
         state.mark_done(cfg.run_path, stage.name, unit, record)
     else:  # the other ranks' results beside rank 0's marker (e.g. their parameter checksums)
         state.write_json(cfg.layout.state(stage.name) / f"{unit}.rank{rank}.json", {**info, "error": None})
     return unit, None
-
-
-def pending_units(cfg: Config, stage: Stage, units: list[str]) -> tuple[list[str], list[str]]:
-    """(units to run: not done on today's inputs, units current already)."""
-    versions = Versions(cfg.run_path)
-    todo, current = [], []
-    for unit in units:
-        (current if unit_state(cfg, stage, unit, versions).status == "done" else todo).append(unit)
-    return todo, current
 
 
 # ---- the chain -----------------------------------------------------------------------------------------------------

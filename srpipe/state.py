@@ -64,6 +64,12 @@ def failure_records(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
     return {p.name[: -len(".failed")]: json.loads(p.read_text()) for p in sorted(folder.glob("*.failed"))}
 
 
+def failure_record(run_dir: Path, stage: str, unit: str) -> dict[str, Any]:
+    """The .failed record of one unit ({} when it has none)."""
+    path = _marker(run_dir, stage, unit, "failed")
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def failures(run_dir: Path, stage: str) -> dict[str, str]:
     """{unit: error} of the units of `stage` that failed and have not finished since."""
     folder = _folder(run_dir, stage)
@@ -83,7 +89,8 @@ def done_records(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
 
 
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    """A hidden sibling of `path` that keeps its suffix (GDAL and fiona pick formats by it)."""
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
 
 
 @contextmanager

@@ -43,16 +43,16 @@ def run_units(
     bar = tqdm(total=len(todo), desc=stage.name, unit="tile" if stage.per_tile else "stage", disable=not todo)
     results = []
     if workers == 1:
-        for unit in todo:
-            results.append(run_unit(cfg, stage, unit, rank, log_path))
+        for pending in todo:
+            results.append(run_unit(cfg, stage, pending, rank, log_path))
             if on_done is not None and results[-1][1] is None:
-                on_done(unit)
+                on_done(pending.unit)
             bar.update()
     else:
         # spawn, not fork: torch's thread pools do not survive a fork
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
-            futures = [pool.submit(run_unit, cfg, stage, unit, rank, log_path) for unit in todo]
+            futures = [pool.submit(run_unit, cfg, stage, pending, rank, log_path) for pending in todo]
             for future in as_completed(futures):
                 results.append(future.result())
                 if on_done is not None and results[-1][1] is None:

@@ -96,6 +96,9 @@ def stage_progress(
     latest, logs = _latest_tasks(cfg, stage)
     states = job_states(sorted(set(latest.values()))) if states is None else states
     versions = Versions(cfg.run_path) if versions is None else versions
+    for name in (stage, *spec.after):  # every unit is read: one listing per folder, not a file per tile
+        versions.records(name)
+    records = state.failure_records(cfg.run_path, stage)
     memo: dict[tuple[str, str], str] = {}
     for unit in progress.units:
         current = unit_state(cfg, spec, unit, versions)
@@ -111,7 +114,7 @@ def stage_progress(
             progress.queued.append(unit)
             progress.active_jobs[task] = job_state
         elif current.status == "failed":
-            record = state.failure_records(cfg.run_path, stage)[unit]
+            record = records[unit]
             progress.failed[unit] = f"{record['error']} (log: {record.get('log_path') or logs.get(task, '?')})"
         elif job_state and job_state != "COMPLETED":
             progress.failed[unit] = f"job {task} {job_state} before the unit finished (log: {logs.get(task, '?')})"

@@ -258,7 +258,7 @@ def _resume(run: _Setup) -> _Progress:
     if run.lead and checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=False, map_location="cpu")
     if run.ranks.size > 1:
-        saved = run.ranks.hvd.broadcast_object(saved, root_rank=0)
+        saved = run.ranks.hvd.broadcast_object(saved, root_rank=0, name="checkpoint")  # one name on every rank
     if saved is None:
         return _Progress(start=time.perf_counter())
     run.model.load_state_dict(saved["model"])

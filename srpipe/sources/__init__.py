@@ -1,7 +1,8 @@
-"""Sources of EOPatches: `sample` (embedded, offline). Each maps a Tile to an EOPatch in the download contract."""
+"""Sources of EOPatches: `sample` (offline), `sentinelhub` (S2 + BYOC labels); each maps a Tile to an EOPatch."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from eolearn.core import EOPatch
@@ -18,10 +19,14 @@ class Source(Protocol):
         ...
 
 
-def make_source(cfg: SourceConfig) -> Source:
-    """The source named by `cfg.name`."""
+def make_source(cfg: SourceConfig, run_dir: str | Path | None = None) -> Source:
+    """The source named by `cfg.name`; `run_dir` holds a network source's download cache."""
     if cfg.name == "sample":
         from srpipe.sources.sample import SampleSource
 
         return SampleSource(cfg)
+    if cfg.name == "sentinelhub":
+        from srpipe.sources.sentinelhub import SentinelHubSource
+
+        return SentinelHubSource(cfg, Path(run_dir) / "_cache" / "sentinelhub" if run_dir else None)
     raise ValueError(f"unknown source {cfg.name!r}")  # unreachable: the config allows only known names

@@ -79,6 +79,11 @@ class RateLimiter:
             self._next = start + self.interval_s
         time.sleep(max(0.0, start - now))
 
+    def defer(self, seconds: float) -> None:
+        """Start no request for `seconds` (the service's Retry-After holds for every request of the account)."""
+        with self._lock:
+            self._next = max(self._next, time.monotonic() + seconds)
+
 
 _LIMITERS: dict[float, RateLimiter] = {}
 
@@ -130,7 +135,11 @@ class RobustClient(SentinelHubDownloadClient):
                         f"{request.url} answered {status} {attempt + 1} times: "
                         f"{decode_sentinelhub_err_msg(response)}; lower 'source.requests_per_s' or re-run later"
                     )
-                time.sleep(self.policy.backoff_s(attempt, retry_after_s(response)))
+                wait_s = retry_after_s(response)
+                if wait_s is not None:
+                    self.limiter.defer(min(wait_s, self.policy.max_s))
+                else:
+                    time.sleep(self.policy.backoff_s(attempt))
                 continue
             if status >= 400:
                 raise self._refusal(request, response)

@@ -23,6 +23,7 @@ from srpipe.sources.sentinelhub import S2_CLP
 from srpipe.sources.shclient import RateLimiter, RetryPolicy, SentinelHubError
 from srpipe.stages import run_stage
 from tests import shfixtures
+from tests.conftest import srpipe
 from tests.shfixtures import BYOC_ID, LABEL_GAIN, SECRET, sh_config_file
 from tests.shserver import SentinelHubTestServer
 
@@ -231,3 +232,25 @@ def test_a_killed_download_leaves_no_finished_eopatch_and_a_rerun_completes(sh, 
     assert not ep.patch_dir(run, tile_id).exists() and not (run / "_state" / "download" / f"{tile_id}.done").exists()
     assert not run_stage(cfg, "download", [tile_id], workers=1).failed
     assert json.loads((run / "_state" / "download" / f"{tile_id}.done").read_text())["s2_frames"] == 17
+
+
+def files_holding(folder: Path, needle: str) -> list[Path]:
+    """Every file under `folder` whose bytes contain `needle` (text, pickles, HDF5, GeoTIFF alike)."""
+    return [p for p in folder.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+@pytest.mark.slow
+def test_the_chain_runs_to_a_mosaic_on_sentinelhub_eopatches_and_no_file_holds_the_secret(sh, tmp_path):
+    import rasterio
+
+    config = sh_config_file(tmp_path)
+    result = srpipe("run", str(config))
+    run = tmp_path / "run"
+    with rasterio.open(run / "mosaics" / "tiny_2022-10-31.tif") as src:
+        assert src.crs.to_epsg() == 32618 and src.res == (10.0, 10.0)
+        data = src.read()
+    assert not np.isnan(data).any() and 0.01 < np.nanmedian(data) < 0.5
+    assert len(list((run / "eopatches").iterdir())) == 6
+    assert list((run / "_cache" / "sentinelhub").iterdir()), "the download cache is in the run directory"
+    assert files_holding(run, SECRET) == [] and files_holding(tmp_path / "xdg", SECRET)  # only the profile has it
+    assert SECRET not in result.stdout + result.stderr

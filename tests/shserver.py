@@ -154,7 +154,7 @@ def _geotiff(array: np.ndarray, transform: Affine, epsg: int, dtype: str) -> byt
     profile = {"driver": "GTiff", "count": count, "height": height, "width": width, "dtype": dtype}
     with MemoryFile() as mem:
         with mem.open(**profile, crs=f"EPSG:{epsg}", transform=transform) as dst:
-            dst.write(array.astype(dtype))
+            dst.write(array if dtype == "float32" else np.rint(array).astype(dtype))  # the service rounds
         return mem.read()
 
 

@@ -1,8 +1,8 @@
 """The `sentinelhub` source: Sentinel-2 (L1C/L2A) and BYOC very-high-resolution labels from Sentinel Hub, per tile.
 
 Dates come from the Catalog API (S2 filtered by `s2_max_cloud_cover`), images from the Process API, one request per
-date: S2 B02, B03, B04, B08 as FLOAT32 reflectance with CLM, CLP (s2cloudless) and dataMask; the label's four BYOC
-bands in their own units, times gain plus bias. eo-learn's SentinelHubInputTask builds its own download client, so
+date: S2 B02, B03, B04, B08 as UINT16 DN (to reflectance) with CLM, CLP (s2cloudless) and dataMask; the four BYOC
+label bands in their own units, times gain plus bias. eo-learn's SentinelHubInputTask builds its own download client, so
 retries, pacing and error texts could not apply; the requests are sentinelhub-py SentinelHubRequests instead.
 """
 
@@ -33,18 +33,22 @@ S2_CLP = (FeatureType.DATA, "S2_CLP")  # (T, h, w, 1) float32 s2cloudless cloud 
 S2_BANDS_REQUESTED = ("B02", "B03", "B04", "B08", "CLM", "CLP", "dataMask")
 BASELINE_0400_START = dt.datetime(2022, 1, 25)  # ESA's processing baseline 04.00: L1C/L2A DN carry a -1000 offset
 BASELINE_0400_OFFSET = 0.1  # that offset in reflectance (1000 DN / quantification 10000)
+QUANTIFICATION = 10000.0  # S2 L1C/L2A DN per unit reflectance
 S2_COLLECTIONS = {"l1c": DataCollection.SENTINEL2_L1C, "l2a": DataCollection.SENTINEL2_L2A}
 
 
 def s2_evalscript() -> str:
-    """Evalscript: 'bands' (4 x FLOAT32 reflectance B02, B03, B04, B08) and 'masks' (UINT8 CLM, CLP, dataMask)."""
-    units = ", ".join(['"REFLECTANCE"'] * 4 + ['"DN"'] * 3)
+    """Evalscript: 'bands' (4 x UINT16 DN B02, B03, B04, B08) and 'masks' (UINT8 CLM, CLP, dataMask).
+
+    DN in 16 bits cost half the processing units of FLOAT32 reflectance; reflectance is DN / 10000 on either side.
+    """
+    units = ", ".join(['"DN"'] * 7)
     bands = ", ".join(f'"{b}"' for b in S2_BANDS_REQUESTED)
     return f"""//VERSION=3
 function setup() {{
   return {{
     input: [{{bands: [{bands}], units: [{units}]}}],
-    output: [{{id: "bands", bands: 4, sampleType: "FLOAT32"}}, {{id: "masks", bands: 3, sampleType: "UINT8"}}]
+    output: [{{id: "bands", bands: 4, sampleType: "UINT16"}}, {{id: "masks", bands: 3, sampleType: "UINT8"}}]
   }};
 }}
 function evaluatePixel(s) {{
@@ -205,7 +209,7 @@ class SentinelHubSource:
         self, tile: Tile, s2_days: list[dt.datetime], s2: list[dict], vhr_days: list[dt.datetime], vhr: list[dict]
     ) -> EOPatch:
         """Assemble the EOPatch of the contract in `srpipe.eopatch` from decoded responses."""
-        bands = np.stack([r["bands.tif"] for r in s2]).astype(np.float32)
+        bands = np.stack([r["bands.tif"] for r in s2]).astype(np.float32) / QUANTIFICATION
         masks = np.stack([r["masks.tif"] for r in s2])
         if not self.cfg.harmonize_values:  # the service left baseline 04.00's offset in: remove it here
             shifted = np.array([d >= BASELINE_0400_START for d in s2_days])

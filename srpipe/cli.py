@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     add("plan", "split the AOI into tiles: grid.gpkg, config.toml")
-    add("download", "fetch each tile's EOPatch from the source", tiles=True)
+    download = add("download", "fetch each tile's EOPatch from the source", tiles=True)
+    download.add_argument("--estimate", action="store_true", help="only print the requests and processing units")
     curate = add(
         "curate", "clean the data and write the HDF5 training shards (map over tiles, then reduce)", tiles=True
     )
@@ -100,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
             _final_words(cfg, time.perf_counter() - start)
             return 0 if ok else 1
         cfg = _stage_config(args)
+        if args.command == "download" and (args.estimate or (cfg.source.name == "sentinelhub" and not args.chunk)):
+            from srpipe.sources.shcost import estimate_line
+
+            print(estimate_line(cfg, tiles), flush=True)  # the cost before any request that costs
+            if args.estimate:
+                return 0
         if args.command == "curate":
             names = (
                 ["curate"] if args.map_only else ["curate-reduce"] if args.reduce_only else ["curate", "curate-reduce"]

@@ -254,3 +254,25 @@ def test_the_chain_runs_to_a_mosaic_on_sentinelhub_eopatches_and_no_file_holds_t
     assert list((run / "_cache" / "sentinelhub").iterdir()), "the download cache is in the run directory"
     assert files_holding(run, SECRET) == [] and files_holding(tmp_path / "xdg", SECRET)  # only the profile has it
     assert SECRET not in result.stdout + result.stderr
+
+
+def test_download_estimate_prints_requests_and_the_pu_the_service_then_charges(sh, tmp_path, capsys):
+    from srpipe.cli import main
+
+    cfg, tile_id = planned(tmp_path)
+    assert main(["download", str(cfg.run_path), "--estimate", "--tiles", tile_id]) == 0
+    line = capsys.readouterr().out
+    assert "1 tiles x (17.0 S2 + 2.0 label dates) = 19 Process API requests" in line
+    assert sh.state.requests_to("/api/v1/process") == []  # the estimate pays for nothing
+    estimated = float(re.search(r"requests, ([\d.]+) processing units", line).group(1))
+    download_tile(cfg, tile_id)
+    assert estimated == pytest.approx(sh.state.pu_spent, abs=0.05)  # the server charges by the published formula
+
+
+def test_pu_formula_follows_the_published_rules():
+    from srpipe.sources.shcost import request_pu
+
+    assert request_pu(512, 512, 3, float32=False) == 1.0  # the definition of 1 PU
+    assert request_pu(1024, 512, 6, float32=True) == 8.0  # area x2, bands x2, 32-bit float x2
+    assert request_pu(10, 10, 3, float32=False) == 0.01  # the area factor is at least 0.01
+    assert request_pu(10, 10, 1, float32=False) == 0.005  # a request costs at least 0.005 PU

@@ -24,6 +24,7 @@ class PlanConfig:
     region: str = ""  # name used in mosaics and reports; default: the AOI file's stem
     tile_size_m: float = 2000.0
     tile_buffer: float = 0.2  # 0.2 -> 2.4 km tiles from 2 km cores, as in the method
+    drop_outside_source: bool = True  # drop tiles the source cannot fill (sample scene, BYOC coverage); false: report
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -276,3 +277,13 @@ def test_pu_formula_follows_the_published_rules():
     assert request_pu(1024, 512, 6, float32=True) == 8.0  # area x2, bands x2, 32-bit float x2
     assert request_pu(10, 10, 3, float32=False) == 0.01  # the area factor is at least 0.01
     assert request_pu(10, 10, 1, float32=False) == 0.005  # a request costs at least 0.005 PU
+
+
+def test_the_lithuania_example_config_loads_and_out_of_range_settings_name_their_key(sh, tmp_path):
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "lithuania-sentinelhub.toml")
+    assert cfg.source.name == "sentinelhub" and Path(cfg.plan.aoi).exists() and cfg.source.sh_profile == "srpipe"
+    cfg, tile_id = planned(tmp_path)
+    (tmp_path / "bad").mkdir()
+    bad = load_config(sh_config_file(tmp_path / "bad", vhr_bands=["B", "G", "R"]))
+    with pytest.raises(ConfigError, match=r"'source.vhr_bands' needs 4 values"):
+        download_tile(dataclasses.replace(cfg, source=bad.source), tile_id)

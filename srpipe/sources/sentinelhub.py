@@ -107,10 +107,27 @@ def acquisition_days(items: list[dict]) -> list[dt.datetime]:
     return [dt.datetime.combine(d, dt.time()) for d in sorted(days)]
 
 
+def check_settings(cfg: SourceConfig) -> None:
+    """Raise ConfigError naming the key when a sentinelhub setting is out of range."""
+    if not 0 <= cfg.s2_max_cloud_cover <= 1:
+        raise ConfigError(f"config key 'source.s2_max_cloud_cover' must be in [0, 1], got {cfg.s2_max_cloud_cover}")
+    for key in ("vhr_bands", "vhr_gain", "vhr_bias"):
+        if len(getattr(cfg, key)) != 4:
+            raise ConfigError(
+                f"config key 'source.{key}' needs 4 values (blue, green, red, NIR), got {getattr(cfg, key)}"
+            )
+    for key in ("requests_per_s", "timeout_s", "retry_base_s", "retry_max_s"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"config key 'source.{key}' must be > 0, got {getattr(cfg, key)}")
+    if cfg.max_retries < 0:
+        raise ConfigError(f"config key 'source.max_retries' must be >= 0, got {cfg.max_retries}")
+
+
 class SentinelHubSource:
     """EOPatches from Sentinel Hub (see the module docstring); `cache_dir` holds sentinelhub-py's response cache."""
 
     def __init__(self, cfg: SourceConfig, cache_dir: str | Path | None = None) -> None:
+        check_settings(cfg)
         self.cfg = cfg
         self.cache_dir = str(cache_dir) if cache_dir else None
         self.config = sh_config(cfg)

@@ -17,12 +17,14 @@ import secrets
 import tarfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import shapely
 from affine import Affine
 from rasterio.io import MemoryFile
@@ -75,6 +77,12 @@ class Scene:
         dst_transform = Affine((maxx - minx) / width, 0, minx, 0, -(maxy - miny) / height, maxy)
         out = np.zeros((4, height, width), np.float32)
         coarse = dst_transform.a > self.transform.a * 1.01
+        with warnings.catch_warnings():  # rasterio warns about the in-memory arrays' missing georeference
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            self._reproject(out, dst_transform, Resampling.average if coarse else Resampling.nearest)
+        return out, dst_transform
+
+    def _reproject(self, out: np.ndarray, dst_transform: Affine, resampling: Resampling) -> None:
         reproject(
             self.dn.astype(np.float32),
             out,
@@ -84,9 +92,8 @@ class Scene:
             dst_crs=f"EPSG:{self.epsg}",
             src_nodata=0,
             dst_nodata=0,
-            resampling=Resampling.average if coarse else Resampling.nearest,
+            resampling=resampling,
         )
-        return out, dst_transform
 
 
 @dataclass

@@ -114,6 +114,10 @@ def test_a_rerun_reads_the_download_cache_in_the_run_dir_and_pays_nothing(sh, tm
     assert (cfg.run_path / "_cache" / "sentinelhub").is_dir()
     download_tile(cfg, tile_id)
     assert len(sh.state.requests_to("/api/v1/process")) == paid
+    cached = sorted((cfg.run_path / "_cache" / "sentinelhub").rglob("response.*"))
+    cached[0].write_bytes(cached[0].read_bytes()[:100])  # as a task killed while writing it leaves it
+    download_tile(cfg, tile_id)
+    assert len(sh.state.requests_to("/api/v1/process")) == paid + 1  # that one response is fetched again
 
 
 def test_429_and_503_are_retried_with_backoff_honouring_retry_after(sh, tmp_path):
@@ -158,6 +162,8 @@ def test_refused_credentials_name_the_credential_setting_and_never_the_secret(sh
         download_tile(cfg, tile_id)
     assert "source.sh_profile" in str(info.value) and "SH_CLIENT_SECRET" in str(info.value)
     assert SECRET not in str(info.value)
+    assert run_stage(cfg, "download", [tile_id], workers=1).failed  # the failure record and its traceback ...
+    assert [p for p in cfg.run_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()] == []
     monkeypatch.delenv("SH_CLIENT_SECRET")
     sh.state.faults += [("/api/v1/process", 401, {})]  # a token the service no longer accepts
     with pytest.raises(SentinelHubError, match=r"refused the credentials \(401.*source.sh_profile"):

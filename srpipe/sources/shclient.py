@@ -7,6 +7,7 @@ retry count and errors that name the setting to fix, so `RobustClient` replaces 
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -111,6 +112,19 @@ class RobustClient(SentinelHubDownloadClient):
         self.limiter = process_limiter(source.requests_per_s)
         self.collection_hint = f"'source.vhr_collection_id' ({source.vhr_collection_id!r}) or 'source.s2_collection'"
         self.profile = source.sh_profile or "default-profile"
+
+    def _single_download_decoded(self, request: DownloadRequest):
+        """Decoded response; a cached one that a killed task cut short is deleted and downloaded again."""
+        try:
+            return super()._single_download_decoded(request)
+        except SentinelHubError:
+            raise
+        except Exception:  # any decoding failure of a cached file: a killed task left it half-written
+            _, response_path = request.get_storage_paths()
+            if response_path is None or not os.path.exists(response_path):
+                raise
+            os.remove(response_path)
+            return super()._single_download_decoded(request)
 
     def _execute_download(self, request: DownloadRequest) -> DownloadResponse:
         """Send `request`; retry 429, 5xx and dropped connections; raise SentinelHubError naming the fix."""

@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             if not _report(run_plan(load_config(args.config, args.run_dir))):
                 return 1
             cfg = _stage_config(args)
+            if cfg.source.name == "sentinelhub":
+                from srpipe.sources.shcost import estimate_line
+
+                print(estimate_line(cfg, tiles), flush=True)  # the cost before any request that costs
             ok = True
             for name in CHAIN:
                 summary = run_stage(cfg, name, tiles, workers)

@@ -170,16 +170,17 @@ def test_refused_credentials_name_the_credential_setting_and_never_the_secret(sh
         download_tile(cfg, tile_id)
 
 
-def test_missing_credentials_are_a_config_error(sh, tmp_path, monkeypatch):
-    cfg, tile_id = planned(tmp_path, sh_profile="nobody")
+def test_missing_credentials_are_a_config_error_already_at_plan(sh, tmp_path):
+    cfg = load_config(sh_config_file(tmp_path, sh_profile="nobody"))
     with pytest.raises(ConfigError, match=r"profile 'nobody' .*source.sh_profile"):
-        download_tile(cfg, tile_id)
+        plan(cfg)  # plan asks the catalog for the label coverage
 
 
-def test_an_unknown_byoc_collection_names_the_collection_setting(sh, tmp_path):
-    cfg, tile_id = planned(tmp_path, vhr_collection_id="no-such-collection")
+def test_an_unknown_byoc_collection_names_the_collection_setting_already_at_plan(sh, tmp_path):
+    cfg = load_config(sh_config_file(tmp_path, vhr_collection_id="no-such-collection"))
     with pytest.raises(SentinelHubError, match=r"\(404 .*source.vhr_collection_id.*'no-such-collection'"):
-        download_tile(cfg, tile_id)
+        plan(cfg)
+    assert sh.state.requests_to("/api/v1/process") == []
 
 
 def test_a_band_the_collection_lacks_is_rejected_by_the_server(sh, tmp_path):
@@ -261,6 +262,7 @@ def test_the_chain_runs_to_a_mosaic_on_sentinelhub_eopatches_and_no_file_holds_t
     assert list((run / "_cache" / "sentinelhub").iterdir()), "the download cache is in the run directory"
     assert files_holding(run, SECRET) == [] and files_holding(tmp_path / "xdg", SECRET)  # only the profile has it
     assert SECRET not in result.stdout + result.stderr
+    assert "sentinelhub estimate: 6 tiles x (17.0 S2 + 2.0 label dates) = 114 Process API requests" in result.stdout
 
 
 def test_download_estimate_prints_requests_and_the_pu_the_service_then_charges(sh, tmp_path, capsys):

@@ -39,6 +39,8 @@ CRS_PREFIX = "http://www.opengis.net/def/crs/EPSG/0/"
 OUTPUT_RE = re.compile(r'\{\s*id:\s*"(\w+)",\s*bands:\s*(\d+),\s*sampleType:\s*"(\w+)"\s*\}')
 INPUT_RE = re.compile(r"bands:\s*\[([^\]]*)\]\s*,\s*units:\s*\[([^\]]*)\]")
 DTYPES = {"FLOAT32": "float32", "UINT8": "uint8", "UINT16": "uint16"}
+# reproject() of in-memory arrays warns that they carry no georeference (they do: the transforms are passed)
+warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
 
 
 def processing_units(width: int, height: int, n_bands: int, float32: bool, samples: int = 1) -> float:
@@ -77,12 +79,6 @@ class Scene:
         dst_transform = Affine((maxx - minx) / width, 0, minx, 0, -(maxy - miny) / height, maxy)
         out = np.zeros((4, height, width), np.float32)
         coarse = dst_transform.a > self.transform.a * 1.01
-        with warnings.catch_warnings():  # rasterio warns about the in-memory arrays' missing georeference
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            self._reproject(out, dst_transform, Resampling.average if coarse else Resampling.nearest)
-        return out, dst_transform
-
-    def _reproject(self, out: np.ndarray, dst_transform: Affine, resampling: Resampling) -> None:
         reproject(
             self.dn.astype(np.float32),
             out,
@@ -92,8 +88,9 @@ class Scene:
             dst_crs=f"EPSG:{self.epsg}",
             src_nodata=0,
             dst_nodata=0,
-            resampling=resampling,
+            resampling=Resampling.average if coarse else Resampling.nearest,
         )
+        return out, dst_transform
 
 
 @dataclass

@@ -24,8 +24,8 @@ from srpipe.sources.sentinelhub import S2_CLP
 from srpipe.sources.shclient import RateLimiter, RetryPolicy, SentinelHubError
 from srpipe.stages import run_stage
 from tests import shfixtures
-from tests.conftest import srpipe
-from tests.shfixtures import BYOC_ID, LABEL_GAIN, SECRET, sh_config_file
+from tests.conftest import aoi_geojson, srpipe, write_config
+from tests.shfixtures import BYOC_ID, LABEL_GAIN, SECRET, sh_config_file, sh_settings
 from tests.shserver import SentinelHubTestServer
 
 sh_server, sh = shfixtures.sh_server, shfixtures.sh  # the fixtures
@@ -251,7 +251,9 @@ def files_holding(folder: Path, needle: str) -> list[Path]:
 def test_the_chain_runs_to_a_mosaic_on_sentinelhub_eopatches_and_no_file_holds_the_secret(sh, tmp_path):
     import rasterio
 
-    config = sh_config_file(tmp_path)
+    settings = sh_settings(tmp_path / "run", aoi_geojson(tmp_path / "aoi.geojson", 440100, 4164100, 443900, 4169900))
+    settings["train"]["epochs"], settings["delineation"]["epochs"] = 2, 1  # the data path is under test, not training
+    config = write_config(tmp_path / "sh.toml", settings)
     result = srpipe("run", str(config))
     run = tmp_path / "run"
     with rasterio.open(run / "mosaics" / "tiny_2022-10-31.tif") as src:

@@ -46,6 +46,7 @@ def sh_config(cfg: SourceConfig) -> SHConfig:
         )
     config.download_timeout_seconds = cfg.timeout_s
     config.max_download_attempts = cfg.max_retries + 1  # the token request keeps sentinelhub-py's own retries
+    config.download_sleep_time = cfg.retry_base_s
     return config
 
 

@@ -32,7 +32,9 @@ def cli_plan(country: str, folder: Path) -> dict:
     """Wall seconds, peak RSS (MB) and printed figures of `python -m srpipe plan` in a child process."""
     config = folder / f"{country}.toml"
     run = folder / f"run_{country}"
-    config.write_text(tomli_w.dumps({"run_dir": str(run), "plan": {"aoi": str(COUNTRIES / f"{country}.geojson")}}))
+    plan_keys = {"aoi": str(COUNTRIES / f"{country}.geojson"), "drop_outside_source": False}  # sample: one scene
+    settings = {"run_dir": str(run), "plan": plan_keys, "source": {"lr_resolution_m": 40.0}}
+    config.write_text(tomli_w.dumps(settings))
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "srpipe", "plan", str(config)], stdout=subprocess.PIPE, text=True)
     printed = child.stdout.read()

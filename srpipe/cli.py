@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     add("plan", "split the AOI into tiles: grid.gpkg, config.toml")
-    add("download", "fetch each tile's EOPatch from the source", tiles=True)
+    download = add("download", "fetch each tile's EOPatch from the source", tiles=True)
+    download.add_argument("--estimate", action="store_true", help="only print the requests and processing units")
     curate = add(
         "curate", "clean the data and write the HDF5 training shards (map over tiles, then reduce)", tiles=True
     )
@@ -105,7 +106,15 @@ def _chain_command(args: argparse.Namespace) -> int:
     tiles = args.tiles.split(",") if getattr(args, "tiles", None) else None
     if getattr(args, "chunk", None):
         tiles = _chunk_tiles(cfg, args.chunk)
-    summaries = run_chain(cfg, _stages_of(args), tiles, _executor(args, cfg), _report)
+    estimate = getattr(args, "estimate", False)
+    stages = _stages_of(args)
+    if "download" in stages and not getattr(args, "chunk", None) and (cfg.source.name == "sentinelhub" or estimate):
+        from srpipe.sources.shcost import estimate_line
+
+        print(estimate_line(cfg, tiles), flush=True)  # the cost before any request that costs
+    if estimate:
+        return 0
+    summaries = run_chain(cfg, stages, tiles, _executor(args, cfg), _report)
     if summaries and summaries[-1].stopped:
         print(f"srpipe: stopped at {summaries[-1].stage}; fix the error above and re-run (finished work is kept)")
     elif args.command == "run":

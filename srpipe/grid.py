@@ -193,6 +193,16 @@ def _new_grid(cfg: Config) -> tuple[shapely.Geometry, list[Tile]]:
         raise ConfigError("config key 'plan.aoi' is empty; set it to a GeoJSON/GPKG polygon of the area")
     aoi = load_aoi(cfg.plan.aoi)
     tiles = split_aoi(aoi, cfg.plan.tile_size_m, cfg.plan.tile_buffer, cfg.plan.region)
+    if tiles:
+        from srpipe.sources.coverage import check_coverage  # imported here: sources import this module
+
+        covered, report = check_coverage(cfg, tiles, aoi)
+        if report and not covered and cfg.plan.drop_outside_source:
+            raise ConfigError(f"AOI {cfg.plan.aoi}: {report}, so no tile is left; draw the AOI inside the source")
+        if report:
+            keep = "dropped them" if cfg.plan.drop_outside_source else "kept them (plan.drop_outside_source = false)"
+            print(f"plan: {report}; {keep}; draw the AOI further inside to cover them", flush=True)
+        tiles = covered if cfg.plan.drop_outside_source else tiles
     if not tiles:
         raise ConfigError(f"AOI {cfg.plan.aoi} yields no tiles; check that it is a polygon with area in its CRS")
     return aoi, tiles

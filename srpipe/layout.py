@@ -24,6 +24,10 @@ class RunLayout:
         return self.root / "grid.gpkg"
 
     # download
+    def download_cache(self, source: str) -> Path:
+        """`_cache/<source>/`: a network source's responses, so a re-run does not pay twice."""
+        return self.root / "_cache" / source
+
     def eopatch(self, tile_id: str) -> Path:
         """`eopatches/<tile_id>/`: the tile's EOPatch."""
         return self.root / "eopatches" / tile_id

@@ -123,7 +123,9 @@ def test_an_all_cloudy_stack_is_a_clear_error_naming_the_tile(tmp_path):
 
 def test_an_aoi_outside_every_tile_and_a_wrong_key_are_clear_errors(tmp_path):
     far = aoi_geojson(tmp_path / "far.geojson", 600100, 4164100, 601900, 4165900)  # east of the scene
-    config = write_config(tmp_path / "far.toml", tiny_settings(tmp_path / "run", far))
+    settings = tiny_settings(tmp_path / "run", far)
+    settings["plan"]["drop_outside_source"] = False  # plan would drop every tile: check download's own error
+    config = write_config(tmp_path / "far.toml", settings)
     srpipe("plan", str(config))
     result = srpipe("download", str(config), check=False)
     assert result.returncode == 1 and "lies (partly) outside the sample scene" in result.stdout

@@ -111,15 +111,19 @@ def test_tile_cores_tile_the_aoi_exactly_in_each_zone(country_tiles, country):
 
 
 def test_a_country_plan_prints_and_returns_its_figures_and_reads_back_the_same_tiles(tmp_path, country_tiles, capsys):
-    settings = {"run_dir": str(tmp_path / "run"), "plan": {"aoi": str(COUNTRIES / "LTU.geojson")}}
+    # the sample source covers one scene, not Lithuania: keep the tiles its coverage check reports (at its 10 m label)
+    plan_keys = {"aoi": str(COUNTRIES / "LTU.geojson"), "drop_outside_source": False}
+    settings = {"run_dir": str(tmp_path / "run"), "plan": plan_keys, "source": {"lr_resolution_m": 40.0}}
     cfg = load_config(write_config(tmp_path / "ltu.toml", settings))
     figures = plan(cfg)
     assert figures["tiles"] == 16411 and figures["tiles_per_zone"] == {"32634": 8472, "32635": 7939}
     assert figures["core_km2"] == pytest.approx(16411 * 4.0)
     assert 60_000 < figures["aoi_km2"] < figures["core_km2"]  # ~65,300 km^2 in reality; the outline is coarse
-    assert figures["output_px_per_band_per_date"] == 16411 * 800 * 800  # 2 km cores at 10 m / 4 = 2.5 m
-    assert figures["output_gb_per_date"] == pytest.approx(16411 * 800 * 800 * 4 * 2 / 1e9)
-    assert "16411 tiles (EPSG:32634 8472, EPSG:32635 7939)" in capsys.readouterr().out
+    assert figures["output_px_per_band_per_date"] == 16411 * 200 * 200  # 2 km cores at 40 m / 4 = 10 m
+    assert figures["output_gb_per_date"] == pytest.approx(16411 * 200 * 200 * 4 * 2 / 1e9)
+    printed = capsys.readouterr().out
+    assert "16411 tiles (EPSG:32634 8472, EPSG:32635 7939)" in printed
+    assert "16411 of 16411 tiles lie (partly) outside the sample scene" in printed
     assert read_grid(cfg.run_path) == country_tiles["LTU"][1]
     first = country_tiles["LTU"][1][0]
     assert tiles_by_id(cfg.run_path)[first.tile_id] == first
@@ -127,7 +131,7 @@ def test_a_country_plan_prints_and_returns_its_figures_and_reads_back_the_same_t
 
 def test_re_planning_keeps_the_grid_and_refuses_other_plan_settings(tmp_path):
     aoi = aoi_geojson(tmp_path / "a.geojson", 440100, 4164100, 443900, 4165900)
-    settings = {"run_dir": str(tmp_path / "run"), "plan": {"aoi": str(aoi)}}
+    settings = {"run_dir": str(tmp_path / "run"), "plan": {"aoi": str(aoi)}, "source": {"lr_resolution_m": 40.0}}
     cfg = load_config(write_config(tmp_path / "a.toml", settings))
     first = plan(cfg)
     version = state.file_version(cfg.layout.grid)

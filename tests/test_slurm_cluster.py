@@ -18,6 +18,7 @@ import pytest
 import rasterio
 import tomli_w
 
+from srpipe.stages import CHAIN
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
 
 pytestmark = pytest.mark.slurm
@@ -53,7 +54,7 @@ def _job_ids(stdout: str) -> list[str]:
     ids = []
     for line in stdout.splitlines():
         stage, _, jobs = line.partition(": ")
-        if stage and not stage.startswith(("plan", "follow")) and jobs[:1].isdigit():
+        if stage in CHAIN and jobs[:1].isdigit():
             ids += jobs.split(", ")
     return ids
 

@@ -1,13 +1,15 @@
-"""Sources of EOPatches: `sample` (embedded, offline). Each maps a Tile to an EOPatch in the download contract."""
+"""Sources of EOPatches: `sample` (offline), `sentinelhub` (S2 + BYOC labels); each maps a Tile to an EOPatch."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from eolearn.core import EOPatch
 
 from srpipe.config import SourceConfig
 from srpipe.grid import Tile
+from srpipe.layout import RunLayout
 
 
 class Source(Protocol):
@@ -18,10 +20,14 @@ class Source(Protocol):
         ...
 
 
-def make_source(cfg: SourceConfig) -> Source:
-    """The source named by `cfg.name`."""
+def make_source(cfg: SourceConfig, run_dir: str | Path | None = None) -> Source:
+    """The source named by `cfg.name`; `run_dir` holds a network source's download cache."""
     if cfg.name == "sample":
         from srpipe.sources.sample import SampleSource
 
         return SampleSource(cfg)
+    if cfg.name == "sentinelhub":
+        from srpipe.sources.sentinelhub import SentinelHubSource
+
+        return SentinelHubSource(cfg, RunLayout(Path(run_dir)).download_cache(cfg.name) if run_dir else None)
     raise ValueError(f"unknown source {cfg.name!r}")  # unreachable: the config allows only known names

@@ -16,7 +16,7 @@ demo: install
 	$(BIN)/srpipe run configs/demo.toml
 
 test: install services
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=20
 
 # the real one-node Slurm cluster (munge, slurmctld, slurmd, slurmdbd + MariaDB) that the slurm-marked tests use
 services:

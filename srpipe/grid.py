@@ -231,5 +231,10 @@ def _figures_line(f: dict) -> str:
     return (
         f"plan: {f['tiles']} tiles ({zones}); AOI {aoi} km^2, tile cores {f['core_km2']:,.0f} km^2; output per date "
         f"{f['output_px_per_band_per_date']:.3g} px per band at {f['label_resolution_m']:g} m = "
-        f"{f['output_gb_per_date']:,.1f} GB ({_OUTPUT_BANDS} bands, uint16)"
+        f"{_size(f['output_gb_per_date'])} ({_OUTPUT_BANDS} bands, uint16)"
     )
+
+
+def _size(gb: float) -> str:
+    """`gb` as GB, or MB below 1 GB."""
+    return f"{gb:,.1f} GB" if gb >= 1 else f"{gb * 1000:,.1f} MB"

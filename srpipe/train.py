@@ -224,6 +224,7 @@ def _setup(cfg: Config) -> _Setup:
     device = _device(ranks)
     torch.manual_seed(t.seed)
     np.random.seed(t.seed)
+    delineation = _frozen_delineation(cfg, device)  # before the models: building it draws from the seeded RNG
     train_set, val_set = ShardDataset(train_paths), ShardDataset(val_paths)
     sampler = DistributedSampler(train_set, ranks.size, ranks.rank, shuffle=True, seed=t.seed, drop_last=True)
     val_sampler = DistributedSampler(val_set, ranks.size, ranks.rank, shuffle=False) if len(val_set) else []
@@ -243,7 +244,7 @@ def _setup(cfg: Config) -> _Setup:
         model=model,
         shiftnet=shiftnet,
         optimizer=torch.optim.Adam(trained, lr=lr),
-        delineation=_frozen_delineation(cfg, device),
+        delineation=delineation,
         lr_to_hr=lr_to_hr_map(lr_scale, hr_scale, device),
         lr=lr,
         budget_s=t.max_minutes * 60 if t.max_minutes > 0 else math.inf,

@@ -40,7 +40,7 @@ def skimage_ssim(x: np.ndarray, y: np.ndarray) -> float:
 def test_unmasked_ssim_is_scikit_images_gaussian_ssim(seed):
     x, y = pair(seed)
     expected = skimage_ssim(x, y)
-    assert ssim(x, y) == pytest.approx(expected, abs=1e-10)  # float64 numpy path
+    assert ssim(x, y) == pytest.approx(expected, abs=1e-5)  # the numpy path computes in float32
     batch = masked_ssim(torch.from_numpy(x)[None], torch.from_numpy(y)[None])  # float32 torch path (training)
     assert batch.item() == pytest.approx(expected, abs=1e-5)
     assert 0.3 < expected < 0.99
@@ -83,7 +83,7 @@ def test_psnr_is_the_masked_mse_in_db_and_scikit_images_without_a_mask():
 
 def test_ssim_of_an_image_with_itself_is_one_and_it_has_a_gradient():
     x, y = pair()
-    assert ssim(x, x, cloud()) == pytest.approx(1.0, abs=1e-12)
+    assert ssim(x, x, cloud()) == pytest.approx(1.0, abs=1e-6)
     sr = torch.from_numpy(y)[None].requires_grad_()
     masked_ssim(sr, torch.from_numpy(x)[None], torch.from_numpy(cloud())[None]).sum().backward()
     assert sr.grad.abs().sum() > 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from srpipe import __version__
 from srpipe.config import Config, load_config
 from srpipe.errors import ConfigError, SrpipeError, StageError
-from srpipe.stages import CHAIN, StageSummary, check_stage, plan_run, run_chain
+from srpipe.stages import CHAIN, STAGES, StageSummary, check_stage, plan_run, run_chain, stage_units
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,12 +160,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _chunk_tiles(cfg: Config, chunk: str) -> list[str]:
     """The INDEX-th group of SIZE tiles of the grid, for `--chunk INDEX:SIZE` (an sbatch array task's share)."""
-    from srpipe.grid import read_grid
-
     index, _, size = chunk.partition(":")
     if not (index.isdigit() and size.isdigit() and int(size) > 0):
         raise StageError(f"--chunk {chunk!r}: expected INDEX:SIZE, e.g. --chunk $SLURM_ARRAY_TASK_ID:16")
-    tiles = [t.tile_id for t in read_grid(cfg.run_path)][int(index) * int(size) : (int(index) + 1) * int(size)]
+    grid = stage_units(cfg, STAGES["download"])  # the grid's tiles, in order: the one tile list
+    tiles = grid[int(index) * int(size) : (int(index) + 1) * int(size)]
     if not tiles:
         raise StageError(f"--chunk {chunk}: the grid has no tiles in this group; lower the array's upper index")
     return tiles

@@ -190,24 +190,6 @@ def submit_stage(
     return ids
 
 
-def submit_chain(
-    cfg: Config,
-    profile: Profile,
-    stages: list[str],
-    units: dict[str, list[str]] | None = None,
-    after: list[str] | None = None,
-) -> dict[str, list[str]]:
-    """Submit `stages` in order, each afterok on the one before (the first on `after`); return {stage: job ids}."""
-    limits = cluster_limits()
-    submitted: dict[str, list[str]] = {}
-    after = list(after or [])
-    for stage in stages:
-        ids = submit_stage(cfg, profile, stage, (units or {}).get(stage), after, limits)
-        submitted[stage] = ids
-        after = ids or after
-    return submitted
-
-
 def submissions(run_dir: Path) -> list[dict]:
     """Every submission recorded for the run, oldest first."""
     path = RunLayout(Path(run_dir)).submissions

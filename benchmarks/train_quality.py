@@ -85,7 +85,7 @@ def gradient_shares(cfg: Config, net: torch.nn.Module, batch_size: int = 32) -> 
     torch.manual_seed(cfg.train.seed)
     data = ShardDataset(shard_paths(cfg.run_path / "datasets", "train"))
     batch = {k: torch.stack([data[i][k] for i in range(batch_size)]) for k in ("lr", "lr_mask", "hr", "hr_mask")}
-    shiftnet = ShiftNet(cfg.model.shiftnet_channels).eval()
+    shiftnet = ShiftNet(cfg.model.shiftnet_channels, cfg.model.shiftnet_pool).eval()
     delineation, lr_to_hr = load_delineation(cfg), lr_to_hr_map(*scales(load_stats(cfg.run_path)), torch.device("cpu"))
     weights = ("shift_reg_weight", "mean_match_weight", "perceptual_weight", "ssim_weight")
 

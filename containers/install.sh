@@ -6,7 +6,7 @@
 #   --venv DIR     virtual environment to create or update (default: $SRPIPE_VENV or <repo>/.venv)
 #   --no-apt       skip Debian packages (they are already there, or you are not root)
 #   --no-horovod   skip the patched Horovod build (everything but distributed training works without it)
-#   --dev          also install the test and lint tools (pytest, ruff)
+#   --dev          also install the test and lint tools (pytest, ruff, websocket-client; chromium from apt)
 # Env: SRPIPE_VENV (default venv), SRPIPE_FIND_LINKS (extra ':'-separated local wheel dirs for pip),
 #      SRPIPE_WHEEL_CACHE (Horovod wheel cache, see hpc/horovod/README.md), PYTHON (interpreter for the venv)
 # Order matters: torch==2.13.0 first (an unpinned torch pulls a multi-GB CUDA build), then Horovod built with the
@@ -37,6 +37,8 @@ if [ "$apt" = 1 ]; then
   apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-dev g++ make cmake patch git ca-certificates \
     openmpi-bin libopenmpi-dev >/dev/null
+  # the tests render the evaluation report (reports/index.html) in a real headless browser
+  if [ -n "$extras" ]; then apt-get install -y -qq --no-install-recommends chromium >/dev/null; fi
 fi
 
 python=${PYTHON:-python3}

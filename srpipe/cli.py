@@ -176,7 +176,7 @@ def _final_words(cfg: Config, seconds: float) -> None:
     print(f"\nsrpipe run finished in {seconds:.0f} s. Results in {cfg.run_path}:")
     for m in sorted(layout.mosaics.glob("*.tif")):
         print(f"  mosaic: {m}  (+ {m.with_suffix('.vrt').name}, STAC in {layout.stac})")
-    print(f"  report: {layout.reports / 'report.md'}  (metrics.json, one PNG per test tile)")
+    print(f"  report: {layout.reports / 'index.html'}  (open it in a browser; metrics.json, samples.csv, report.md)")
     print(f"  curation: {layout.curation / 'report.md'}")
     print(f"  status: srpipe status {cfg.run_path}")
 

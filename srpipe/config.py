@@ -96,8 +96,10 @@ class ModelConfig:
     encoder_layers: int = 8
     kernel_size: int = 3
     upscaler: Upscaler = "pixel_shuffle"
+    padding: Literal["zeros", "replicate", "reflect"] = "replicate"  # conv padding: zeros darken SR's edges
     residual_bicubic: bool = True  # predict a correction to the bicubic reference (faster convergence)
     shiftnet_channels: int = 64  # ShiftNet width (registration at the loss); the original's 64
+    shiftnet_pool: int = 1  # > 1: ShiftNet sees the SR/label pair average-pooled by this (pool^2 x cheaper); 1 = method
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,10 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: to lr/100 over the epochs or max_minutes
     augment: bool = False  # random flips and right-angle rotations of each training sample
     checkpoint_every_steps: int = 100  # also checkpoint mid-epoch, so a kill loses at most this many steps
-    amp: bool = True  # bfloat16 autocast on GPU; CPU always trains in float32
+    amp: bool = True  # bfloat16 autocast of the nets' forward passes on GPU and on CPUs with native bf16; losses fp32
     wandb: bool = False  # also log to Weights & Biases, offline, under the model folder
     wandb_project: str = "srpipe"
+    init_from: str = ""  # start from these weights: a packaged name ("sample-x4", see srpipe/weights/) or a .pt path
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,7 @@ class EvaluateConfig:
 
     max_tile_plots: int = 8
     batch_size: int = 16
+    downstream_budget_s: float = 60.0  # the delineation test (two nets, SR vs baseline, same steps); 0 = skip it
 
 
 @dataclass(frozen=True)
@@ -318,10 +322,13 @@ def load_config(path: str | Path, run_dir: str | None = None) -> Config:
     source = cfg.source
     if source.scene:
         source = dataclasses.replace(source, scene=str((base / source.scene).resolve()))
+    train = cfg.train
+    if train.init_from and (train.init_from.endswith(".pt") or "/" in train.init_from):
+        train = dataclasses.replace(train, init_from=str((base / train.init_from).resolve()))
     delineation = cfg.delineation
     if delineation.parcels:
         delineation = dataclasses.replace(delineation, parcels=str((base / delineation.parcels).resolve()))
-    cfg = dataclasses.replace(cfg, delineation=delineation)
+    cfg = dataclasses.replace(cfg, delineation=delineation, train=train)
     cfg = dataclasses.replace(cfg, plan=plan, source=source, run_dir=str(Path(run_dir or cfg.run_dir).resolve()))
     _check(cfg)
     return cfg

@@ -1,154 +1,207 @@
-"""Evaluate: SR against bicubic on the test tiles (PSNR, SSIM): `reports/metrics.json` and one PNG per tile."""
+"""Evaluate: SR (one pass and self-ensemble) against every classical baseline on the test tiles; `reports/`.
+
+Scores per test sample (patches, inside the training loss's border crop) and per block of the test tiles' cores (SR of
+whole tiles, as `srpipe infer` makes them); cluster-bootstrap intervals by tile; the PROBA-V Kelvins score;
+consistency with S2, opensr-test's correctness shares, perceptual distances; the downstream delineation test. Writes
+`reports/metrics.json`, `samples.csv`, `tile_cores.csv`, `report.md` and the self-contained `index.html`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from srpipe import state
+from srpipe.augment import dihedral_view, undo_dihedral_view
 from srpipe.config import Config
 from srpipe.curate.dataset import iter_samples, shard_paths
+from srpipe.curate.reduce import load_stats
 from srpipe.errors import StageError
-from srpipe.losses import cpsnr
-from srpipe.metrics import masked_psnr, masked_ssim
-from srpipe.models.highresnet import bicubic, masked_median
+from srpipe.evaluation import baselines as bl
+from srpipe.evaluation import report, summary
+from srpipe.evaluation.scores import cpsnr_score, score
+from srpipe.evaluation.tiles import core_blocks, score_tile, shadowed_dates, tile_images, trusted_blocks
+from srpipe.grid import tiles_by_id
+from srpipe.losses import latest_frame, lr_to_hr_map
 from srpipe.models.trained import TrainedModel, load_trained
 
-
-def rgb(image: np.ndarray) -> np.ndarray:
-    """(4, H, W) B02, B03, B04, B08 in [0, 1] -> (H, W, 3) true colour for display, gamma-brightened."""
-    return np.clip(image[[2, 1, 0]].transpose(1, 2, 0), 0, 1) ** 0.7
+KEEP_IMAGES = 4096  # test samples whose images are kept for the plots, consistency and the downstream test
+SR_METHODS = ("sr", "sr_one_pass")
 
 
-def plot_sample(path: Path, lr_frame: np.ndarray, bic: np.ndarray, sr: np.ndarray, hr: np.ndarray, title: str) -> None:
-    """PNG of an LR frame, bicubic, SR and the label side by side (all (4, H, W) in [0, 1])."""
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
-    for ax, image, name in zip(
-        axes, (lr_frame, bic, sr, hr), ("S2 frame (LR)", "bicubic", "SR (HighRes-Net)", "label"), strict=True
-    ):
-        ax.imshow(rgb(image), interpolation="nearest")
-        ax.set_title(name)
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    with state.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+@dataclasses.dataclass
+class Context:
+    """What every scoring step reads: the config, the model, the LR -> label map, the crop and the tuned baseline."""
+
+    cfg: Config
+    model: TrainedModel
+    lr_to_hr: tuple[torch.Tensor, torch.Tensor]
+    border: int
+    max_shift: int
+    unsharp: bl.Unsharp | None = None
+    unsharp_val_cpsnr: float = float("nan")
+
+    def score(self, image: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
+        """(B,) MSE, PSNR, SSIM, cPSNR inside the border crop."""
+        return score(image, hr, mask, self.border, self.max_shift)
 
 
 def _batches(paths: list, size: int) -> Iterator[dict]:
-    """Test samples in batches of `size`: lr, lr_mask, hr, hr_mask as tensors; tile_id, hr_date as lists of str."""
+    """Samples in batches of `size`: lr, lr_mask, hr, hr_mask as tensors; tile_id, hr_date, lr_dates as str lists."""
     for shard in iter_samples(paths):
-        for start in range(0, len(shard["lr"]), size):
-            part = {k: shard[k][start : start + size] for k in ("lr", "lr_mask", "hr", "hr_mask", "tile_id", "hr_date")}
+        n = len(shard["lr"])
+        dates = shard["lr_dates"] if "lr_dates" in shard else np.full(shard["lr_mask"].shape[:2], b"")
+        for start in range(0, n, size):
+            part = slice(start, start + size)
             yield {
-                **{k: torch.from_numpy(part[k]) for k in ("lr", "lr_mask", "hr", "hr_mask")},
-                **{k: [v.decode() for v in part[k]] for k in ("tile_id", "hr_date")},
+                **{k: torch.from_numpy(np.asarray(shard[k][part])) for k in ("lr", "lr_mask", "hr", "hr_mask")},
+                **{k: [v.decode() for v in shard[k][part]] for k in ("tile_id", "hr_date")},
+                "lr_dates": [[d.decode() for d in row] for row in dates[part]],
             }
 
 
 @torch.no_grad()
-def _score_batch(
-    model: TrainedModel, cfg: Config, batch: dict
-) -> tuple[dict[str, list[float]], torch.Tensor, torch.Tensor]:
-    """SR and bicubic (B, 4, H, W) of a batch and their (B,) masked PSNR, SSIM (`srpipe.metrics`) and cPSNR."""
-    lr, lr_mask, hr, hr_mask = batch["lr"], batch["lr_mask"], batch["hr"], batch["hr_mask"]
-    sr = model.super_resolve(lr, lr_mask, cfg.infer.self_ensemble)
-    bic = bicubic(masked_median(lr, lr_mask), model.scale).clamp(0, 1)
-    scores = {}
-    for name, image in (("sr", sr), ("bicubic", bic)):
-        scores[f"{name}_psnr"] = masked_psnr(image, hr, hr_mask)
-        scores[f"{name}_ssim"] = masked_ssim(image.clamp(0, 1), hr, hr_mask)
-        # registered: best integer shift, brightness-corrected (PROBA-V)
-        scores[f"{name}_cpsnr"] = cpsnr(image, hr, hr_mask, cfg.loss.cpsnr_max_shift_px)
-    return {k: v.tolist() for k, v in scores.items()}, sr, bic
+def _sr(ctx: Context, lr: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{"sr_one_pass", "sr" (the 8-view mean when infer.self_ensemble, else the one pass), "sr_views_std"}."""
+    net = ctx.model.net
+    one = net(lr, mask).clamp(0, 1)
+    if not ctx.cfg.infer.self_ensemble:
+        return {"sr_one_pass": one, "sr": one}
+    views = [one] + [undo_dihedral_view(net(dihedral_view(lr, g), dihedral_view(mask, g)), g) for g in range(1, 8)]
+    stack = torch.stack(views)
+    return {"sr_one_pass": one, "sr": stack.mean(0).clamp(0, 1), "sr_views_std": stack.std(0).mean(1)}
 
 
-def _plot_tile(path: Path, batch: dict, i: int, sr: torch.Tensor, bic: torch.Tensor, scale: int) -> None:
-    """PNG of sample `i` of `batch`: its latest clear LR frame (nearest-upsampled), bicubic, SR and the label."""
-    lr, lr_mask = batch["lr"][i], batch["lr_mask"][i]
-    last = int(lr_mask.flatten(1).any(1).nonzero().max()) if lr_mask.any() else 0
-    frame = torch.nn.functional.interpolate(lr[last][None], scale_factor=scale)[0]
-    title = f"tile {batch['tile_id'][i]}, label {batch['hr_date'][i]}"
-    plot_sample(path, frame.numpy(), bic[i].numpy(), sr[i].numpy(), batch["hr"][i].numpy(), title)
+def _methods(ctx: Context, lr: torch.Tensor, mask: torch.Tensor, lr_dates: list, hr_dates: list) -> dict:
+    """Every method's (B, 4, H, W) output in label units: SR one pass and ensemble, the baselines (SIMPLE, unsharp)."""
+    return {**_sr(ctx, lr, mask), **baseline_images(ctx, lr, mask, lr_dates, hr_dates)}
 
 
-def _aggregate(rows: dict[str, list[dict]], self_ensemble: bool) -> dict:
-    """`reports/metrics.json` from each tile's per-sample score rows (keys of `_score_batch`)."""
-    every = [r for tile_rows in rows.values() for r in tile_rows]
-    mean = {k: float(np.mean([r[k] for r in every])) for k in every[0]}
-    per_tile = [
-        {"tile_id": t, "n_samples": len(rs), **{k: float(np.mean([r[k] for r in rs])) for k in rs[0]}}
-        for t, rs in sorted(rows.items())
-    ]
-    return {
-        "sr": {"psnr": mean["sr_psnr"], "ssim": mean["sr_ssim"]},
-        "bicubic": {"psnr": mean["bicubic_psnr"], "ssim": mean["bicubic_ssim"]},
-        "cpsnr": {"sr": mean["sr_cpsnr"], "bicubic": mean["bicubic_cpsnr"]},  # registered: best shift, bias removed
-        "n_samples": len(every),
-        "self_ensemble": self_ensemble,
-        "sr_beats_bicubic_share": float(np.mean([r["sr_psnr"] > r["bicubic_psnr"] for r in every])),
-        "sr_beats_bicubic_cpsnr_share": float(np.mean([r["sr_cpsnr"] > r["bicubic_cpsnr"] for r in every])),
-        "per_tile": per_tile,
-    }
+def baseline_images(ctx: Context, lr: torch.Tensor, mask: torch.Tensor, lr_dates: list, hr_dates: list) -> dict:
+    """The baselines' (B, 4, H, W) images in label units: `bl.SIMPLE` and the tuned unsharp mask."""
+    out = bl.simple_baselines(lr, mask, lr_dates, hr_dates, ctx.model.scale, ctx.lr_to_hr)
+    if ctx.unsharp is not None:
+        out[bl.UNSHARP] = bl.unsharp(out, ctx.unsharp)
+    return out
 
 
-def _write_report(path: Path, metrics: dict, plotted: list[str], max_shift_px: int) -> None:
-    """`reports/report.md`: the table of `metrics` and the PNGs of the `plotted` tiles."""
-    lines = [
-        "# Evaluation on the test tiles",
-        "",
-        f"{metrics['n_samples']} samples from {len(metrics['per_tile'])} test tiles; values in [0, 1] after the "
-        "curation's percentile scaling. PSNR and SSIM are on the label's clear pixels (`srpipe.metrics`).",
-        "",
-        "| method | PSNR (dB) | cPSNR (dB, registered) | SSIM |",
-        "| --- | --- | --- | --- |",
-        *(
-            f"| {name} | {metrics[key]['psnr']:.2f} | {metrics['cpsnr'][key]:.2f} | {metrics[key]['ssim']:.4f} |"
-            for name, key in (("bicubic", "bicubic"), ("SR", "sr"))
-        ),
-        "",
-        f"SR beats bicubic on {100 * metrics['sr_beats_bicubic_share']:.0f} % of the samples (PSNR), "
-        f"{100 * metrics['sr_beats_bicubic_cpsnr_share']:.0f} % (cPSNR: best shift up to "
-        f"{max_shift_px} px, brightness bias removed, as PROBA-V).",
-        "",
-        "SR is the mean over the eight flips/rotations of the input (infer.self_ensemble)."
-        if metrics["self_ensemble"]
-        else "SR is one pass of the model (infer.self_ensemble is off).",
-        "",
-        *(f"![{t}]({t}.png)" for t in plotted),
-    ]
-    state.write_text(path, "\n".join(lines) + "\n")
+def _tune(ctx: Context) -> None:
+    """Tune the unsharp-masked baseline (base, sigma, amount) on the validation samples, by mean cPSNR."""
+    paths = shard_paths(ctx.cfg.layout.datasets, "val")
+    if not paths:
+        return
+
+    def batches():
+        for b in _batches(paths, ctx.cfg.evaluate.batch_size):
+            simple = bl.simple_baselines(
+                b["lr"], b["lr_mask"], b["lr_dates"], b["hr_date"], ctx.model.scale, ctx.lr_to_hr
+            )
+            yield simple, b["hr"], b["hr_mask"]
+
+    ctx.unsharp, ctx.unsharp_val_cpsnr = bl.tune_unsharp(batches(), cpsnr_score(ctx.border, ctx.max_shift))
+
+
+@dataclasses.dataclass
+class Patches:
+    """The test samples' score rows, and the images of the first KEEP_IMAGES of them (per method, plus S2 and label)."""
+
+    rows: list[dict] = dataclasses.field(default_factory=list)
+    images: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+    first: tuple[torch.Tensor, torch.Tensor] | None = None  # the first sample's (1, K, 4, h, w) stack and masks
+
+    def array(self, name: str) -> np.ndarray:
+        """(N, ...) float32 of the kept images of `name`."""
+        return torch.cat(self.images[name]).float().numpy()
+
+
+def _keep(patches: Patches, batch: dict, methods: dict) -> None:
+    """Keep the batch's images (float16) while fewer than KEEP_IMAGES are kept."""
+    kept = sum(len(x) for x in patches.images["hr"])
+    if kept >= KEEP_IMAGES:
+        return
+    frame, frame_mask = latest_frame(batch["lr"], batch["lr_mask"])
+    for name, image in {**methods, "hr": batch["hr"], "lr_frame": frame}.items():
+        patches.images[name].append(image.half())
+    for name, mask in {"hr_mask": batch["hr_mask"], "lr_frame_mask": frame_mask}.items():
+        patches.images[name].append(mask)
+
+
+def _score_patches(ctx: Context) -> Patches:
+    """Score every test sample with every method (inside the border crop)."""
+    paths = shard_paths(ctx.cfg.layout.datasets, "test")
+    if not paths:
+        raise StageError(f"no test shards in {ctx.cfg.layout.datasets}; run `srpipe curate` (with >= 3 tiles)")
+    patches = Patches()
+    for batch in _batches(paths, ctx.cfg.evaluate.batch_size):
+        patches.first = patches.first or (batch["lr"][:1], batch["lr_mask"][:1])
+        methods = _methods(ctx, batch["lr"], batch["lr_mask"], batch["lr_dates"], batch["hr_date"])
+        views_std = methods.pop("sr_views_std", None)
+        rows = [{"tile_id": t, "hr_date": d} for t, d in zip(batch["tile_id"], batch["hr_date"], strict=True)]
+        for name, image in methods.items():
+            for metric, values in ctx.score(image, batch["hr"], batch["hr_mask"]).items():
+                for row, value in zip(rows, values, strict=True):
+                    row[f"{name}_{metric}"] = float(value)
+        patches.rows += rows
+        _keep(patches, batch, methods if views_std is None else {**methods, "sr_views_std": views_std[:, None]})
+    return patches
+
+
+def _test_tiles(cfg: Config) -> tuple[list, set]:
+    """The test split's tiles (the curation's split) and the shadow filter's (tile, date) flags; ([], set()) for a
+    run without curation stats or grid."""
+    try:
+        stats = load_stats(cfg.run_path)
+        grid = tiles_by_id(cfg.run_path)
+    except (StageError, OSError, KeyError):
+        return [], set()
+    tiles = [grid[t] for t, s in sorted(stats["split"].items()) if s == "test" and t in grid]
+    return tiles, shadowed_dates(stats.get("shadow_flags", {}))
+
+
+def _score_cores(ctx: Context) -> tuple[list[dict], dict]:
+    """Score rows of every trusted core block of every test tile and label date (SR of the whole tile), and counts."""
+    rows, counts = [], {"images": 0, "blocks": 0, "blocks_noisy": 0}
+    block = ctx.cfg.curate.lr_patch_px * ctx.model.scale
+    tiles, shadowed = _test_tiles(ctx.cfg)
+    for image in tile_images(ctx.cfg, ctx.model, tiles, shadowed):
+        _, corners = core_blocks(image.hr, image.core, block, ctx.border)
+        keep = trusted_blocks(image, corners, block, ctx.cfg)
+        counts = {"images": counts["images"] + 1, "blocks": counts["blocks"] + len(keep),
+                  "blocks_noisy": counts["blocks_noisy"] + int((~keep).sum())}  # fmt: skip
+        if keep.any():
+            methods = _methods(ctx, image.lr, image.lr_mask, [image.lr_dates], [image.hr_date])
+            methods.pop("sr_views_std", None)
+            rows += score_tile(image, methods, keep, block, ctx.border, ctx.score)
+    return rows, counts
+
+
+def _context(cfg: Config) -> Context:
+    """The model, its LR -> label map and the border crop (the training loss's, at least the cPSNR shift)."""
+    model = load_trained(cfg)
+    gain, offset = lr_to_hr_map(model.lr_scale, model.hr_scale, torch.device("cpu"))
+    max_shift = cfg.loss.cpsnr_max_shift_px
+    return Context(cfg, model, (gain, offset), max(cfg.loss.crop_border_px, max_shift), max_shift)
 
 
 def evaluate(cfg: Config) -> dict:
-    """Score SR and bicubic on every test sample; write reports/metrics.json, per-tile PNGs and report.md."""
-    paths = shard_paths(cfg.layout.datasets, "test")
-    if not paths:
-        raise StageError(f"no test shards in {cfg.layout.datasets}; run `srpipe curate` (with >= 3 tiles)")
-    model = load_trained(cfg)
-    rows: dict[str, list[dict]] = defaultdict(list)
-    plotted: list[str] = []
-    for batch in _batches(paths, cfg.evaluate.batch_size):
-        scores, sr, bic = _score_batch(model, cfg, batch)
-        for i, tile_id in enumerate(batch["tile_id"]):
-            rows[tile_id].append({k: v[i] for k, v in scores.items()})
-            if tile_id not in plotted and len(plotted) < cfg.evaluate.max_tile_plots:
-                plotted.append(tile_id)
-                _plot_tile(cfg.layout.reports / f"{tile_id}.png", batch, i, sr, bic, model.scale)
-    metrics = _aggregate(rows, cfg.infer.self_ensemble)
-    state.write_json(cfg.layout.reports / "metrics.json", metrics)
-    _write_report(cfg.layout.reports / "report.md", metrics, sorted(plotted), cfg.loss.cpsnr_max_shift_px)
+    """Score SR and the baselines on the test samples and tile cores; write every report of `reports/`."""
+    ctx = _context(cfg)
+    _tune(ctx)
+    patches = _score_patches(ctx)
+    cores, counts = _score_cores(ctx)
+    metrics = summary.metrics(ctx, patches, cores)
+    if metrics["tile_cores"]:
+        metrics["tile_cores"]["filtered"] = counts
+    metrics |= summary.extras(ctx, patches)
+    report.write_all(ctx, metrics, patches, cores)
+    main = metrics["sr_one_pass"]
     return {
-        "sr_psnr": round(metrics["sr"]["psnr"], 3),
-        "bicubic_psnr": round(metrics["bicubic"]["psnr"], 3),
+        "sr_one_pass_cpsnr": round(main["cpsnr"], 3),
+        "strongest_baseline": metrics["strongest_baseline"],
+        "baseline_cpsnr": round(metrics["baselines"][metrics["strongest_baseline"]]["cpsnr"], 3),
+        "cpsnr_win_share": round(main["cpsnr_win_share"], 3),
         "samples": metrics["n_samples"],
     }

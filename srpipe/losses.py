@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from srpipe.config import LossConfig
+from srpipe.curate.normalise import BandScale
 from srpipe.metrics import masked_ssim
 from srpipe.models.delineation import DelineationNet
 from srpipe.models.lanczos import lanczos_shift
@@ -75,6 +76,13 @@ def mean_match(
     return gap.mean()
 
 
+def lr_to_hr_map(lr_scale: BandScale, hr_scale: BandScale, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gain, offset) per band that map LR-scaled values to label-scaled ones (for mean matching)."""
+    span = hr_scale.high - hr_scale.low
+    gain, offset = (lr_scale.high - lr_scale.low) / span, (lr_scale.low - hr_scale.low) / span
+    return torch.from_numpy(gain).float().to(device), torch.from_numpy(offset).float().to(device)
+
+
 def _gram(f: torch.Tensor) -> torch.Tensor:
     b, c = f.shape[:2]
     f = f.reshape(b, c, -1)
@@ -96,21 +104,35 @@ def ssim(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor | None = None) -
     return masked_ssim(sr, hr, mask).mean()
 
 
+def low_precision(x: torch.Tensor, enabled: bool) -> torch.autocast:
+    """bfloat16 autocast on `x`'s device when `enabled` (the auxiliary nets' forward passes in training)."""
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def autocast_supported(device: torch.device) -> bool:
+    """True where bfloat16 autocast is fast: CUDA, or a CPU whose oneDNN has native bf16 (AVX512-BF16, AMX)."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 @torch.no_grad()
 def cpsnr(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor, max_shift: int = 3) -> torch.Tensor:
     """(B,) PROBA-V cPSNR in dB: best over integer shifts up to `max_shift` px of brightness-corrected masked MSE."""
     sr = sr.clamp(0, 1)
     h, w = sr.shape[-2:]
     center = crop(sr, max_shift)
+    ch, cw = h - 2 * max_shift, w - 2 * max_shift
+    offsets = [(u, v) for u in range(2 * max_shift + 1) for v in range(2 * max_shift + 1)]
     best = torch.full((sr.shape[0],), float("inf"), device=sr.device)
-    for u in range(2 * max_shift + 1):
-        for v in range(2 * max_shift + 1):
-            part = hr[..., u : u + h - 2 * max_shift, v : v + w - 2 * max_shift]
-            m = mask[:, None, u : u + h - 2 * max_shift, v : v + w - 2 * max_shift].to(sr.dtype)
-            diff = part - center
-            diff = diff - _masked_band_mean(diff, m)
-            mse = (diff**2 * m).flatten(1).sum(1) / (m.flatten(1).sum(1) * sr.shape[1]).clamp_min(1)
-            best = torch.minimum(best, mse)
+    for start in range(0, len(offsets), 7):  # 7 shifts at a time: one vectorised pass each, memory stays small
+        part = torch.stack([hr[..., u : u + ch, v : v + cw] for u, v in offsets[start : start + 7]])
+        m = torch.stack([mask[:, None, u : u + ch, v : v + cw] for u, v in offsets[start : start + 7]]).to(sr.dtype)
+        diff = part - center
+        n = m.sum((3, 4), keepdim=True).clamp_min(1)
+        diff = diff - (diff * m).sum((3, 4), keepdim=True) / n
+        mse = (diff**2 * m).flatten(2).sum(2) / (m.flatten(2).sum(2) * sr.shape[1]).clamp_min(1)
+        best = torch.minimum(best, mse.min(0).values)
     return -10 * torch.log10(best.clamp_min(1e-10))
 
 
@@ -121,14 +143,20 @@ def sr_losses(
     shiftnet: ShiftNet | None,
     delineation: DelineationNet | None,
     lr_to_hr: tuple[torch.Tensor, torch.Tensor],
+    amp: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted total and each term (unweighted, detached) for one batch; zero-weight terms are not computed."""
+    """Weighted total and each term (unweighted, detached) for one batch; zero-weight terms are not computed.
+
+    `amp`: ShiftNet and the delineation net run under bfloat16 autocast; every loss value stays float32.
+    """
     hr, mask = batch["hr"], batch["hr_mask"]
     terms: dict[str, torch.Tensor] = {}
     total = sr.new_zeros(())
     registered = sr
     if cfg.register and shiftnet is not None:
-        registered, shifts = shiftnet.register(sr, hr)
+        with low_precision(sr, amp):
+            shifts = shiftnet(sr, hr).float()
+        registered = lanczos_shift(sr, shifts)  # float32: the pixel loss sees the full precision of SR
         terms["shift_reg"] = shift_regulariser(shifts)
         total = total + cfg.shift_reg_weight * terms["shift_reg"]
     terms["pixel"] = pixel_loss(registered, hr, mask, cfg.pixel, cfg.crop_border_px, cfg.brightness_correction)
@@ -143,7 +171,8 @@ def sr_losses(
         terms["mean_match"] = mean_match(sr, batch["lr"], batch["lr_mask"], lr_to_hr, cfg.mean_match_delta)
         total = total + cfg.mean_match_weight * terms["mean_match"]
     if cfg.perceptual_weight > 0 and delineation is not None:
-        terms["perceptual"] = perceptual(delineation, registered, hr, cfg.style_weight)
+        with low_precision(sr, amp):
+            terms["perceptual"] = perceptual(delineation, registered, hr, cfg.style_weight).float()
         total = total + cfg.perceptual_weight * terms["perceptual"]
     if cfg.ssim_weight > 0:
         border = cfg.crop_border_px

@@ -51,6 +51,14 @@ def _parcels(cfg: Config) -> list[str]:
     return [cfg.delineation.parcels] if cfg.delineation.parcels else []
 
 
+def _init_weights(cfg: Config) -> list[str]:
+    if not cfg.train.init_from:
+        return []
+    from srpipe.weights import weights_path
+
+    return [str(weights_path(cfg.train.init_from))]
+
+
 _CURATE_MAP_KEYS = tuple(
     f"curate.{k}"
     for k in (
@@ -99,6 +107,7 @@ STAGES: dict[str, Stage] = {
             "srpipe.train:train",
             reads=("source.scale", "curate.n_frames", "model", "train", "loss"),
             after=("curate-reduce", "train-delineation"),
+            files=_init_weights,
             restart=lambda c: c.layout.model(c.train.name),
             product=lambda c: c.layout.model(c.train.name) / "model.pt",
             mpi=True,
@@ -114,8 +123,16 @@ STAGES: dict[str, Stage] = {
         Stage(
             "evaluate",
             "srpipe.evaluate:evaluate",
-            reads=("evaluate", "infer.self_ensemble", "loss.cpsnr_max_shift_px", "train.name"),
-            after=("curate-reduce", "train"),
+            reads=(
+                "evaluate",
+                "infer.self_ensemble",
+                "loss.cpsnr_max_shift_px",
+                "loss.crop_border_px",
+                "train.name",
+                "curate",
+                "delineation",
+            ),  # curate: the tile cores' stacks; delineation: the downstream test's reference
+            after=("download", "curate-reduce", "train-delineation", "train"),
         ),
     )
 }

@@ -12,6 +12,7 @@ from srpipe.config import Config, EvaluateConfig, ModelConfig
 from srpipe.curate.normalise import BandScale
 from srpipe.models import build_model
 from srpipe.models.trained import TrainedModel
+from tests import browser
 
 
 def shard(n: int = 6, k: int = 3) -> dict[str, np.ndarray]:
@@ -31,47 +32,90 @@ def shard(n: int = 6, k: int = 3) -> dict[str, np.ndarray]:
     }
 
 
+class _Oracle(torch.nn.Module):
+    """A 'model' that returns each batch's label: SR that no baseline can beat."""
+
+    scale = 4
+
+    def __init__(self, labels: torch.Tensor) -> None:
+        super().__init__()
+        self.labels, self.seen = labels, 0
+
+    def forward(self, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.labels[self.seen % len(self.labels) :][: len(lr)]
+        self.seen += len(lr)
+        return out
+
+
 @pytest.fixture
 def run(tmp_path, monkeypatch):
     """A Config on tmp_path whose test set is `shard()` and whose model is an untrained tiny HighRes-Net."""
     torch.manual_seed(0)
     unit = BandScale(np.zeros(4, np.float32), np.ones(4, np.float32))
     net = build_model(ModelConfig(channels=8, encoder_layers=1), scale=4).eval()
-    monkeypatch.setattr(ev, "load_trained", lambda cfg: TrainedModel(net, unit, unit, n_frames=3, scale=4))
+    model = TrainedModel(net, unit, unit, n_frames=3, scale=4)
+    monkeypatch.setattr(ev, "load_trained", lambda cfg: model)
     monkeypatch.setattr(ev, "shard_paths", lambda folder, split: ["test-000.h5"])
     samples = [shard()]
     monkeypatch.setattr(ev, "iter_samples", lambda paths: iter(samples))
-    return Config(run_dir=str(tmp_path), evaluate=EvaluateConfig(batch_size=4, max_tile_plots=1)), samples
+    cfg = Config(run_dir=str(tmp_path), evaluate=EvaluateConfig(batch_size=4, max_tile_plots=1, downstream_budget_s=0))
+    return cfg, samples, model
 
 
-def test_metrics_json_keeps_its_keys_and_the_report_shows_the_plotted_tile(run):
-    cfg, _ = run
+OLD_KEYS = {"sr", "bicubic", "cpsnr", "n_samples", "self_ensemble", "sr_beats_bicubic_share",
+            "sr_beats_bicubic_cpsnr_share", "per_tile"}  # fmt: skip
+NEW_KEYS = {"baselines", "strongest_baseline", "sr_one_pass", "kelvins", "consistency", "correctness", "perceptual",
+            "mcc", "tile_cores", "border_crop_px", "cpsnr_max_shift_px", "n_tiles", "unsharp"}  # fmt: skip
+
+
+def test_metrics_json_keeps_its_keys_and_adds_every_baseline_and_both_sr_passes(run):
+    cfg, _, _ = run
     out = ev.evaluate(cfg)
     metrics = json.loads((cfg.layout.reports / "metrics.json").read_text())
-    assert set(metrics) == {
-        "sr", "bicubic", "cpsnr", "n_samples", "self_ensemble", "sr_beats_bicubic_share",
-        "sr_beats_bicubic_cpsnr_share", "per_tile",
-    }  # fmt: skip
-    assert set(metrics["sr"]) == set(metrics["bicubic"]) == {"psnr", "ssim"} and set(metrics["cpsnr"]) == {
-        "sr",
-        "bicubic",
-    }
-    assert metrics["n_samples"] == out["samples"] == 6 and [t["tile_id"] for t in metrics["per_tile"]] == ["t1", "t2"]
-    assert set(metrics["per_tile"][0]) == {
-        "tile_id", "n_samples", "sr_psnr", "sr_ssim", "sr_cpsnr", "bicubic_psnr", "bicubic_ssim", "bicubic_cpsnr",
-    }  # fmt: skip
+    assert set(metrics) == OLD_KEYS | NEW_KEYS
+    assert set(metrics["baselines"]) == {"bicubic_latest", "bicubic_closest", "bicubic_median", "bicubic_unsharp"}
+    for entry in (*metrics["baselines"].values(), metrics["sr"], metrics["sr_one_pass"]):
+        assert {"psnr", "cpsnr", "ssim", "mse"} <= set(entry)
+    assert {"cpsnr_win_share", "cpsnr_win_share_ci", "cpsnr_gain", "cpsnr_gain_ci"} <= set(metrics["sr_one_pass"])
+    assert metrics["bicubic"] == metrics["baselines"][metrics["strongest_baseline"]]
+    assert metrics["border_crop_px"] == cfg.loss.crop_border_px and metrics["n_samples"] == out["samples"] == 6
+    assert [t["tile_id"] for t in metrics["per_tile"]] == ["t1", "t2"]
     assert 20 < metrics["bicubic"]["psnr"] < 60 and 0 < metrics["bicubic"]["ssim"] <= 1
-    assert sorted(p.name for p in cfg.layout.reports.iterdir()) == ["metrics.json", "report.md", "t1.png"]
-    assert "![t1](t1.png)" in (cfg.layout.reports / "report.md").read_text()
+    assert metrics["tile_cores"] is None and metrics["mcc"] is None  # no tiles on disk; downstream test off
+    names = sorted(p.name for p in cfg.layout.reports.iterdir())
+    assert names == ["index.html", "metrics.json", "report.md", "samples.csv"]
+    assert "strongest baseline" in (cfg.layout.reports / "report.md").read_text()
 
 
 def test_scores_ignore_the_cloudy_label_pixels(run):
-    cfg, samples = run
+    cfg, samples, _ = run
     ev.evaluate(cfg)
     clean = json.loads((cfg.layout.reports / "metrics.json").read_text())
     samples[0]["hr"][:, :, :12] = 1.0  # clouds on the label, outside hr_mask
     ev.evaluate(cfg)
     cloudy = json.loads((cfg.layout.reports / "metrics.json").read_text())
     for method in ("sr", "bicubic"):
-        for key in ("psnr", "ssim"):
+        for key in ("psnr", "ssim", "cpsnr"):
             assert cloudy[method][key] == pytest.approx(clean[method][key], abs=1e-5), (method, key)
+
+
+def test_sr_equal_to_the_label_wins_every_sample_against_the_strongest_baseline(run):
+    cfg, samples, model = run
+    model.net = _Oracle(torch.from_numpy(samples[0]["hr"]))
+    ev.evaluate(cfg)
+    metrics = json.loads((cfg.layout.reports / "metrics.json").read_text())
+    one = metrics["sr_one_pass"]
+    assert one["cpsnr_win_share"] == 1.0 and one["cpsnr_gain"] > 5 and metrics["kelvins"]["sr_one_pass"] < 1
+    assert one["cpsnr_gain_ci"][0] > 0 and metrics["correctness"]["sr_one_pass"]["improvement"]["mean"] > 0.5
+    assert (
+        metrics["consistency"]["sr_one_pass"]["mae"] < metrics["consistency"][metrics["strongest_baseline"]]["mae"] + 1
+    )
+
+
+@pytest.mark.skipif(not browser.CHROMIUM.exists(), reason="needs Debian's chromium (apt install chromium)")
+def test_the_html_report_renders_in_a_real_browser_with_every_image(run):
+    cfg, _, _ = run
+    ev.evaluate(cfg)
+    page = browser.render(cfg.layout.reports / "index.html", timeout_s=120)  # a busy 2-core CI machine is slow
+    assert page.images >= 4 and page.images_loaded == page.images and page.errors == []
+    assert not browser.is_blank(page.screenshot_png)

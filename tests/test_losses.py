@@ -25,6 +25,9 @@ class _OracleShift:
     def __init__(self, shifts: torch.Tensor) -> None:
         self.shifts = shifts
 
+    def __call__(self, sr: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return self.shifts
+
     def register(self, sr: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return lanczos_shift(sr, self.shifts), self.shifts
 

@@ -29,7 +29,7 @@ BLUE_SAMPLE_PX = 4000  # label blue values kept per frame, for the threshold his
 
 
 @dataclass(frozen=True)
-class _Frames:
+class Frames:
     """A tile's S2 (T, h, w, 4) and label (L, H, W, 4) values with their (T|L, ...) bool masks and kept frames."""
 
     s2: np.ndarray
@@ -74,7 +74,7 @@ def closest_frame(dates: list[dt.datetime], usable: np.ndarray, when: dt.datetim
 def curate_tile(cfg: Config, tile_id: str) -> dict:
     """Run the curation map for one tile; write its stats and raw samples with their scores; return counts."""
     patch = ep.load_patch(cfg.run_path, tile_id, cfg.source.scale)
-    frames = _choose_frames(cfg.curate, tile_id, patch)
+    frames = choose_frames(cfg.curate, tile_id, patch)
     rng = np.random.default_rng([cfg.source.seed, tile_seed(tile_id)])  # every draw below comes from it, in order
     tile_scales = _tile_scales(cfg.curate, frames, rng)
     vhr_blue = _blue_sample(frames.vhr, rng)
@@ -85,14 +85,14 @@ def curate_tile(cfg: Config, tile_id: str) -> dict:
     return {"samples": len(samples), "s2_kept": int(frames.s2_kept.sum()), "vhr_kept": int(frames.vhr_kept.sum())}
 
 
-def _choose_frames(curate: CurateConfig, tile_id: str, patch: EOPatch) -> _Frames:
+def choose_frames(curate: CurateConfig, tile_id: str, patch: EOPatch) -> Frames:
     """The tile's frames with cloud masks and covers; the clear ones kept; TileError when no S2 or label frame is."""
     s2, s2_valid = patch[ep.S2_BANDS], patch[ep.S2_VALID][..., 0]
     s2_clouds = patch[ep.S2_CLOUDS][..., 0]
     vhr, vhr_valid = patch[ep.VHR_BANDS], patch[ep.VHR_VALID][..., 0]
     vhr_clouds = vhr_cloud_mask(vhr, curate.vhr_cloud_threshold)
     s2_cover, vhr_cover = cloud_cover(s2_clouds, s2_valid), cloud_cover(vhr_clouds, vhr_valid)
-    frames = _Frames(
+    frames = Frames(
         s2=s2,
         s2_valid=s2_valid,
         s2_clear=~s2_clouds & s2_valid,
@@ -124,7 +124,7 @@ def _choose_frames(curate: CurateConfig, tile_id: str, patch: EOPatch) -> _Frame
     return frames
 
 
-def _tile_scales(curate: CurateConfig, frames: _Frames, rng: np.random.Generator) -> _TileScales:
+def _tile_scales(curate: CurateConfig, frames: Frames, rng: np.random.Generator) -> _TileScales:
     """Percentiles of random clear pixels of the kept S2 and label frames (scores compare the two in about [0, 1])."""
     s2_kept, vhr_kept = frames.s2_kept, frames.vhr_kept
     lr_pixels = sample_pixels(frames.s2[s2_kept], frames.s2_clear[s2_kept], curate.pixels_per_tile, rng)
@@ -144,7 +144,7 @@ def _blue_sample(vhr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _draw_samples(
-    cfg: Config, tile_id: str, frames: _Frames, tile_scales: _TileScales, rng: np.random.Generator
+    cfg: Config, tile_id: str, frames: Frames, tile_scales: _TileScales, rng: np.random.Generator
 ) -> tuple[list[dict], dict[str, str]]:
     """`patches_per_tile` random patches per kept label frame (as dicts of TILE_FIELDS); {label date: why skipped}."""
     curate, patch_px = cfg.curate, cfg.curate.lr_patch_px
@@ -167,7 +167,7 @@ def _draw_samples(
 
 def _sample(
     cfg: Config,
-    frames: _Frames,
+    frames: Frames,
     tile_scales: _TileScales,
     label_index: int,
     stack: list[int],
@@ -226,7 +226,7 @@ def _write_samples(cfg: Config, path: Path, samples: list[dict], lr_pixels: np.n
 
 
 def _tile_stats(
-    tile_id: str, frames: _Frames, tile_scales: _TileScales, samples: list[dict], skipped: dict[str, str]
+    tile_id: str, frames: Frames, tile_scales: _TileScales, samples: list[dict], skipped: dict[str, str]
 ) -> dict:
     """The tile's stats JSON: cloud cover, kept frames and medians per frame kind; label medians; sample scores."""
     return {

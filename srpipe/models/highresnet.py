@@ -9,16 +9,20 @@ from torch import nn
 from srpipe.config import ModelConfig
 
 
+def conv(c_in: int, c_out: int, kernel_size: int, padding: str) -> nn.Conv2d:
+    """A 'same'-size convolution; `padding` "replicate" extends edge pixels (zeros would darken SR along edges)."""
+    return nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2, padding_mode=padding)
+
+
 class ResidualBlock(nn.Module):
     """x + conv(prelu(conv(x))): (B, C, h, w) -> (B, C, h, w)."""
 
-    def __init__(self, channels: int, kernel_size: int) -> None:
+    def __init__(self, channels: int, kernel_size: int, padding: str = "zeros") -> None:
         super().__init__()
-        pad = kernel_size // 2
         self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, kernel_size, padding=pad),
+            conv(channels, channels, kernel_size, padding),
             nn.PReLU(),
-            nn.Conv2d(channels, channels, kernel_size, padding=pad),
+            conv(channels, channels, kernel_size, padding),
             nn.PReLU(),
         )
 
@@ -29,14 +33,13 @@ class ResidualBlock(nn.Module):
 class Encoder(nn.Module):
     """(B, 2*bands, h, w) frame+reference -> (B, C, h, w) features."""
 
-    def __init__(self, bands: int, channels: int, layers: int, kernel_size: int) -> None:
+    def __init__(self, bands: int, channels: int, layers: int, kernel_size: int, padding: str = "zeros") -> None:
         super().__init__()
-        pad = kernel_size // 2
         self.net = nn.Sequential(
-            nn.Conv2d(2 * bands, channels, kernel_size, padding=pad),
+            conv(2 * bands, channels, kernel_size, padding),
             nn.PReLU(),
-            *[ResidualBlock(channels, kernel_size) for _ in range(layers)],
-            nn.Conv2d(channels, channels, kernel_size, padding=pad),
+            *[ResidualBlock(channels, kernel_size, padding) for _ in range(layers)],
+            conv(channels, channels, kernel_size, padding),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,13 +49,12 @@ class Encoder(nn.Module):
 class RecursiveFusion(nn.Module):
     """Fuse (B, K, C, h, w) frame features pairwise (k with k + K/2) until one remains; missing frames pass through."""
 
-    def __init__(self, channels: int, kernel_size: int) -> None:
+    def __init__(self, channels: int, kernel_size: int, padding: str = "zeros") -> None:
         super().__init__()
-        pad = kernel_size // 2
         self.fuse = nn.Sequential(
-            nn.Conv2d(2 * channels, channels, kernel_size, padding=pad),
+            conv(2 * channels, channels, kernel_size, padding),
             nn.PReLU(),
-            ResidualBlock(channels, kernel_size),
+            ResidualBlock(channels, kernel_size, padding),
         )
 
     def forward(self, h: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
@@ -75,14 +77,15 @@ class RecursiveFusion(nn.Module):
 class Decoder(nn.Module):
     """(B, C, h, w) -> (B, bands, scale*h, scale*w) by pixel shuffle or transposed convolution."""
 
-    def __init__(self, channels: int, bands: int, scale: int, upscaler: str, kernel_size: int) -> None:
+    def __init__(
+        self, channels: int, bands: int, scale: int, upscaler: str, kernel_size: int, padding: str = "zeros"
+    ) -> None:
         super().__init__()
-        pad = kernel_size // 2
         if upscaler == "pixel_shuffle":
-            up = [nn.Conv2d(channels, channels * scale * scale, kernel_size, padding=pad), nn.PixelShuffle(scale)]
+            up = [conv(channels, channels * scale * scale, kernel_size, padding), nn.PixelShuffle(scale)]
         else:
             up = [nn.ConvTranspose2d(channels, channels, kernel_size=scale, stride=scale)]
-        self.net = nn.Sequential(*up, nn.PReLU(), nn.Conv2d(channels, bands, kernel_size, padding=pad))
+        self.net = nn.Sequential(*up, nn.PReLU(), conv(channels, bands, kernel_size, padding))
         last = self.net[-1]
         with torch.no_grad():  # start near zero: a residual decoder then begins at the bicubic baseline, not noise
             last.weight.mul_(0.01)
@@ -110,9 +113,9 @@ class HighResNet(nn.Module):
         super().__init__()
         self.scale = scale
         self.residual_bicubic = cfg.residual_bicubic
-        self.encoder = Encoder(bands, cfg.channels, cfg.encoder_layers, cfg.kernel_size)
-        self.fusion = RecursiveFusion(cfg.channels, cfg.kernel_size)
-        self.decoder = Decoder(cfg.channels, bands, scale, cfg.upscaler, cfg.kernel_size)
+        self.encoder = Encoder(bands, cfg.channels, cfg.encoder_layers, cfg.kernel_size, cfg.padding)
+        self.fusion = RecursiveFusion(cfg.channels, cfg.kernel_size, cfg.padding)
+        self.decoder = Decoder(cfg.channels, bands, scale, cfg.upscaler, cfg.kernel_size, cfg.padding)
 
     def forward(self, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, k, _, h, w = lr.shape

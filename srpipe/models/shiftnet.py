@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from srpipe.models.lanczos import lanczos_shift
@@ -16,8 +17,9 @@ def _block(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
 class ShiftNet(nn.Module):
     """(B, bands, H, W) SR and label -> (B, 2) shift (dx, dy) in label pixels that moves SR onto the label."""
 
-    def __init__(self, channels: int = 64) -> None:
+    def __init__(self, channels: int = 64, pool: int = 1) -> None:
         super().__init__()
+        self.pool = pool  # > 1: estimate the shift on the pair average-pooled by `pool` (pool^2 x cheaper)
         c = channels
         self.features = nn.Sequential(
             *_block(2, c, False),
@@ -35,7 +37,9 @@ class ShiftNet(nn.Module):
     def forward(self, sr: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         pair = torch.stack([sr.mean(1), label.mean(1)], 1)  # band-mean luminance of each image
         pair = pair - pair.mean((2, 3), keepdim=True)
-        return self.out(self.head(self.features(pair)))
+        if self.pool > 1:
+            pair = F.avg_pool2d(pair, self.pool)
+        return self.out(self.head(self.features(pair))) * self.pool  # in label pixels at any pooling
 
     def register(self, sr: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (SR Lanczos-shifted onto the label (B, bands, H, W), the (B, 2) shifts used)."""

@@ -61,7 +61,8 @@ def _load_model_file(path: str, inode: int, mtime_ns: int) -> TrainedModel:
     """The TrainedModel in one version of a model.pt; inode and mtime key the cache: a retrained model is reloaded."""
     saved = torch.load(path, weights_only=False)
     torch.set_flush_denormal(True)  # as in training: denormals slow CPU convolutions many times over
-    net = build_model(ModelConfig(**saved["model_config"]), saved["scale"])
+    shape = {"padding": "zeros", **saved["model_config"]}  # models saved before `model.padding` were zero-padded
+    net = build_model(ModelConfig(**shape), saved["scale"])
     net.load_state_dict(saved["model"])
     net.eval()
     return TrainedModel(

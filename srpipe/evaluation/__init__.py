@@ -1,0 +1,1 @@
+"""Evaluation parts: scores, statistics, consistency, perceptual distances, report."""

@@ -1,0 +1,218 @@
+"""The evaluation's files: `reports/metrics.json`, `samples.csv`, `tile_cores.csv`, `report.md` and `index.html`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from srpipe import state
+from srpipe.augment import dihedral_view, undo_dihedral_view
+from srpipe.evaluation import plots
+from srpipe.evaluation.html import Figure, Section, Table, write_html
+from srpipe.evaluation.scores import METRICS
+
+if TYPE_CHECKING:
+    from srpipe.evaluate import Context, Patches
+
+NAMES = {
+    "sr": "SR (8-view ensemble)",
+    "sr_one_pass": "SR one pass",
+    "bicubic_latest": "bicubic, latest clear value",
+    "bicubic_closest": "bicubic, closest to the label date",
+    "bicubic_median": "bicubic, median of the stack",
+    "bicubic_unsharp": "bicubic + unsharp mask (tuned on val)",
+}
+
+
+def _write_csv(path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with state.atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _ci(values) -> str:
+    return f"[{values[0]:+.2f}, {values[1]:+.2f}]" if values else ""
+
+
+def _score_table(caption: str, scored: dict) -> Table:
+    """Means of every method, SR's gain over the strongest baseline and win share with 95 % intervals."""
+    rows = []
+    for name in ("sr_one_pass", "sr"):
+        e = scored[name]
+        rows.append([NAMES.get(name, name), *(e[m] for m in METRICS), e["cpsnr_gain"], _ci(e["cpsnr_gain_ci"]),
+                     100 * e["cpsnr_win_share"], e["kelvins"]])  # fmt: skip
+    for name, e in scored["baselines"].items():
+        mark = " (strongest)" if name == scored["strongest_baseline"] else ""
+        rows.append([NAMES.get(name, name) + mark, *(e[m] for m in METRICS), None, "", None, None])
+    header = ["method", "MSE", "PSNR (dB)", "SSIM", "cPSNR (dB)", "cPSNR gain (dB)", "95 % CI by tile",
+              "wins (%)", "Kelvins"]  # fmt: skip
+    return Table(caption, header, rows)
+
+
+def headline(metrics: dict) -> str:
+    """One sentence: SR one pass against the strongest baseline, on patches and tile cores."""
+    one, base = metrics["sr_one_pass"], metrics["strongest_baseline"]
+    text = (
+        f"SR (one pass) scores {one['cpsnr']:.2f} dB cPSNR against {metrics['baselines'][base]['cpsnr']:.2f} dB for "
+        f"the strongest baseline ({NAMES.get(base, base)}): {one['cpsnr_gain']:+.2f} dB "
+        f"(95 % CI {_ci(one['cpsnr_gain_ci'])}), better on {100 * one['cpsnr_win_share']:.0f} % of "
+        f"{metrics['n_samples']} test patches (inside the {metrics['border_crop_px']} px border crop of the loss)."
+    )
+    cores = metrics.get("tile_cores")
+    if cores:
+        c = cores["sr_one_pass"]
+        text += (
+            f" On the test tiles' cores (SR of whole tiles, {cores['n']} blocks): {c['cpsnr_gain']:+.2f} dB over "
+            f"{NAMES.get(cores['strongest_baseline'], cores['strongest_baseline'])}, better on "
+            f"{100 * c['cpsnr_win_share']:.0f} %."
+        )
+    return text
+
+
+def _markdown(metrics: dict, scored_tables: list[Table]) -> str:
+    lines = ["# Evaluation on the test tiles", "", headline(metrics), ""]
+    for table in scored_tables:
+        lines += [f"## {table.caption}", "", "| " + " | ".join(table.header) + " |"]
+        lines += ["| " + " | ".join("---" for _ in table.header) + " |"]
+        for row in table.rows:
+            cells = [f"{v:.4f}" if isinstance(v, float) and abs(v) < 1 else f"{v:.2f}" if isinstance(v, float)
+                     else "" if v is None else str(v) for v in row]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["The full report, with plots, is index.html beside this file (opens from disk)."]
+    return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def _trust_png(ctx: Context, patches: Patches) -> bytes | None:
+    """The self-ensemble's 8 views of the first test sample, as a trust map (per-pixel spread)."""
+    if not ctx.cfg.infer.self_ensemble or patches.first is None:
+        return None
+    lr, mask = patches.first
+    net = ctx.model.net
+    views = [undo_dihedral_view(net(dihedral_view(lr, g), dihedral_view(mask, g)), g)[0] for g in range(8)]
+    return plots.trust_map(torch.stack(views).clamp(0, 1).numpy(), "self-ensemble of the first test sample")
+
+
+def _figures(ctx: Context, metrics: dict, patches: Patches) -> list[Figure]:
+    base = metrics["strongest_baseline"]
+    n = len(patches.array("hr"))
+    rows = patches.rows[:n]
+    col = {k: np.array([r[k] for r in rows]) for k in rows[0] if k not in ("tile_id", "hr_date")}
+    tiles = [r["tile_id"] for r in rows]
+    sr_scores = {m: col[f"sr_one_pass_{m}"] for m in ("cpsnr", "psnr", "ssim")}
+    base_scores = {m: col[f"{base}_{m}"] for m in ("cpsnr", "psnr", "ssim")}
+    figures = [
+        Figure(plots.metric_histograms(sr_scores, base_scores, base), "per-sample scores, SR one pass vs " + base),
+        Figure(plots.score_scatter(col[f"{base}_cpsnr"], col["sr_one_pass_cpsnr"], tiles, base), "cPSNR per sample"),
+        Figure(
+            plots.sample_grid(
+                patches.array("lr_frame"),
+                patches.array(base),
+                patches.array("sr_one_pass"),
+                patches.array("hr"),
+                col["sr_one_pass_cpsnr"],
+                col[f"{base}_cpsnr"],
+                tiles,
+                1,
+                base,
+            ),
+            "best, median and worst samples by SR's cPSNR gain",
+        ),
+        Figure(
+            plots.band_distributions(patches.array("sr"), patches.array("lr_frame"), patches.array("hr")),
+            "band values: SR should follow S2 (its radiometry), not the label sensor",
+        ),
+    ]
+    trust = _trust_png(ctx, patches)
+    if trust is not None:
+        figures.append(Figure(trust, "trust map: where the eight views of the self-ensemble disagree"))
+    return figures
+
+
+def _model_section(ctx: Context) -> Section:
+    folder = ctx.cfg.layout.model(ctx.cfg.train.name)
+    history = json.loads((folder / "history.json").read_text()) if (folder / "history.json").exists() else []
+    figures = [Figure(plots.training_curves(history), "training curves (per epoch)")] if history else []
+    best = history and max(history, key=lambda r: r.get("val_cpsnr", -1e9))
+    text = [f"Model {ctx.cfg.train.name}: {len(history)} epochs"]
+    if best:
+        text[0] += f", best validation cPSNR {best['val_cpsnr']:.2f} dB (bicubic {best['val_bicubic_cpsnr']:.2f} dB)"
+    if ctx.cfg.train.init_from:
+        text.append(f"Fine-tuned from {ctx.cfg.train.init_from} (train.init_from).")
+    return Section("Model and training", paragraphs=text, figures=figures)
+
+
+def _extras_tables(metrics: dict) -> list[Table]:
+    tables = []
+    cons = metrics.get("consistency")
+    if cons:
+        rows = [[NAMES.get(n, n), *cons[n]["mae_per_band"], cons[n]["mae"], cons[n]["sam_deg"]]
+                for n in cons if isinstance(cons[n], dict)]  # fmt: skip
+        tables.append(Table(f"Consistency with S2: degraded back to S2 (PSF sigma {cons['psf_sigma_label_px']} label "
+                            f"px, area mean) against {cons['reference']}, label units",
+                            ["method", "MAE B02", "MAE B03", "MAE B04", "MAE B08", "MAE", "spectral angle (deg)"],
+                            rows))  # fmt: skip
+    corr = metrics.get("correctness")
+    if corr:
+        rows = [[NAMES.get(n, n), *(corr[n][k]["mean"] for k in ("improvement", "omission", "hallucination"))]
+                for n in corr if isinstance(corr[n], dict)]  # fmt: skip
+        caption = f"Correctness ({corr['source']}): shares of the detail added over {corr['reference_lr_up']}"
+        tables.append(Table(caption, ["method", "improvement", "omission", "hallucination"], rows))
+    perc = metrics.get("perceptual")
+    if perc:
+        rows = [[NAMES.get(n, n), v["feature"], v["style"]] for n, v in perc.items()]
+        tables.append(Table("Perceptual distances in the delineation net (lower is better)",
+                            ["method", "feature", "style (Gram)"], rows))  # fmt: skip
+    mcc = metrics.get("mcc")
+    if mcc:
+        keys = ("mcc_extent", "mcc_boundary", "mcc_distance", "over_segmentation", "under_segmentation",
+                "border_error_px")  # fmt: skip
+        rows = [[NAMES.get(n, n), *(m[k] for k in keys)] for n, m in mcc["methods"].items()]
+        rows.append(["SR - baseline", *(mcc["delta"][k] for k in keys)])
+        tables.append(Table(f"Downstream field delineation ({mcc['settings']['steps']} steps each; reference: "
+                            f"{mcc['reference']})", ["method", *keys], rows))  # fmt: skip
+    return tables
+
+
+def write_all(ctx: Context, metrics: dict, patches: Patches, cores: list[dict]) -> None:
+    """Every file of `reports/` (atomically)."""
+    reports = ctx.cfg.layout.reports
+    state.write_json(reports / "metrics.json", metrics)
+    _write_csv(reports / "samples.csv", patches.rows)
+    _write_csv(reports / "tile_cores.csv", cores)
+    tables = [_score_table(f"Test patches ({metrics['n_samples']} samples, {metrics['n_tiles']} tiles)", metrics)]
+    if metrics.get("tile_cores"):
+        c = metrics["tile_cores"]
+        tables.append(_score_table(f"Test tile cores ({c['n']} blocks of whole-tile SR, {c['n_tiles']} tiles)", c))
+    state.write_text(reports / "report.md", _markdown(metrics, tables))
+    curation = ctx.cfg.layout.curation / "report.md"
+    sections = [
+        Section("Summary", paragraphs=[headline(metrics), _method_note(metrics)], tables=tables),
+        Section("Plots", figures=_figures(ctx, metrics, patches)),
+        Section("Consistency, correctness, perception and the downstream test", tables=_extras_tables(metrics)),
+        _model_section(ctx),
+        Section("Curation", preformatted=curation.read_text() if curation.exists() else "no curation report"),
+        Section(
+            "Run configuration",
+            preformatted=ctx.cfg.layout.config.read_text() if ctx.cfg.layout.config.exists() else "",
+        ),
+    ]
+    write_html(reports / "index.html", f"srpipe evaluation: {ctx.cfg.plan.region or ctx.cfg.run_dir}", sections)
+
+
+def _method_note(metrics: dict) -> str:
+    return (
+        "Scores are in [0, 1] label units after the curation's scaling, on the label's clear pixels inside the "
+        f"training loss's {metrics['border_crop_px']} px border crop. cPSNR (PROBA-V): best integer shift up to "
+        f"{metrics['cpsnr_max_shift_px']} px, per-band brightness bias removed. Baselines map S2 onto the label's "
+        "scale first. The Kelvins score is the mean of baseline cPSNR / SR cPSNR (below 1: SR wins). Intervals: 95 % "
+        "cluster bootstrap over test tiles (samples of one tile are not independent)."
+    )

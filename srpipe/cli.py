@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     add("train", "train HighRes-Net on the shards (resumes from its checkpoint)")
     add("infer", "super-resolve each tile into a COG", tiles=True)
     add("mosaic", "merge the SR tiles into country COGs, VRT and STAC")
-    add("evaluate", "score SR against bicubic on the test tiles")
+    evaluate = add("evaluate", "score SR against every classical baseline on the test tiles; reports/index.html")
+    scene_help = "score the run's model on this scene folder (B02, B03, B04, B08), simulated as the sample"
+    evaluate.add_argument("--scene", type=Path, help=scene_help + ", in RUN/scenes/<name>/")
     add("run", "the whole chain in local mode (plan, download, curate, train, infer, mosaic, evaluate)", tiles=True)
     submit = sub.add_parser("submit", help="submit a stage, or `all` chained afterok, per a profile; returns at once")
     submit.add_argument("stage", help="a stage of the chain, or `all` (plan here, then every stage)")
@@ -124,6 +126,28 @@ def _chain_command(args: argparse.Namespace) -> int:
     return 1 if any(s.failed for s in summaries) else 0
 
 
+def _scene_command(args: argparse.Namespace) -> int:
+    """evaluate --scene: plan, download and curate the scene in RUN/scenes/<name>/, then evaluate RUN's model there."""
+    from srpipe.evaluate import evaluate
+    from srpipe.evaluation.scene import SCENE_CHAIN, copy_models, scene_config
+
+    cfg = _stage_config(args.config, args.run_dir)
+    scene = scene_config(cfg, args.scene)
+    planned = plan_run(scene)
+    _report(planned)
+    if planned.failed:
+        return 1
+    sub = load_config(scene.layout.config)
+    summaries = run_chain(sub, list(SCENE_CHAIN), None, _executor(args, sub), _report)
+    if any(s.failed or s.stopped for s in summaries):
+        print(f"srpipe evaluate --scene: the scene run {sub.run_path} stopped before evaluation; fix the error above")
+        return 1
+    copy_models(cfg, sub)
+    result = evaluate(sub)
+    print(f"evaluate --scene: {result}\n  report: {sub.layout.reports / 'index.html'}")
+    return 0
+
+
 def _cluster_command(args: argparse.Namespace) -> int:
     """status or resubmit."""
     from srpipe.cluster.profiles import load_profile
@@ -152,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("status", "resubmit"):
             return _cluster_command(args)
+        if args.command == "evaluate" and args.scene:
+            return _scene_command(args)
         return _chain_command(args)
     except SrpipeError as exc:
         print(f"srpipe {args.command}: error: {exc}", file=sys.stderr)

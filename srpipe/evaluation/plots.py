@@ -13,9 +13,8 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from srpipe import state
+from srpipe import BANDS, state
 
-BANDS = ("B02", "B03", "B04", "B08")
 _BAND_NAMES = {"B02": "blue", "B03": "green", "B04": "red", "B08": "NIR"}
 _METRIC_LABELS = {"cpsnr": "cPSNR (dB)", "psnr": "PSNR (dB)", "ssim": "SSIM"}
 _SR, _BASELINE, _S2, _LABEL = "C1", "C0", "C2", "C3"  # one colour per source across every plot

@@ -3,8 +3,9 @@
 Runs `srpipe.train`'s own step (`_setup` + `_train_step`, every loss term on) on a curated demo run for a fixed number
 of steps, then the same step with one part switched off at a time, so the difference is that part's cost: the loader,
 ShiftNet registration, the perceptual net, SSIM, mean matching, augmentation. Writes
-benchmarks/results/train_speed.json.
-Usage: python benchmarks/train_speed.py RUN_DIR [--steps 5 --rounds 6] [--label before]
+benchmarks/results/train_speed.json. Each variant runs in processes of its own, alternating with the others; `--before
+REF` also times a git ref's code (its full step) the same way, for the speed-up.
+Usage: python benchmarks/train_speed.py RUN_DIR [--before c6635d5] [--repeats 3]
 (RUN_DIR: a curated run, e.g. after `srpipe curate configs/demo.toml`).
 """
 
@@ -15,10 +16,14 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
+import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
+import tomli_w
 import torch
 
 from srpipe.config import load_config
@@ -26,6 +31,12 @@ from srpipe.train import _Progress, _setup, _train_step
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train_speed.json"
+NEW_KEYS = (
+    ("model", "shiftnet_pool"),
+    ("model", "padding"),
+    ("train", "init_from"),
+    ("evaluate", "downstream_budget_s"),
+)
 VARIANTS = {  # name -> (loss overrides, train overrides); each switches one part off
     "full step": ({}, {}),
     "no perceptual": ({"perceptual_weight": 0.0}, {}),
@@ -62,66 +73,87 @@ def _round(runner, steps: int) -> tuple[float, float]:
     return fetch, compute
 
 
-def _time_variants(cfgs: dict, steps: int, rounds: int) -> dict:
-    """Median seconds per step of each variant over `rounds` interleaved rounds of `steps` steps (paired timing:
-    a machine shared with other work slows every variant alike)."""
-    runners = {name: _runner(cfg) for name, cfg in cfgs.items()}
-    for runner in runners.values():
-        _round(runner, 2)  # warm-up
-    per_step: dict[str, list[float]] = {name: [] for name in cfgs}
-    fetches: dict[str, list[float]] = {name: [] for name in cfgs}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            fetch, compute = _round(runner, steps)
-            per_step[name].append((fetch + compute) / steps)
-            fetches[name].append(fetch / steps)
-    rows = {}
-    for name, cfg in cfgs.items():
-        s = float(np.median(per_step[name]))
-        rows[name] = {
-            "s_per_step": round(s, 4),
-            "samples_per_s": round(cfg.train.batch_size / s, 1),
-            "loader_s_per_step": round(float(np.median(fetches[name])), 4),
-        }
-    return rows
+def _child(cfg, steps: int, rounds: int) -> dict:
+    """Median seconds per step and per batch fetch of one setup over `rounds` rounds of `steps` steps."""
+    runner = _runner(cfg)
+    _round(runner, 2)  # warm-up
+    times = [_round(runner, steps) for _ in range(rounds)]
+    return {"s_per_step": float(np.median([(f + c) / steps for f, c in times])),
+            "loader_s_per_step": float(np.median([f / steps for f, _ in times]))}  # fmt: skip
+
+
+def _config(run_dir: Path, before: Path | None) -> Path:
+    """The run's config, less the keys older code does not know (for the `--before` checkout)."""
+    if before is None:
+        return run_dir / "config.toml"
+    settings = tomllib.loads((run_dir / "config.toml").read_text())
+    for section, key in NEW_KEYS:
+        settings.get(section, {}).pop(key, None)
+    path = Path(tempfile.mkdtemp()) / "config.toml"
+    path.write_text(tomli_w.dumps(settings))
+    return path
+
+
+def _measure(code: Path, config: Path, variant: str, steps: int, rounds: int) -> dict:
+    """One variant timed in a fresh process running the srpipe of `code` (processes share nothing)."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    cmd = [sys.executable, __file__, "--child", variant, "--config", str(config), "--steps", str(steps),
+           "--rounds", str(rounds), "unused"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=code, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--steps", type=int, default=5, help="steps per round")
-    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds per variant")
-    parser.add_argument("--label", default="after", help="key of this measurement in the results file")
-    parser.add_argument("--config", type=Path, help="config to load instead of RUN_DIR/config.toml (older code)")
-    parser.add_argument("--only-full", action="store_true", help="only the full step (e.g. for the older code)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per process")
+    parser.add_argument("--repeats", type=int, default=3, help="processes per variant, alternating over variants")
+    parser.add_argument("--before", help="a git ref: also time its full step, alternating with this code's")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    base = load_config(args.config or args.run_dir / "config.toml")
-    cfgs = {
-        name: dataclasses.replace(
-            base, loss=dataclasses.replace(base.loss, **loss), train=dataclasses.replace(base.train, **train)
-        )
-        for name, (loss, train) in VARIANTS.items()
-        if name == "full step" or not args.only_full
-    }
-    rows = _time_variants(cfgs, args.steps, args.rounds)
+    if args.child:
+        cfg = _variant(load_config(args.config), args.child)
+        print(json.dumps(_child(cfg, args.steps, args.rounds)))
+        return
+    jobs = [("after", REPO, _config(args.run_dir, None), v) for v in VARIANTS]
+    if args.before:
+        worktree = Path(tempfile.mkdtemp()) / "before"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-f", str(worktree), args.before], check=True,
+                       capture_output=True)  # fmt: skip
+        jobs.insert(0, ("before", worktree, _config(args.run_dir, worktree), "full step"))
+    times: dict[tuple[str, str], list[float]] = {(code, v): [] for code, _, _, v in jobs}
+    for _ in range(args.repeats):  # alternate: a machine shared with other work slows every job alike
+        for code, path, config, variant in jobs:
+            times[code, variant].append(_measure(path, config, variant, args.steps, args.rounds)["s_per_step"])
+    _write(args, load_config(args.run_dir / "config.toml"), times)
+
+
+def _variant(base, name: str):
+    loss, train = VARIANTS[name]
+    return dataclasses.replace(
+        base, loss=dataclasses.replace(base.loss, **loss), train=dataclasses.replace(base.train, **train)
+    )
+
+
+def _write(args: argparse.Namespace, base, times: dict[tuple[str, str], list[float]]) -> None:
+    """Print and write benchmarks/results/train_speed.json: samples/s per job, shares of the step, the speed-up."""
+    batch = base.train.batch_size
+    rows = {f"{code}: {v}": {"s_per_step": round(float(np.median(t)), 4), "samples_per_s":
+            round(batch / float(np.median(t)), 1), "runs": [round(x, 4) for x in t]}
+            for (code, v), t in times.items()}  # fmt: skip
+    full = rows["after: full step"]["s_per_step"]
     for name, row in rows.items():
-        print(f"{name:26s} {row['samples_per_s']:7.1f} samples/s  {row['s_per_step'] * 1e3:7.1f} ms/step")
-    full = rows["full step"]["s_per_step"]
-    for name, row in rows.items():
-        row["share_of_full_step"] = round(1 - row["s_per_step"] / full, 3) if name != "full step" else 0.0
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        if name.startswith("after: no"):
+            row["share_of_full_step"] = round(1 - row["s_per_step"] / full, 3)
+        print(f"{name:34s} {row['samples_per_s']:7.1f} samples/s  {row['s_per_step'] * 1e3:7.1f} ms/step")
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    results[args.label] = {
-        "commit": commit.stdout.strip(),
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "batch_size": base.train.batch_size,
-        "model": dataclasses.asdict(base.model),
-        "variants": rows,
-    }
-    if "before" in results and "after" in results:
-        b, a = results["before"]["variants"]["full step"], results["after"]["variants"]["full step"]
-        results["speedup_full_step"] = round(a["samples_per_s"] / b["samples_per_s"], 2)
+    results = {"commit": commit.stdout.strip(), "before": args.before, "cpus": os.cpu_count(), "batch_size": batch,
+               "model": dataclasses.asdict(base.model), "steps_per_round": args.steps, "rounds": args.rounds,
+               "repeats": args.repeats, "jobs": rows}  # fmt: skip
+    if "before: full step" in rows:
+        results["speedup_full_step"] = round(rows["before: full step"]["s_per_step"] / full, 2)
         print(f"speed-up of the full step: {results['speedup_full_step']}x")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")

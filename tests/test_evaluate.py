@@ -65,7 +65,7 @@ def run(tmp_path, monkeypatch):
 OLD_KEYS = {"sr", "bicubic", "cpsnr", "n_samples", "self_ensemble", "sr_beats_bicubic_share",
             "sr_beats_bicubic_cpsnr_share", "per_tile"}  # fmt: skip
 NEW_KEYS = {"baselines", "strongest_baseline", "sr_one_pass", "kelvins", "consistency", "correctness", "perceptual",
-            "mcc", "tile_cores", "border_crop_px", "cpsnr_max_shift_px", "n_tiles", "unsharp"}  # fmt: skip
+            "mcc", "tile_cores", "border_crop_px", "cpsnr_max_shift_px", "n_tiles", "unsharp", "intervals"}  # fmt: skip
 
 
 def test_metrics_json_keeps_its_keys_and_adds_every_baseline_and_both_sr_passes(run):

@@ -139,8 +139,8 @@ def test_submit_all_chain_matches_local_mode(tiny_run: Path, tmp_path: Path):
 def test_submit_all_on_the_demo_config_gives_the_same_mosaic_as_local_mode(tmp_path: Path):
     """The demo config (16 tiles; its time caps off, so that training is reproducible): Slurm chain == `srpipe run`.
 
-    Cheaper than the demo where the size does not matter to the comparison: 40 patches per label date (not 140) and
-    one pass instead of the 8-view ensemble; every stage, tile and setting else is the demo's.
+    Cheaper than the demo where the size does not matter to the comparison: 40 patches per label date (not 140), one
+    pass instead of the 8-view ensemble, a 5 s downstream test; every stage, tile and setting else is the demo's.
     """
     demo = tomllib.loads((REPO / "configs/demo.toml").read_text())
     demo["plan"]["aoi"] = str(REPO / "configs" / demo["plan"]["aoi"])
@@ -148,6 +148,7 @@ def test_submit_all_on_the_demo_config_gives_the_same_mosaic_as_local_mode(tmp_p
     demo["train"].update(max_minutes=0.0, epochs=1)
     demo["delineation"].update(max_minutes=0.0, epochs=1)
     demo["infer"].update(self_ensemble=False)
+    demo["evaluate"] = {"downstream_budget_s": 5.0}  # the downstream test's nets: seconds, not the demo's minute
     local = write_config(tmp_path / "local.toml", {**demo, "run_dir": str(tmp_path / "local")})
     slurm = write_config(tmp_path / "slurm.toml", {**demo, "run_dir": str(tmp_path / "slurm")})
     ids = _job_ids(srpipe("submit", "all", str(slurm), "--profile", str(_profile(tmp_path))).stdout)

@@ -66,6 +66,10 @@ def scored(rows: list[dict]) -> dict:
         "strongest_baseline": base,
         **{m: _sr_entry(rows, m, base, groups) for m in SR_METHODS},
         "cpsnr_intervals": stats.summarise({n: column(rows, f"{n}_cpsnr") for n in names}, groups, base),
+        "intervals": {  # every method's mean and difference to the strongest baseline, 95 % by tile, per metric
+            m: stats.summarise({n: column(rows, f"{n}_{m}") for n in names}, groups, base, higher_is_better=m != "mse")
+            for m in ("psnr", "ssim", "mse")
+        },
     }
 
 
@@ -102,6 +106,7 @@ def metrics(ctx: Context, patches: Patches, cores: list[dict]) -> dict:
         "self_ensemble": ctx.cfg.infer.self_ensemble,
         "sr_beats_bicubic_share": stats.win_share(column(rows, "sr_psnr"), column(rows, f"{base}_psnr")),
         "sr_beats_bicubic_cpsnr_share": sr["cpsnr_win_share"],
+        "intervals": patch["intervals"],
         "tile_cores": scored(cores) if cores else None,
         "per_tile": _per_tile(rows),
     }

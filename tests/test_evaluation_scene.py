@@ -28,7 +28,7 @@ def _crop_scene(folder: Path, bounds: tuple[float, float, float, float]) -> Path
 
 @pytest.mark.slow
 def test_a_trained_model_is_scored_on_a_scene_the_user_brings(tiny_run, tmp_path):
-    scene = _crop_scene(tmp_path / "my_scene", (446000, 4172000, 452000, 4178000))
+    scene = _crop_scene(tmp_path / "my_scene", (440000, 4170000, 450000, 4178000))  # 6 whole tiles (3 x 2)
     result = srpipe("evaluate", str(tiny_run), "--scene", str(scene))
     run = tiny_run.parent / "run" / "scenes" / "my_scene"
     assert "report: " in result.stdout and (run / "reports" / "index.html").exists()

@@ -43,5 +43,11 @@ def self_ensemble(
 
     For a model trained with D4 augmentation this averages out its orientation-dependent errors (8x the compute).
     """
-    views = [undo_dihedral_view(net(dihedral_view(lr, g), dihedral_view(mask, g)), g) for g in range(8)]
-    return torch.stack(views).mean(0)
+    return torch.stack(ensemble_views(net, lr, mask)).mean(0)
+
+
+def ensemble_views(
+    net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], lr: torch.Tensor, mask: torch.Tensor
+) -> list[torch.Tensor]:
+    """`net`'s SR of each of the eight D4 views of the input, each view undone (element 0 is the plain pass)."""
+    return [undo_dihedral_view(net(dihedral_view(lr, g), dihedral_view(mask, g)), g) for g in range(8)]

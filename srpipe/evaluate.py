@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from srpipe.augment import dihedral_view, undo_dihedral_view
+from srpipe.augment import ensemble_views
 from srpipe.config import Config
 from srpipe.curate.dataset import iter_samples, shard_paths
 from srpipe.curate.reduce import load_stats
@@ -66,13 +66,11 @@ def _batches(paths: list, size: int) -> Iterator[dict]:
 @torch.no_grad()
 def _sr(ctx: Context, lr: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """{"sr_one_pass", "sr" (the 8-view mean when infer.self_ensemble, else the one pass), "sr_views_std"}."""
-    net = ctx.model.net
-    one = net(lr, mask).clamp(0, 1)
     if not ctx.cfg.infer.self_ensemble:
+        one = ctx.model.net(lr, mask).clamp(0, 1)
         return {"sr_one_pass": one, "sr": one}
-    views = [one] + [undo_dihedral_view(net(dihedral_view(lr, g), dihedral_view(mask, g)), g) for g in range(1, 8)]
-    stack = torch.stack(views)
-    return {"sr_one_pass": one, "sr": stack.mean(0).clamp(0, 1), "sr_views_std": stack.std(0).mean(1)}
+    stack = torch.stack(ensemble_views(ctx.model.net, lr, mask))
+    return {"sr_one_pass": stack[0].clamp(0, 1), "sr": stack.mean(0).clamp(0, 1), "sr_views_std": stack.std(0).mean(1)}
 
 
 def _methods(ctx: Context, lr: torch.Tensor, mask: torch.Tensor, lr_dates: list, hr_dates: list) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from srpipe import state
-from srpipe.augment import dihedral_view, undo_dihedral_view
+from srpipe.augment import ensemble_views
 from srpipe.evaluation import plots
 from srpipe.evaluation.html import Figure, Section, Table, write_html
 from srpipe.evaluation.scores import METRICS
@@ -96,9 +96,8 @@ def _trust_png(ctx: Context, patches: Patches) -> bytes | None:
     if not ctx.cfg.infer.self_ensemble or patches.first is None:
         return None
     lr, mask = patches.first
-    net = ctx.model.net
-    views = [undo_dihedral_view(net(dihedral_view(lr, g), dihedral_view(mask, g)), g)[0] for g in range(8)]
-    return plots.trust_map(torch.stack(views).clamp(0, 1).numpy(), "self-ensemble of the first test sample")
+    views = torch.stack(ensemble_views(ctx.model.net, lr, mask))[:, 0]
+    return plots.trust_map(views.clamp(0, 1).numpy(), "self-ensemble of the first test sample")
 
 
 def _figures(ctx: Context, metrics: dict, patches: Patches) -> list[Figure]:

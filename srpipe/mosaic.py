@@ -1,156 +1,368 @@
-"""Mosaic: SR tiles cut back to their cores and merged per UTM zone into a COG with overviews, a VRT and STAC."""
+"""Mosaic: SR tiles' cores merged block by block into one COG per UTM zone and date; per date a VRT over the zones
+and optionally one mosaic reprojected into `mosaic.crs`; the STAC collection of them all (`srpipe.stac`).
+
+Memory stays flat whatever the country's size: a zone mosaic is written one `mosaic.blocksize` block at a time, each
+block read from the few tile cores it overlaps (an STRtree of the cores) and masked by the AOI clipped to the block;
+GDAL's block cache is capped for the stage.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
+import collections
+import math
 import os
+import time
 import xml.etree.ElementTree as ET
-from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
-import pystac
+import numpy as np
 import rasterio
-import rasterio.transform
-from pyproj import Transformer
-from pystac.extensions.projection import ProjectionExtension
+import rasterio.shutil
+import shapely
+from affine import Affine
+from pyproj import CRS, Transformer
+from rasterio.enums import Resampling
+from rasterio.features import geometry_mask
+from rasterio.io import DatasetReader
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
-from tqdm import tqdm
+from rasterio.windows import bounds as window_bounds
+from rasterio.windows import transform as window_transform
+from rio_cogeo.cogeo import cog_validate
 
 from srpipe import BANDS, state
 from srpipe.cog import cog_writer
 from srpipe.config import Config
 from srpipe.errors import StageError
-from srpipe.grid import Tile, read_grid
+from srpipe.grid import Tile, load_aoi, tiles_by_id
+from srpipe.s2units import NODATA_DN, QUANTIFICATION_VALUE
+from srpipe.stages import ALL_DATES, _mosaic_reads
+
+GDAL_CACHE_BYTES = 64 * 2**20  # GDAL's default is 5 % of RAM: a small cap keeps peak RSS flat in the area (streaming)
+RESAMPLING = Resampling.bilinear  # zones warped into another CRS (the date VRT, the reprojected mosaic)
+_OPEN_PREDICTIONS = 8  # a block overlaps <= 4 cores, the next block 2 of them: each tile opens once per block row
+_METRES_PER_DEGREE = 111_320.0  # of latitude: a geographic target CRS gets the same pixel size north-south
+_AOI_SEGMENT_DEG = 0.001  # AOI edges are straight in lon/lat: densified (~100 m) before reprojection
 
 
-def _window(bounds: tuple[float, float, float, float], transform: rasterio.Affine) -> Window:
-    """Integer pixel window of `bounds` on a grid (cores lie on pixel edges of the label grid)."""
-    return from_bounds(*bounds, transform=transform).round_offsets().round_lengths()
+def mosaic_unit(cfg: Config, unit: str) -> dict:
+    """Mosaic one unit '<epsg>_<YYYY-MM-DD>' (or '<epsg>_all': every date of the zone) into zone COGs; their info."""
+    epsg_text, _, date = unit.partition("_")
+    epsg = int(epsg_text)
+    records = state.done_records(cfg.run_path, "infer")
+    reads = {t: records[t] for t in _mosaic_reads(unit, records)}
+    dates = sorted({d for r in reads.values() for d in r.get("dates", [])}) if date == ALL_DATES else [date]
+    if not dates:
+        raise StageError(f"mosaic {unit}: no tile of EPSG:{epsg} has a prediction; run `srpipe infer` first")
+    zone = [t for t in tiles_by_id(cfg.run_path).values() if t.epsg == epsg]
+    if not zone:
+        raise StageError(f"mosaic {unit}: the grid has no tile in EPSG:{epsg}; was the run re-planned? re-run infer")
+    aoi = load_aoi(cfg.plan.aoi) if cfg.mosaic.mask_aoi and cfg.plan.aoi else None
+    outputs = []
+    for d in dates:
+        on_date = {t: r for t, r in reads.items() if d in r.get("dates", [])}
+        outputs.append(mosaic_zone(cfg, epsg, d, zone, on_date, aoi))
+    return {"mosaics": outputs}
 
 
-def tile_core_window(tile: Tile, transform: rasterio.Affine) -> Window:
-    """Window of the tile's core in its prediction's pixel grid."""
-    return _window(tile.core, transform)
+def mosaic_zone(
+    cfg: Config, epsg: int, date: str, zone: list[Tile], records: dict[str, dict], aoi: shapely.Geometry | None
+) -> dict:
+    """Write `layout.zone_mosaic` of one zone and date from the cores of `zone`'s tiles inferred on `date`.
+
+    `records`: infer's done records of the tiles with an output on `date`; `aoi` (EPSG:4326) or None: nodata outside
+    it. Tiles of the zone without a prediction stay nodata and are listed. Returns the mosaic's info (path, grid,
+    dtype, offset, tiles, missing, input dates, footprint in EPSG:4326, COG warnings, MB/s).
+    """
+    start = time.perf_counter()
+    name = f"{epsg}_{date}"
+    paths = {t.tile_id: cfg.layout.prediction(cfg.prediction_model, t.tile_id, date) for t in zone}
+    present = [t for t in zone if t.tile_id in records and paths[t.tile_id].exists()]
+    missing = sorted(t.tile_id for t in zone if t not in present)
+    if not present:
+        raise StageError(f"mosaic {name}: no predictions of zone EPSG:{epsg} on {date}; run `srpipe infer` first")
+    with rasterio.open(paths[present[0].tile_id]) as first:
+        dtype, res = first.dtypes[0], first.res[0]
+    offset_dn = _zone_offset(name, date, {t.tile_id: records[t.tile_id] for t in present})
+    transform, width, height = _zone_grid(zone, res)
+    aoi_zone = None if aoi is None else _aoi_in(aoi, epsg)
+    out = cfg.layout.zone_mosaic(cfg.plan.region, date, epsg)
+    tags = {"date": date, "model": cfg.prediction_model, "tiles": len(present), "missing_tiles": ",".join(missing)}
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+        _Predictions(name, {t.tile_id: paths[t.tile_id] for t in present}, dtype, res) as predictions,
+        cog_writer(out, width, height, transform, epsg, cfg.mosaic, tags, dtype, offset_dn) as dst,
+    ):
+        cores = shapely.STRtree([shapely.box(*t.core) for t in present])
+        for window in _blocks(width, height, cfg.mosaic.blocksize):
+            block = _block(window, transform, present, cores, predictions, aoi_zone)
+            dst.write(block, window=window)
+    warnings = validate_cog(out)
+    seconds = time.perf_counter() - start
+    return {
+        "date": date,
+        "epsg": epsg,
+        "path": str(out),
+        "shape": [height, width],
+        "transform": list(transform)[:6],
+        "resolution_m": res,
+        "dtype": dtype,
+        "offset_dn": offset_dn,
+        "tiles": len(present),
+        "missing": missing,
+        "input_dates": sorted({d for r in records.values() for d in r.get("frames", {}).get(date, [])}),
+        "footprint": shapely.geometry.mapping(_footprint(present, epsg, aoi)),
+        "cog_warnings": warnings,
+        "seconds": round(seconds, 2),
+        "mb_per_s": round(out.stat().st_size / 1e6 / seconds, 2),
+    }
+
+
+def validate_cog(path: Path) -> list[str]:
+    """rio-cogeo's warnings on the COG at `path` (printed); StageError naming its errors when it is no valid COG."""
+    valid, errors, warnings = cog_validate(str(path), quiet=True)
+    if not valid or errors:
+        raise StageError(f"{path} is not a valid COG: {'; '.join(errors)}")
+    for warning in warnings:
+        print(f"mosaic: {path.name}: COG warning: {warning}", flush=True)
+    return list(warnings)
+
+
+def _zone_offset(name: str, date: str, records: dict[str, dict]) -> int:
+    """The one radiometric DN offset of a zone-date's tiles (infer's `offset_dn`: an int or {date: int})."""
+    offsets: dict[int, list[str]] = collections.defaultdict(list)
+    for tile_id, record in records.items():
+        value = record.get("offset_dn", 0)
+        offsets[int(value.get(date, 0) if isinstance(value, dict) else value)].append(tile_id)
+    if len(offsets) > 1:
+        detail = "; ".join(f"offset {o}: {', '.join(sorted(t)[:5])}" for o, t in sorted(offsets.items()))
+        raise StageError(f"mosaic {name}: tiles disagree on the radiometric offset ({detail}); re-run their infer")
+    return next(iter(offsets))
+
+
+def _zone_grid(zone: list[Tile], res: float) -> tuple[Affine, int, int]:
+    """(transform, width, height) of the zone's pixel grid at `res` metres over every tile core of the zone."""
+    minx, miny = min(t.core[0] for t in zone), min(t.core[1] for t in zone)
+    maxx, maxy = max(t.core[2] for t in zone), max(t.core[3] for t in zone)
+    return Affine(res, 0.0, minx, 0.0, -res, maxy), round((maxx - minx) / res), round((maxy - miny) / res)
+
+
+def _aoi_in(aoi: shapely.Geometry, epsg: int | str) -> shapely.Geometry:
+    """The AOI (EPSG:4326) in `epsg`, densified first so its lon/lat-straight edges stay where they are; prepared."""
+    to_crs = Transformer.from_crs(4326, epsg, always_xy=True)
+    dense = shapely.segmentize(aoi, _AOI_SEGMENT_DEG)
+    geometry = shapely.make_valid(shapely.transform(dense, lambda xy: np.column_stack(to_crs.transform(*xy.T))))
+    shapely.prepare(geometry)
+    return geometry
+
+
+def _footprint(tiles: list[Tile], epsg: int, aoi: shapely.Geometry | None) -> shapely.Geometry:
+    """The mosaic's data footprint in EPSG:4326: the union of `tiles`' cores, intersected with the AOI if any."""
+    cores = shapely.coverage_union_all([shapely.box(*t.core) for t in tiles])
+    to_wgs84 = Transformer.from_crs(epsg, 4326, always_xy=True)
+    dense = shapely.segmentize(cores, 200.0)  # UTM-straight edges curve in lon/lat
+    footprint = shapely.transform(dense, lambda xy: np.column_stack(to_wgs84.transform(*xy.T)))
+    return footprint if aoi is None else shapely.intersection(footprint, aoi)
+
+
+def _blocks(width: int, height: int, size: int) -> Iterator[Window]:
+    """`size`-aligned windows covering a (height, width) raster, row by row."""
+    for row in range(0, height, size):
+        for col in range(0, width, size):
+            yield Window(col, row, min(size, width - col), min(size, height - row))
+
+
+class _Predictions:
+    """The prediction COGs of one zone-date, opened on demand; the most recently used `_OPEN_PREDICTIONS` stay open."""
+
+    def __init__(self, name: str, paths: dict[str, Path], dtype: str, res: float) -> None:
+        self.name, self.paths, self.dtype, self.res = name, paths, dtype, res
+        self.open: collections.OrderedDict[str, DatasetReader] = collections.OrderedDict()
+
+    def __enter__(self) -> _Predictions:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for src in self.open.values():
+            src.close()
+        self.open.clear()
+
+    def get(self, tile_id: str) -> DatasetReader:
+        """The open prediction of `tile_id`; StageError when its dtype or pixel size differs from the zone's."""
+        if tile_id in self.open:
+            self.open.move_to_end(tile_id)
+            return self.open[tile_id]
+        src = rasterio.open(self.paths[tile_id])
+        if src.dtypes[0] != self.dtype or not math.isclose(src.res[0], self.res):
+            src.close()
+            raise StageError(
+                f"mosaic {self.name}: tile {tile_id}'s prediction is {src.dtypes[0]} at {src.res[0]} m, the zone's "
+                f"others {self.dtype} at {self.res} m; re-run `srpipe infer` for it (infer.output_dtype changed?)"
+            )
+        self.open[tile_id] = src
+        if len(self.open) > _OPEN_PREDICTIONS:
+            self.open.popitem(last=False)[1].close()
+        return src
+
+
+def _block(
+    window: Window,
+    transform: Affine,
+    tiles: list[Tile],
+    cores: shapely.STRtree,
+    predictions: _Predictions,
+    aoi: shapely.Geometry | None,
+) -> np.ndarray:
+    """(bands, h, w) of one mosaic block: the cores it overlaps, nodata where no core is and outside `aoi`."""
+    fill = NODATA_DN if predictions.dtype == "uint16" else np.nan
+    block = np.full((len(BANDS), int(window.height), int(window.width)), fill, predictions.dtype)
+    block_transform = window_transform(window, transform)
+    box = shapely.box(*window_bounds(window, transform))
+    if aoi is not None and not aoi.intersects(box):
+        return block
+    res = transform.a
+    for i in cores.query(box, predicate="intersects"):
+        tile = tiles[int(i)]
+        x0, y0 = max(tile.core[0], box.bounds[0]), max(tile.core[1], box.bounds[1])
+        x1, y1 = min(tile.core[2], box.bounds[2]), min(tile.core[3], box.bounds[3])
+        if x1 - x0 < res / 2 or y1 - y0 < res / 2:
+            continue  # touches the block's edge only
+        dst = from_bounds(x0, y0, x1, y1, block_transform).round_offsets().round_lengths()
+        src = predictions.get(tile.tile_id)
+        src_window = from_bounds(x0, y0, x1, y1, src.transform).round_offsets().round_lengths()
+        rows = slice(dst.row_off, dst.row_off + dst.height)
+        cols = slice(dst.col_off, dst.col_off + dst.width)
+        block[:, rows, cols] = src.read(window=src_window, out_shape=(len(BANDS), dst.height, dst.width))
+    if aoi is not None and not aoi.contains(box):
+        outside = geometry_mask([shapely.clip_by_rect(aoi, *box.bounds)], block.shape[1:], block_transform)
+        block[:, outside] = fill
+    return block
+
+
+# ---- per date: the VRT over the zones, the reprojected mosaic, STAC ------------------------------------------------
+
+
+def catalog(cfg: Config) -> dict:
+    """Per date a VRT over its zone mosaics (and a COG reprojected into `mosaic.crs` if set); the STAC collection."""
+    from srpipe.stac import write_collection
+
+    mosaics = [m for r in state.done_records(cfg.run_path, "mosaic").values() for m in r.get("mosaics", [])]
+    mosaics = [m for m in mosaics if Path(m["path"]).exists()]
+    if not mosaics:
+        raise StageError("catalog: no zone mosaic is done; run `srpipe mosaic` first")
+    by_date: dict[str, list[dict]] = collections.defaultdict(list)
+    for m in mosaics:
+        by_date[m["date"]].append(m)
+    dates = {}
+    for date, zones in sorted(by_date.items()):
+        vrt = date_vrt(cfg, date, zones)
+        dates[date] = {"vrt": str(vrt)}
+        if cfg.mosaic.crs:
+            dates[date] |= reproject(cfg, date, vrt)
+    stac = write_collection(cfg, mosaics, dates)
+    return {"dates": dates, "stac": str(stac), "items": len(mosaics)}
+
+
+def _target_crs(cfg: Config, zones: list[dict]) -> CRS:
+    """The date VRT's CRS: `mosaic.crs`, else the zone with the most pixels (it needs no warping)."""
+    if cfg.mosaic.crs:
+        return CRS.from_user_input(cfg.mosaic.crs)
+    biggest = max(zones, key=lambda m: (m["shape"][0] * m["shape"][1], -m["epsg"]))
+    return CRS.from_epsg(biggest["epsg"])
+
+
+def date_vrt(cfg: Config, date: str, zones: list[dict]) -> Path:
+    """Write `layout.date_vrt`: one date's zone mosaics in one CRS (other zones warped by VRTs of their own)."""
+    crs = _target_crs(cfg, zones)
+    sources = []  # (path, transform, width, height) on the date's grid, the biggest zone last: it wins overlaps
+    for m in sorted(zones, key=lambda m: m["shape"][0] * m["shape"][1]):
+        with rasterio.open(m["path"]) as src:
+            if CRS.from_user_input(src.crs.to_wkt()) == crs:
+                sources.append((Path(m["path"]), src.transform, src.width, src.height))
+            else:
+                sources.append(_warped_vrt(src, crs, _warped_path(cfg, date, m["epsg"], crs)))
+    res = sources[-1][1].a
+    minx = min(t.c for _, t, _, _ in sources)
+    maxy = max(t.f for _, t, _, _ in sources)
+    maxx = max(t.c + w * t.a for _, t, w, _ in sources)
+    miny = min(t.f + h * t.e for _, t, _, h in sources)
+    transform = Affine(res, 0.0, minx, 0.0, -res, maxy)
+    width, height = round((maxx - minx) / res), round((maxy - miny) / res)
+    path = cfg.layout.date_vrt(cfg.plan.region, date)
+    _write_vrt(path, crs, transform, width, height, sources, zones[0]["dtype"], zones[0]["offset_dn"])
+    return path
+
+
+def _warped_path(cfg: Config, date: str, epsg: int, crs: CRS) -> Path:
+    """`mosaics/<region>_<date>_<epsg>.<CRS>.vrt`: one zone's mosaic warped into the date VRT's CRS."""
+    return cfg.layout.warped_zone_vrt(cfg.plan.region, date, epsg, crs.to_string())
+
+
+def _warped_vrt(src: DatasetReader, crs: CRS, path: Path) -> tuple[Path, Affine, int, int]:
+    """Write a warped VRT of `src` in `crs` on a grid snapped to its pixel size; (path, transform, width, height)."""
+    bounds = transform_bounds(src.crs, crs, *src.bounds, densify_pts=64)
+    metres = crs.is_projected and crs.axis_info[0].unit_name == "metre"
+    res = src.res[0] if metres else src.res[0] / _METRES_PER_DEGREE
+    minx, miny = math.floor(bounds[0] / res) * res, math.floor(bounds[1] / res) * res
+    maxx, maxy = math.ceil(bounds[2] / res) * res, math.ceil(bounds[3] / res) * res
+    transform = Affine(res, 0.0, minx, 0.0, -res, maxy)
+    width, height = round((maxx - minx) / res), round((maxy - miny) / res)
+    with (
+        WarpedVRT(src, crs=crs, transform=transform, width=width, height=height, resampling=RESAMPLING) as vrt,
+        state.atomic_path(path) as tmp,
+    ):
+        rasterio.shutil.copy(vrt, tmp, driver="VRT")  # GDAL's own VRTWarpedDataset XML, its source relative to it
+    return path, transform, width, height
 
 
 def _write_vrt(
-    path: Path, tiles: list[Tile], sources: list[Path], epsg: int, transform: rasterio.Affine, width: int, height: int
+    path: Path,
+    crs: CRS,
+    transform: Affine,
+    width: int,
+    height: int,
+    sources: list[tuple[Path, Affine, int, int]],
+    dtype: str,
+    offset_dn: int,
 ) -> None:
-    """A VRT over the tiles' prediction COGs, each cut to its core (hand-written XML: rasterio has no VRT builder)."""
+    """A VRT mosaic of `sources` on one grid, nodata transparent (hand-written XML: rasterio has no VRT builder)."""
     root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
-    ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = f"EPSG:{epsg}"
+    ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = crs.to_wkt()
     ET.SubElement(root, "GeoTransform").text = ", ".join(repr(v) for v in transform.to_gdal())
+    nodata = "0" if dtype == "uint16" else "nan"
     for b, name in enumerate(BANDS, start=1):
-        band = ET.SubElement(root, "VRTRasterBand", dataType="Float32", band=str(b))
+        band = ET.SubElement(root, "VRTRasterBand", dataType="UInt16" if dtype == "uint16" else "Float32", band=str(b))
         ET.SubElement(band, "Description").text = name
-        ET.SubElement(band, "NoDataValue").text = "nan"
-        for tile, src_path in zip(tiles, sources, strict=True):
-            with rasterio.open(src_path) as src:
-                src_win = tile_core_window(tile, src.transform)
-            dst_win = _window(tile.core, transform)
-            source = ET.SubElement(band, "SimpleSource")
+        ET.SubElement(band, "NoDataValue").text = nodata
+        if dtype == "uint16":
+            ET.SubElement(band, "Offset").text = repr(offset_dn / QUANTIFICATION_VALUE)
+            ET.SubElement(band, "Scale").text = repr(1 / QUANTIFICATION_VALUE)
+        for src_path, src_transform, w, h in sources:
+            source = ET.SubElement(band, "ComplexSource")
             ET.SubElement(source, "SourceFilename", relativeToVRT="1").text = os.path.relpath(src_path, path.parent)
             ET.SubElement(source, "SourceBand").text = str(b)
-            for tag, win in (("SrcRect", src_win), ("DstRect", dst_win)):
-                ET.SubElement(
-                    source,
-                    tag,
-                    xOff=str(win.col_off),
-                    yOff=str(win.row_off),
-                    xSize=str(win.width),
-                    ySize=str(win.height),
-                )
+            col = round((src_transform.c - transform.c) / transform.a)
+            row = round((src_transform.f - transform.f) / transform.e)
+            for tag, (x, y) in (("SrcRect", (0, 0)), ("DstRect", (col, row))):
+                ET.SubElement(source, tag, xOff=str(x), yOff=str(y), xSize=str(w), ySize=str(h))
+            ET.SubElement(source, "NODATA").text = nodata
     ET.indent(root)
     state.write_text(path, ET.tostring(root, encoding="unicode"))
 
 
-def mosaic_zone(cfg: Config, epsg: int, tiles: list[Tile], stem: str) -> dict:
-    """Merge the cores of `tiles` (one UTM zone) into `mosaics/<stem>.tif` (COG) and `<stem>.vrt`."""
-    date = cfg.as_of_date.isoformat()
-    present = [(t, cfg.layout.prediction(cfg.train.name, t.tile_id, date)) for t in tiles]
-    missing = [t.tile_id for t, p in present if not p.exists()]
-    present = [(t, p) for t, p in present if p.exists()]
-    if not present:
-        raise StageError(f"no predictions for zone EPSG:{epsg}; run `srpipe infer` first")
-    with rasterio.open(present[0][1]) as src:
-        res = src.res[0]
-    minx = min(t.core[0] for t in tiles)
-    miny = min(t.core[1] for t in tiles)
-    maxx = max(t.core[2] for t in tiles)
-    maxy = max(t.core[3] for t in tiles)
-    width, height = round((maxx - minx) / res), round((maxy - miny) / res)
-    transform = rasterio.transform.from_bounds(minx, miny, maxx, maxy, width, height)
-    out = cfg.layout.mosaics / f"{stem}.tif"
-    tags = {"missing_tiles": ",".join(missing)}
-    with cog_writer(out, width, height, transform, epsg, cfg.mosaic, tags) as dst:
-        # block-wise: each core is written into its window, so memory stays one tile whatever the country's size
-        for tile, path in tqdm(present, desc=f"mosaic EPSG:{epsg}", unit="tile", leave=False):
-            with rasterio.open(path) as src:
-                core = src.read(window=tile_core_window(tile, src.transform))
-            dst.write(core, window=_window(tile.core, transform))
-    vrt = cfg.layout.mosaics / f"{stem}.vrt"
-    _write_vrt(vrt, [t for t, _ in present], [p for _, p in present], epsg, transform, width, height)
-    return {
-        "path": str(out),
-        "epsg": epsg,
-        "bounds": (minx, miny, maxx, maxy),
-        "shape": (height, width),
-        "transform": tuple(transform)[:6],
-        "tiles": len(present),
-        "missing": missing,
-    }
-
-
-def _stac(cfg: Config, mosaics: list[dict], date: dt.date) -> None:
-    """A STAC collection with one item per zone mosaic (COG and VRT assets), in `mosaics/stac/`."""
-    collection = pystac.Collection(
-        id=f"srpipe-{cfg.plan.region}",
-        description=f"4x super-resolved Sentinel-2 (B02, B03, B04, B08) of {cfg.plan.region} by srpipe",
-        extent=pystac.Extent(pystac.SpatialExtent([[-180, -90, 180, 90]]), pystac.TemporalExtent([[None, None]])),
-        license="proprietary",
-    )
-    boxes = []
-    when = dt.datetime.combine(date, dt.time(), tzinfo=dt.UTC)
-    for m in mosaics:
-        to_wgs84 = Transformer.from_crs(m["epsg"], 4326, always_xy=True)
-        x0, y0, x1, y1 = m["bounds"]
-        xs, ys = to_wgs84.transform([x0, x1, x0, x1], [y0, y0, y1, y1])
-        box = [min(xs), min(ys), max(xs), max(ys)]
-        boxes.append(box)
-        geometry = {
-            "type": "Polygon",
-            "coordinates": [[[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]], [box[0], box[1]]]],
-        }
-        item = pystac.Item(Path(m["path"]).stem, geometry, box, when, {"srpipe:tiles": m["tiles"]})
-        proj = ProjectionExtension.ext(item, add_if_missing=True)
-        proj.epsg, proj.bbox = m["epsg"], list(m["bounds"])
-        proj.shape, proj.transform = list(m["shape"]), list(m["transform"])
-        item.add_asset(
-            "cog", pystac.Asset(f"../../{Path(m['path']).name}", media_type=pystac.MediaType.COG, roles=["data"])
-        )
-        item.add_asset("vrt", pystac.Asset(f"../../{Path(m['path']).with_suffix('.vrt').name}", roles=["data"]))
-        collection.add_item(item)
-    collection.extent = pystac.Extent(
-        pystac.SpatialExtent(
-            [[min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]]
-        ),
-        pystac.TemporalExtent([[when, when]]),
-    )
-    with state.atomic_path(cfg.layout.stac) as tmp:  # self-contained (relative links): the folder renames whole
-        collection.normalize_hrefs(f"{tmp}/")  # the slash: pystac takes a last name with a dot for a file
-        collection.save(pystac.CatalogType.SELF_CONTAINED)
-
-
-def mosaic(cfg: Config) -> dict:
-    """Mosaic every UTM zone of the run; one zone gives `<region>_<date>.tif`, several `<region>_<date>_<epsg>.tif`."""
-    tiles = read_grid(cfg.run_path)
-    zones: dict[int, list[Tile]] = defaultdict(list)
-    for t in tiles:
-        zones[t.epsg].append(t)
-    date = cfg.as_of_date
-    results = []
-    for epsg, zone_tiles in sorted(zones.items()):
-        stem = f"{cfg.plan.region}_{date.isoformat()}" + (f"_{epsg}" if len(zones) > 1 else "")
-        results.append(mosaic_zone(cfg, epsg, zone_tiles, stem))
-    _stac(cfg, results, date)
-    return {"mosaics": [r["path"] for r in results], "missing": [t for r in results for t in r["missing"]]}
+def reproject(cfg: Config, date: str, vrt: Path) -> dict:
+    """Write `layout.reprojected_mosaic`: the date VRT (in `mosaic.crs`) as one COG, warped block by block."""
+    out = cfg.layout.reprojected_mosaic(cfg.plan.region, date, cfg.mosaic.crs)
+    start = time.perf_counter()
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(vrt) as src:
+        dtype, offset_dn = src.dtypes[0], round((src.offsets[0] or 0) * QUANTIFICATION_VALUE)
+        tags = {"date": date, "model": cfg.prediction_model}
+        with cog_writer(
+            out, src.width, src.height, src.transform, src.crs.to_wkt(), cfg.mosaic, tags, dtype, offset_dn
+        ) as dst:
+            for window in _blocks(src.width, src.height, cfg.mosaic.blocksize):
+                dst.write(src.read(window=window), window=window)
+    warnings = validate_cog(out)
+    return {"reprojected": str(out), "reprojected_warnings": warnings, "seconds": round(time.perf_counter() - start, 2)}

@@ -15,7 +15,7 @@ import json
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,10 +40,23 @@ class Stage:
     restart: Callable[[Config], Path] | None = None  # resumable state: set aside when the inputs change
     product: Callable[[Config], Path] | None = None  # the output file whose content hash downstream units read
     mpi: bool = False  # runs on every rank of an MPI job (the others: rank 0 only)
+    units: Callable[[Config], list[str]] | None = None  # units of its own (e.g. mosaic's zone x date), not tiles
+    reads_units: Callable[[str, dict[str, dict]], list[str]] | None = None  # (unit, upstream done records) -> read
+    batch: str = ""  # "module:function" running a whole shard of units: fn(cfg, units) -> iter (unit, info | error)
+
+    @property
+    def mapped(self) -> bool:
+        """True when the stage runs once per unit (tiles, or its own units), so arrays and ranks share it out."""
+        return self.per_tile or self.units is not None
 
     def function(self) -> Callable[..., dict]:
-        """The stage function: fn(cfg, tile_id) for a per-tile stage, fn(cfg) for a whole-run one."""
+        """The stage function: fn(cfg, unit) for a mapped stage, fn(cfg) for a whole-run one."""
         module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def batch_function(self) -> Callable[[Config, list[str]], Iterator[tuple[str, dict | Exception]]]:
+        """The shard function (`batch`): one call runs many units, loading what they share once."""
+        module, _, name = self.batch.partition(":")
         return getattr(importlib.import_module(module), name)
 
 
@@ -58,6 +71,63 @@ def _init_weights(cfg: Config) -> list[str]:
 
     return [str(weights_path(cfg.train.init_from))]
 
+
+def _infer_weights(cfg: Config) -> list[str]:
+    if not cfg.infer.model:
+        return []
+    from srpipe.weights import weights_path
+
+    return [str(weights_path(cfg.infer.model))]
+
+
+def _aoi(cfg: Config) -> list[str]:
+    return [cfg.plan.aoi] if cfg.mosaic.mask_aoi and cfg.plan.aoi else []
+
+
+ALL_DATES = "all"  # the date part of a mosaic unit whose dates were unknown when it was listed
+
+
+def mosaic_unit(epsg: int | str, date: str) -> str:
+    """The mosaic unit of one UTM zone and date: '<epsg>_<YYYY-MM-DD>' (or '<epsg>_all')."""
+    return f"{epsg}_{date}"
+
+
+def _mosaic_units(cfg: Config) -> list[str]:
+    """Zone x date units: from the dates infer wrote (its done records), else from `infer.dates` before it ran."""
+    records = state.done_records(cfg.run_path, "infer")
+    found = {mosaic_unit(r["epsg"], d) for r in records.values() if "epsg" in r for d in r.get("dates", [])}
+    if found:
+        return sorted(found)
+    from srpipe.grid import read_grid
+
+    zones = sorted({t.epsg for t in read_grid(cfg.run_path)})
+    dates = cfg.infer.dates
+    wanted = [cfg.as_of_date.isoformat()] if dates == "latest" else [ALL_DATES] if dates == "all" else list(dates)
+    return [mosaic_unit(z, d) for z in zones for d in wanted]
+
+
+def _mosaic_reads(unit: str, records: dict[str, dict]) -> list[str]:
+    """The inferred tiles a zone x date mosaic reads: those of its zone with an output on its date."""
+    epsg, _, date = unit.partition("_")
+    return sorted(
+        t
+        for t, r in records.items()
+        if str(r.get("epsg")) == epsg and (date == ALL_DATES or date in r.get("dates", []))
+    )
+
+
+# what infer's outputs depend on; batch_size, loader_workers, threads, device and compile only change its speed
+_INFER_OUTPUT_KEYS = (
+    "n_frames",
+    "date",
+    "dates",
+    "min_frames",
+    "max_cloud_cover",
+    "self_ensemble",
+    "uncertainty",
+    "output_dtype",
+    "model",
+)
 
 _CURATE_MAP_KEYS = tuple(
     f"curate.{k}"
@@ -116,10 +186,44 @@ STAGES: dict[str, Stage] = {
             "infer",
             "srpipe.infer:infer_tile",
             per_tile=True,
-            reads=("source.scale", "source.time_interval", "train.name", "infer", "mosaic"),
+            reads=(
+                "source.scale",
+                "source.time_interval",
+                "source.harmonize_values",
+                "train.name",
+                *(f"infer.{k}" for k in _INFER_OUTPUT_KEYS),
+                "mosaic.blocksize",
+                "mosaic.compress",
+                "mosaic.min_overview_px",
+            ),
             after=("download", "train"),
+            files=_infer_weights,
+            batch="srpipe.infer:infer_shard",
         ),
-        Stage("mosaic", "srpipe.mosaic:mosaic", reads=("plan.region", "mosaic"), after=("infer",)),
+        Stage(
+            "mosaic",
+            "srpipe.mosaic:mosaic_unit",
+            reads=(
+                "plan.region",
+                "train.name",
+                "infer.model",
+                "mosaic.blocksize",
+                "mosaic.compress",
+                "mosaic.min_overview_px",
+                "mosaic.mask_aoi",
+            ),
+            after=("infer",),
+            files=_aoi,
+            units=_mosaic_units,
+            reads_units=_mosaic_reads,
+        ),
+        Stage(
+            "catalog",
+            "srpipe.mosaic:catalog",
+            reads=("plan.region", "mosaic", "train.name", "infer.model", "source.name", "source.s2_collection"),
+            after=("mosaic",),
+            files=_infer_weights,  # the run's own model.pt reaches it through train's version, upstream
+        ),
         Stage(
             "evaluate",
             "srpipe.evaluate:evaluate",
@@ -147,7 +251,12 @@ def check_stage(name: str) -> Stage:
 
 
 def stage_units(cfg: Config, stage: Stage, tiles: Iterable[str] | None = None) -> list[str]:
-    """The units of `stage`: `tiles` (default: every tile of the grid) for a per-tile stage, else ['all']."""
+    """The units of `stage`: its own (`stage.units`), `tiles` (default: every tile of the grid) for a per-tile stage,
+    else ['all']."""
+    if stage.units is not None:  # tiles asked for (e.g. a resubmit of these units) pick among its own units
+        own = stage.units(cfg)
+        picked = [u for u in own if u in set(tiles or ())]
+        return picked or own
     if not stage.per_tile:
         return [ALL]
     from srpipe.grid import read_grid
@@ -203,14 +312,30 @@ class Versions:
         return self._single[stage, unit]
 
 
+def read_units(stage: Stage, unit: str, upstream: str, versions: Versions) -> list[str] | None:
+    """The units of stage `upstream` that `unit` of `stage` reads: one ([ALL], or the same tile), the finished ones
+    `stage.reads_units` picks, or None for every finished one (a whole-run stage after a mapped one)."""
+    other = STAGES[upstream]
+    if not other.mapped:
+        return [ALL]
+    if stage.per_tile and other.per_tile:
+        return [unit]
+    if stage.reads_units is not None and stage.mapped:
+        return stage.reads_units(unit, versions.records(upstream))
+    return None
+
+
 def _upstream(stage: Stage, unit: str, versions: Versions) -> dict[str, Any]:
     """{upstream stage: the version of the unit(s) this unit reads}; None where that unit is not done."""
     out = {}
     for name in stage.after:
-        if STAGES[name].per_tile and not stage.per_tile:  # a whole-run stage reads every finished tile
+        units = read_units(stage, unit, name, versions)
+        if units is None:  # every finished unit
             out[name] = _digest({u: r.get("version") for u, r in versions.records(name).items()})
+        elif units == [ALL] or (len(units) == 1 and stage.per_tile):
+            out[name] = (versions.record(name, units[0]) or {}).get("version")
         else:
-            out[name] = (versions.record(name, unit if STAGES[name].per_tile else ALL) or {}).get("version")
+            out[name] = _digest({u: (versions.record(name, u) or {}).get("version") for u in units})
     return out
 
 
@@ -272,16 +397,14 @@ def upstream_problem(
     memo = {} if memo is None else memo
     for name in stage.after:
         upstream = STAGES[name]
-        if upstream.per_tile and not stage.per_tile:
-            others = list(versions.records(name))  # the tiles a whole-run stage reads: every finished one
-        else:
-            others = [unit if upstream.per_tile else ALL]
+        others = read_units(stage, unit, name, versions)
+        others = list(versions.records(name)) if others is None else others
         for other in others:
             if versions.record(name, other) is None:
                 continue  # missing upstream work fails inside the stage with its own clear error
             if (name, other) not in memo:
                 current = unit_state(cfg, upstream, other, versions)
-                where = f" of tile {other}" if upstream.per_tile else ""
+                where = f" of {'tile' if upstream.per_tile else 'unit'} {other}" if upstream.mapped else ""
                 memo[name, other] = (
                     f"{name}{where} is stale ({current.reason}); run `srpipe {name}` first"
                     if current.status == "stale"
@@ -386,20 +509,68 @@ def run_unit(cfg: Config, stage: Stage, pending: Pending, rank: int = 0, log_pat
             _set_aside(cfg, stage, unit, fp)
             state.mark_started(cfg.run_path, stage.name, unit, {"inputs": fp})
         fn = stage.function()
-        info = (fn(cfg, unit) if stage.per_tile else fn(cfg)) or {}
+        info = (fn(cfg, unit) if stage.mapped else fn(cfg)) or {}
     except Exception as exc:  # noqa: BLE001 - any failure of one unit must not stop the others
-        message = f"{type(exc).__name__}: {exc}"
+        return _record(cfg, stage, pending, exc, rank, log_path)
+    return _record(cfg, stage, pending, info, rank, log_path)
+
+
+def _record(
+    cfg: Config, stage: Stage, pending: Pending, result: dict | Exception, rank: int, log_path: str
+) -> tuple[str, str | None]:
+    """Record `pending`'s unit done (with its fingerprint and `result`'s info) or failed (`result` an exception)."""
+    unit, fp = pending.unit, fingerprint(pending.inputs)
+    if isinstance(result, Exception):
+        message = f"{type(result).__name__}: {result}"
+        trace = "".join(traceback.format_exception(result))
         if rank == 0:
-            state.mark_failed(cfg.run_path, stage.name, unit, message, traceback.format_exc(), log_path=log_path)
+            state.mark_failed(cfg.run_path, stage.name, unit, message, trace, log_path=log_path)
         else:
             state.write_json(cfg.layout.state(stage.name) / f"{unit}.rank{rank}.json", {"error": message})
         return unit, message
     if rank == 0:
-        record = {**info, "inputs": fp, "version": _version(cfg, stage, fp), "inputs_detail": pending.inputs}
+        record = {**result, "inputs": fp, "version": _version(cfg, stage, fp), "inputs_detail": pending.inputs}
         state.mark_done(cfg.run_path, stage.name, unit, record)
     else:  # the other ranks' results beside rank 0's marker (e.g. their parameter checksums)
-        state.write_json(cfg.layout.state(stage.name) / f"{unit}.rank{rank}.json", {**info, "error": None})
+        state.write_json(cfg.layout.state(stage.name) / f"{unit}.rank{rank}.json", {**result, "error": None})
     return unit, None
+
+
+def run_shard(
+    cfg: Config,
+    stage: Stage,
+    todo: list[Pending],
+    log_path: str = "",
+    on_result: Callable[[str, str | None], None] | None = None,
+) -> list[tuple[str, str | None]]:
+    """Run a batch stage's pending units as one shard (`stage.batch`) and record each unit as it finishes.
+
+    Units whose upstream is stale fail before the shard starts; a failure inside the shard fails its unit only,
+    unless the shard itself breaks (e.g. the model cannot load): then every unit it had not finished fails with it.
+    """
+    results: list[tuple[str, str | None]] = []
+
+    def note(pending: Pending, outcome: dict | Exception) -> None:
+        results.append(_record(cfg, stage, pending, outcome, 0, log_path))
+        if on_result is not None:
+            on_result(*results[-1])
+
+    runnable = []
+    for pending in todo:
+        if pending.problem:
+            note(pending, StageError(pending.problem))
+        else:
+            runnable.append(pending)
+    by_unit = {p.unit: p for p in runnable}
+    try:
+        for unit, outcome in stage.batch_function()(cfg, list(by_unit)):
+            note(by_unit.pop(unit), outcome)
+    except Exception as exc:  # noqa: BLE001 - the shard broke: its unfinished units fail with the reason
+        for pending in list(by_unit.values()):
+            note(pending, exc)
+    for pending in by_unit.values():  # a shard that forgot a unit is a bug: say so on the unit
+        note(pending, StageError(f"{stage.batch} returned no result for {pending.unit}"))
+    return results
 
 
 # ---- the chain -----------------------------------------------------------------------------------------------------

@@ -66,3 +66,27 @@ def test_dumped_config_loads_back_equal(tmp_path):
     assert again == cfg
     assert again.curate.percentiles == (2.0, 98.0)
     assert isinstance(again, Config)
+
+
+@pytest.mark.parametrize(
+    ("text", "dates"),
+    [('dates = "all"', "all"), ('dates = "latest"', "latest"), ('dates = ["2016-06-01", "2016-07-01"]', None)],
+)
+def test_infer_dates_take_all_latest_or_a_list_of_dates(tmp_path, text, dates):
+    cfg = load_config(write(tmp_path, f"[infer]\n{text}\n"))
+    assert cfg.infer.dates == (dates or ("2016-06-01", "2016-07-01"))
+    assert load_config(write(tmp_path, dump_config(cfg))).infer.dates == cfg.infer.dates
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('dates = "some"', r"'infer.dates' = 'some'; allowed: \"latest\", \"all\" or a list of dates"),
+        ('dates = ["2016-13-01"]', r"'infer.dates\[0\]' = '2016-13-01' is not a YYYY-MM-DD date"),
+        ("dates = 3", r"'infer.dates' must be a string, got 3 or config key 'infer.dates' must be a list"),
+        ("min_frames = 9", r"'infer.min_frames' must be in \[1, infer.n_frames=8\], got 9"),
+    ],
+)
+def test_bad_infer_dates_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, f"[infer]\n{text}\n"))

@@ -12,10 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from eolearn.core import EOPatch, OverwritePermission
+from rasterio.features import geometry_mask
 
 from srpipe import eopatch as ep
 from srpipe.grid import load_aoi
+from srpipe.s2units import from_dn
 from tests.conftest import aoi_geojson, srpipe, tiny_settings, write_config
 
 pytestmark = pytest.mark.slow
@@ -27,30 +30,33 @@ def run_dir_of(config: Path) -> Path:
 
 def test_mosaic_is_a_georeferenced_cog_covering_the_aoi_without_gaps(tiny_run):
     run = run_dir_of(tiny_run)
-    mosaic = run / "mosaics" / "tiny_2016-10-31.tif"
+    mosaic = run / "mosaics" / "tiny_2016-10-31_32618.tif"
     with rasterio.open(mosaic) as src:
         assert src.crs.to_epsg() == 32618
         assert src.res == (10.0, 10.0)  # the label grid of the sample (the 2.5 m analogue)
         assert src.overviews(1), "COG without overviews"
-        data = src.read()
-        bounds = src.bounds
+        assert src.dtypes[0] == "uint16" and src.nodata == 0 and src.scales[0] == 1e-4  # S2 DN
+        data = from_dn(src.read())
+        bounds, transform = src.bounds, src.transform
     aoi = load_aoi(tiny_run.parent / "aoi.geojson")
     from pyproj import Transformer
 
     x, y = Transformer.from_crs(4326, 32618, always_xy=True).transform(*aoi.exterior.xy)
     assert bounds.left <= min(x) and bounds.right >= max(x) and bounds.bottom <= min(y) and bounds.top >= max(y)
-    assert not np.isnan(data).any(), "gaps in the mosaic"
+    inside = ~geometry_mask([shapely.Polygon(zip(x, y, strict=True))], data.shape[1:], transform, all_touched=False)
+    assert not np.isnan(data[:, inside]).any(), "gaps in the mosaic inside the AOI"
+    assert np.isnan(data[:, ~inside]).all(), "values outside the AOI"
     assert 0.01 < np.nanmedian(data) < 0.5  # reflectance, not normalised values
     with rasterio.open(run / "mosaics" / "tiny_2016-10-31.vrt") as vrt:
-        np.testing.assert_allclose(vrt.read(), data, atol=0.02)  # the VRT shows the same cores
+        np.testing.assert_allclose(from_dn(vrt.read()), data, atol=0.02)  # the VRT shows the same mosaic
     stac = json.loads((run / "mosaics" / "stac" / "collection.json").read_text())
     assert stac["type"] == "Collection" and any(link["rel"] == "item" for link in stac["links"])
 
 
 def test_tile_overlaps_are_cut_so_the_mosaic_has_no_seams(tiny_run):
     run = run_dir_of(tiny_run)
-    with rasterio.open(run / "mosaics" / "tiny_2016-10-31.tif") as src:
-        data = src.read(3)
+    with rasterio.open(run / "mosaics" / "tiny_2016-10-31_32618.tif") as src:
+        data = src.read(3).astype(float)
     # jumps across the tile borders (every 200 px) are no larger than jumps elsewhere
     cols = np.abs(np.diff(data, axis=1))
     border = cols[:, 199].mean()
@@ -81,7 +87,7 @@ def test_metrics_json_keeps_its_shape(tiny_run):
 
 def test_a_rerun_skips_everything_and_changes_nothing(tiny_run):
     run = run_dir_of(tiny_run)
-    mosaic = run / "mosaics" / "tiny_2016-10-31.tif"
+    mosaic = run / "mosaics" / "tiny_2016-10-31_32618.tif"
     before = mosaic.stat().st_mtime_ns
     out = srpipe("run", str(tiny_run)).stdout
     assert "download: 0 done, 6 skipped" in out and "train: 0 done, 1 skipped" in out
@@ -159,7 +165,7 @@ def test_killed_run_resumes_and_ends_with_the_same_mosaic(tiny_run, tmp_path):
     out = srpipe("run", str(config)).stdout
     assert "download: 0 done, 6 skipped" in out
     with (
-        rasterio.open(tmp_path / "run" / "mosaics" / "tiny_2016-10-31.tif") as a,
-        rasterio.open(run_dir_of(tiny_run) / "mosaics" / "tiny_2016-10-31.tif") as b,
+        rasterio.open(tmp_path / "run" / "mosaics" / "tiny_2016-10-31_32618.tif") as a,
+        rasterio.open(run_dir_of(tiny_run) / "mosaics" / "tiny_2016-10-31_32618.tif") as b,
     ):
         np.testing.assert_array_equal(a.read(), b.read())

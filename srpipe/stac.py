@@ -19,6 +19,7 @@ import srpipe
 from srpipe import BANDS, state
 from srpipe.config import Config
 from srpipe.s2units import QUANTIFICATION_VALUE
+from srpipe.weights import inference_weights
 
 EXTENSIONS = {  # the STAC 1.1 versions of the extensions used
     "eo": "https://stac-extensions.github.io/eo/v2.0.0/schema.json",
@@ -145,12 +146,7 @@ def _proj_bbox(m: dict) -> list[float]:
 
 def _model_version(cfg: Config) -> str:
     """'sha256:<hex>' of the weights that made the predictions (`infer.model`, else the run's model.pt)."""
-    if cfg.infer.model:
-        from srpipe.weights import weights_path
-
-        path = weights_path(cfg.infer.model)
-    else:
-        path = cfg.layout.model(cfg.train.name) / "model.pt"
+    path = inference_weights(cfg)
     return f"sha256:{state.file_sha256(path)}" if path.exists() else f"unknown ({path} is gone)"
 
 

@@ -64,20 +64,21 @@ def _parcels(cfg: Config) -> list[str]:
     return [cfg.delineation.parcels] if cfg.delineation.parcels else []
 
 
-def _init_weights(cfg: Config) -> list[str]:
-    if not cfg.train.init_from:
+def _weights_file(name: str, key: str) -> list[str]:
+    """[the file of weights setting `key`] (packaged name or path), or [] when it is not set."""
+    if not name:
         return []
     from srpipe.weights import weights_path
 
-    return [str(weights_path(cfg.train.init_from))]
+    return [str(weights_path(name, key))]
+
+
+def _init_weights(cfg: Config) -> list[str]:
+    return _weights_file(cfg.train.init_from, "train.init_from")
 
 
 def _infer_weights(cfg: Config) -> list[str]:
-    if not cfg.infer.model:
-        return []
-    from srpipe.weights import weights_path
-
-    return [str(weights_path(cfg.infer.model))]
+    return _weights_file(cfg.infer.model, "infer.model")
 
 
 def _aoi(cfg: Config) -> list[str]:
@@ -87,7 +88,7 @@ def _aoi(cfg: Config) -> list[str]:
 ALL_DATES = "all"  # the date part of a mosaic unit whose dates were unknown when it was listed
 
 
-def mosaic_unit(epsg: int | str, date: str) -> str:
+def _mosaic_unit_name(epsg: int | str, date: str) -> str:
     """The mosaic unit of one UTM zone and date: '<epsg>_<YYYY-MM-DD>' (or '<epsg>_all')."""
     return f"{epsg}_{date}"
 
@@ -95,7 +96,7 @@ def mosaic_unit(epsg: int | str, date: str) -> str:
 def _mosaic_units(cfg: Config) -> list[str]:
     """Zone x date units: from the dates infer wrote (its done records), else from `infer.dates` before it ran."""
     records = state.done_records(cfg.run_path, "infer")
-    found = {mosaic_unit(r["epsg"], d) for r in records.values() if "epsg" in r for d in r.get("dates", [])}
+    found = {_mosaic_unit_name(r["epsg"], d) for r in records.values() if "epsg" in r for d in r.get("dates", [])}
     if found:
         return sorted(found)
     from srpipe.grid import read_grid
@@ -103,10 +104,10 @@ def _mosaic_units(cfg: Config) -> list[str]:
     zones = sorted({t.epsg for t in read_grid(cfg.run_path)})
     dates = cfg.infer.dates
     wanted = [cfg.as_of_date.isoformat()] if dates == "latest" else [ALL_DATES] if dates == "all" else list(dates)
-    return [mosaic_unit(z, d) for z in zones for d in wanted]
+    return [_mosaic_unit_name(z, d) for z in zones for d in wanted]
 
 
-def _mosaic_reads(unit: str, records: dict[str, dict]) -> list[str]:
+def mosaic_reads(unit: str, records: dict[str, dict]) -> list[str]:
     """The inferred tiles a zone x date mosaic reads: those of its zone with an output on its date."""
     epsg, _, date = unit.partition("_")
     return sorted(
@@ -215,7 +216,7 @@ STAGES: dict[str, Stage] = {
             after=("infer",),
             files=_aoi,
             units=_mosaic_units,
-            reads_units=_mosaic_reads,
+            reads_units=mosaic_reads,
         ),
         Stage(
             "catalog",

@@ -16,7 +16,7 @@ from srpipe.config import Config, ModelConfig
 from srpipe.curate.normalise import BandScale
 from srpipe.errors import StageError
 from srpipe.models.highresnet import HighResNet, build_model
-from srpipe.weights import packaged, weights_path
+from srpipe.weights import inference_weights
 
 MODEL_FILE = "model.pt"  # in models/<name>/: the weights with the normalisation they were trained with
 
@@ -68,13 +68,7 @@ def load_trained(cfg: Config) -> TrainedModel:
 def load_for_inference(cfg: Config) -> TrainedModel:
     """The model `srpipe infer` runs: `infer.model` (a packaged weights name or a .pt path) when set, else the run's
     trained `models/<train.name>/model.pt`."""
-    name = cfg.infer.model
-    if not name:
-        return load_trained(cfg)
-    if name not in packaged() and not Path(name).is_file():
-        names = ", ".join(packaged()) or "none"
-        raise StageError(f"infer.model = {name!r} is neither a packaged weights name ({names}) nor a .pt file")
-    return load_model(weights_path(name))
+    return load_model(inference_weights(cfg))
 
 
 def load_model(path: str | Path) -> TrainedModel:

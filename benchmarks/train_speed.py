@@ -31,11 +31,11 @@ from srpipe.train import _Progress, _setup, _train_step
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train_speed.json"
-NEW_KEYS = (
-    ("model", "shiftnet_pool"),
-    ("model", "padding"),
-    ("train", "init_from"),
-    ("evaluate", "downstream_budget_s"),
+# prints {section: [keys]} of the srpipe config on PYTHONPATH (for an older checkout, whose config knows fewer keys)
+KNOWN_KEYS = (
+    "import dataclasses, json; from srpipe.config import Config; c = Config(); print(json.dumps({f.name: "
+    "[g.name for g in dataclasses.fields(getattr(c, f.name))] for f in dataclasses.fields(c) "
+    "if dataclasses.is_dataclass(getattr(c, f.name))}))"
 )
 VARIANTS = {  # name -> (loss overrides, train overrides); each switches one part off
     "full step": ({}, {}),
@@ -83,14 +83,18 @@ def _child(cfg, steps: int, rounds: int) -> dict:
 
 
 def _config(run_dir: Path, before: Path | None) -> Path:
-    """The run's config, less the keys older code does not know (for the `--before` checkout)."""
+    """The run's config, less the keys the `--before` checkout's config does not know (it rejects unknown keys)."""
     if before is None:
         return run_dir / "config.toml"
+    env = {**os.environ, "PYTHONPATH": str(before)}
+    cmd = [sys.executable, "-c", KNOWN_KEYS]  # in `before`: -c puts the working directory first on sys.path
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=before, check=True)
+    known = json.loads(out.stdout)
     settings = tomllib.loads((run_dir / "config.toml").read_text())
-    for section, key in NEW_KEYS:
-        settings.get(section, {}).pop(key, None)
+    kept = {k: v for k, v in settings.items() if not isinstance(v, dict)}
+    kept |= {k: {key: x for key, x in v.items() if key in known[k]} for k, v in settings.items() if k in known}
     path = Path(tempfile.mkdtemp()) / "config.toml"
-    path.write_text(tomli_w.dumps(settings))
+    path.write_text(tomli_w.dumps(kept))
     return path
 
 

@@ -127,11 +127,11 @@ def _keep(patches: Patches, batch: dict, methods: dict) -> None:
         patches.images[name].append(mask)
 
 
-def _score_patches(ctx: Context) -> Patches:
-    """Score every test sample with every method (inside the border crop)."""
-    paths = shard_paths(ctx.cfg.layout.datasets, "test")
+def _score_patches(ctx: Context, split: str = "test") -> Patches:
+    """Score every sample of `split` with every method (inside the border crop)."""
+    paths = shard_paths(ctx.cfg.layout.datasets, split)
     if not paths:
-        raise StageError(f"no test shards in {ctx.cfg.layout.datasets}; run `srpipe curate` (with >= 3 tiles)")
+        raise StageError(f"no {split} shards in {ctx.cfg.layout.datasets}; run `srpipe curate` (with >= 3 tiles)")
     patches = Patches()
     for batch in _batches(paths, ctx.cfg.evaluate.batch_size):
         patches.first = patches.first or (batch["lr"][:1], batch["lr_mask"][:1])
@@ -182,6 +182,14 @@ def _context(cfg: Config) -> Context:
     gain, offset = lr_to_hr_map(model.lr_scale, model.hr_scale, torch.device("cpu"))
     max_shift = cfg.loss.cpsnr_max_shift_px
     return Context(cfg, model, (gain, offset), max(cfg.loss.crop_border_px, max_shift), max_shift)
+
+
+def patch_scores(cfg: Config, split: str = "test") -> dict:
+    """`summary.scored` of the `split` samples as `srpipe evaluate` scores them: every baseline (unsharp tuned on val),
+    the strongest, and the trained model's one pass (and its ensemble, when infer.self_ensemble) against it."""
+    ctx = _context(cfg)
+    _tune(ctx)
+    return summary.scored(_score_patches(ctx, split).rows)
 
 
 def evaluate(cfg: Config) -> dict:

@@ -112,6 +112,20 @@ def test_sr_equal_to_the_label_wins_every_sample_against_the_strongest_baseline(
     )
 
 
+def test_patch_scores_give_evaluates_patch_figures_on_the_split_asked(run, monkeypatch):
+    cfg, _, _ = run
+    ev.evaluate(cfg)
+    metrics = json.loads((cfg.layout.reports / "metrics.json").read_text())
+    asked = []
+    monkeypatch.setattr(ev, "shard_paths", lambda folder, split: asked.append(split) or [f"{split}-000.h5"])
+    scored = ev.patch_scores(cfg, "val")
+    assert asked == ["val", "val"]  # the unsharp mask's tuning, then the samples scored
+    assert scored["strongest_baseline"] == metrics["strongest_baseline"] and scored["n"] == metrics["n_samples"]
+    for method in ("sr", "sr_one_pass"):
+        assert scored[method]["cpsnr"] == pytest.approx(metrics[method]["cpsnr"])
+        assert scored[method]["cpsnr_win_share"] == metrics[method]["cpsnr_win_share"]
+
+
 @pytest.mark.skipif(not browser.CHROMIUM.exists(), reason="needs Debian's chromium (apt install chromium)")
 def test_the_html_report_renders_in_a_real_browser_with_every_image(run):
     cfg, _, _ = run

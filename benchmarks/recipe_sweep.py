@@ -57,6 +57,7 @@ def _run(cfg: Config, name: str, minutes: float) -> dict:
     """Train one variant from scratch (its folder cleared), then score it on the validation and the test tiles."""
     shutil.rmtree(model_dir(cfg), ignore_errors=True)
     summary = train(cfg)
+    scored = patch_scores(cfg, ("val", "test"))
     return {
         "recipe": RECIPE,
         "overrides": VARIANTS[name],
@@ -64,8 +65,8 @@ def _run(cfg: Config, name: str, minutes: float) -> dict:
         "steps": summary["steps"],
         "epochs": summary["epochs"],
         "samples_per_min": round(summary["steps"] * cfg.train.batch_size / minutes),
-        "val": headline(patch_scores(cfg, "val")),
-        "test": headline(patch_scores(cfg, "test")),
+        "val": headline(scored["val"]),
+        "test": headline(scored["test"]),
     }
 
 

@@ -147,7 +147,7 @@ def main() -> None:
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_minutes=left_min))
     summary = train(cfg)
     budget_used_min = (time.perf_counter() - start) / 60
-    scored = patch_scores(dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, self_ensemble=True)))
+    scored = patch_scores(dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, self_ensemble=True)))["test"]
     model = load_trained(cfg)
     shares["trained"] = gradient_shares(cfg, copy.deepcopy(model.net))  # the cached net stays clean
     result = {
@@ -164,7 +164,7 @@ def main() -> None:
         other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, name="compared"))
         model_dir(other).mkdir(parents=True, exist_ok=True)
         shutil.copy(args.compare, model_dir(other) / "model.pt")
-        result["compared_model"] = {"path": str(args.compare), **headline(patch_scores(other))}
+        result["compared_model"] = {"path": str(args.compare), **headline(patch_scores(other)["test"])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_dir(cfg) / "loss_curves.png", RESULTS / "train_quality_loss_curves.png")
     (RESULTS / "train_quality.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -184,12 +184,12 @@ def _context(cfg: Config) -> Context:
     return Context(cfg, model, (gain, offset), max(cfg.loss.crop_border_px, max_shift), max_shift)
 
 
-def patch_scores(cfg: Config, split: str = "test") -> dict:
-    """`summary.scored` of the `split` samples as `srpipe evaluate` scores them: every baseline (unsharp tuned on val),
-    the strongest, and the trained model's one pass (and its ensemble, when infer.self_ensemble) against it."""
+def patch_scores(cfg: Config, splits: tuple[str, ...] = ("test",)) -> dict[str, dict]:
+    """Per split, `summary.scored` of its samples as `srpipe evaluate` scores them: every baseline (unsharp tuned on
+    val, once for all splits), the strongest, and the model's one pass (and ensemble, when infer.self_ensemble)."""
     ctx = _context(cfg)
     _tune(ctx)
-    return summary.scored(_score_patches(ctx, split).rows)
+    return {split: summary.scored(_score_patches(ctx, split).rows) for split in splits}
 
 
 def evaluate(cfg: Config) -> dict:

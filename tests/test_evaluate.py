@@ -118,7 +118,7 @@ def test_patch_scores_give_evaluates_patch_figures_on_the_split_asked(run, monke
     metrics = json.loads((cfg.layout.reports / "metrics.json").read_text())
     asked = []
     monkeypatch.setattr(ev, "shard_paths", lambda folder, split: asked.append(split) or [f"{split}-000.h5"])
-    scored = ev.patch_scores(cfg, "val")
+    scored = ev.patch_scores(cfg, ("val",))["val"]
     assert asked == ["val", "val"]  # the unsharp mask's tuning, then the samples scored
     assert scored["strongest_baseline"] == metrics["strongest_baseline"] and scored["n"] == metrics["n_samples"]
     for method in ("sr", "sr_one_pass"):

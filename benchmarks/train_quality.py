@@ -157,7 +157,7 @@ def main() -> None:
         "train": summary,
         "settings": {k: dataclasses.asdict(getattr(cfg, k)) for k in ("model", "loss", "train", "curate")},
         "gradient_shares": shares,  # |grad of weight x term| / |grad of the pixel term| in HighRes-Net's parameters
-        "border_crop_px": max(cfg.loss.crop_border_px, cfg.loss.cpsnr_max_shift_px),
+        "border_crop_px": cfg.loss.scored_border_px,
         "test": headline(scored),
     }
     if args.compare:  # another model.pt (e.g. an earlier model), scored on the same test samples

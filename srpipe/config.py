@@ -141,6 +141,11 @@ class LossConfig:
     ssim_weight: float = 0.0  # x (1 - SSIM); optional
     cpsnr_max_shift_px: int = 3  # validation/evaluation cPSNR: best of integer shifts up to this, in label px
 
+    @property
+    def scored_border_px(self) -> int:
+        """Label px cut off each side where SR is scored (validation, evaluate): the loss crop, at least the shift."""
+        return max(self.crop_border_px, self.cpsnr_max_shift_px)
+
 
 @dataclass(frozen=True)
 class DelineationConfig:

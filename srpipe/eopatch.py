@@ -76,7 +76,11 @@ def load_patch(run_dir: str | Path, tile_id: str, scale: int) -> EOPatch:
     if not path.exists():
         raise TileError(tile_id, f"no EOPatch at {path}; run `srpipe download` first")
     try:
-        patch = EOPatch.load(str(path))
+        patch = EOPatch.load(str(path), lazy_loading=True)
+        for feature in patch.get_features():  # one at a time: eo-learn loads in threads, whose np.load races
+            patch[feature] = patch[feature]
+    except SystemError:  # that race (ast in threads, CPython 3.11 gh-106905) is an interpreter fault, not a bad file
+        raise
     except Exception as exc:
         raise TileError(
             tile_id,

@@ -180,8 +180,7 @@ def _context(cfg: Config) -> Context:
     """The model, its LR -> label map and the border crop (the training loss's, at least the cPSNR shift)."""
     model = load_trained(cfg)
     gain, offset = lr_to_hr_map(model.lr_scale, model.hr_scale, torch.device("cpu"))
-    max_shift = cfg.loss.cpsnr_max_shift_px
-    return Context(cfg, model, (gain, offset), max(cfg.loss.crop_border_px, max_shift), max_shift)
+    return Context(cfg, model, (gain, offset), cfg.loss.scored_border_px, cfg.loss.cpsnr_max_shift_px)
 
 
 def patch_scores(cfg: Config, splits: tuple[str, ...] = ("test",)) -> dict[str, dict]:

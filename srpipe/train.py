@@ -22,13 +22,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from srpipe import state
 from srpipe.augment import dihedral
-from srpipe.config import Config, config_to_dict
+from srpipe.config import Config, LossConfig, config_to_dict
 from srpipe.curate.dataset import ShardDataset, shard_paths
 from srpipe.curate.reduce import load_stats, scales
 from srpipe.delineation import load_delineation
 from srpipe.errors import StageError
-from srpipe.losses import autocast_supported, cpsnr, low_precision, lr_to_hr_map, sr_losses
-from srpipe.metrics import masked_psnr
+from srpipe.evaluation.scores import score
+from srpipe.losses import autocast_supported, low_precision, lr_to_hr_map, sr_losses
 from srpipe.models import HighResNet, build_model
 from srpipe.models.highresnet import bicubic, masked_median
 from srpipe.models.pretrained import init_weights
@@ -66,18 +66,19 @@ class Ranks:
 
 
 @torch.no_grad()
-def validate(model: HighResNet, loader: DataLoader, ranks: Ranks, device: torch.device, max_shift: int) -> dict:
-    """Mean PSNR and cPSNR (registered: best integer shift, brightness-corrected) of SR and bicubic, over all ranks."""
+def validate(model: HighResNet, loader: DataLoader, ranks: Ranks, device: torch.device, loss: LossConfig) -> dict:
+    """Mean PSNR and cPSNR of SR and of bicubic of the median, over all ranks, scored as `srpipe evaluate` scores:
+    inside `loss.scored_border_px` (the pixels the loss trains), cPSNR registered by up to `loss.cpsnr_max_shift_px`."""
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64)
+    border, max_shift = loss.scored_border_px, loss.cpsnr_max_shift_px
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         sr = model(batch["lr"], batch["lr_mask"]).float()
         bic = bicubic(masked_median(batch["lr"], batch["lr_mask"]), model.scale)
-        hr, mask = batch["hr"], batch["hr_mask"]
-        scores = [masked_psnr(sr, hr, mask), cpsnr(sr, hr, mask, max_shift)]
-        scores += [masked_psnr(bic, hr, mask), cpsnr(bic, hr, mask, max_shift)]
-        sums += torch.tensor([s.sum().item() for s in scores] + [len(hr)], dtype=torch.float64)
+        hr, mask = batch["hr"].cpu(), batch["hr_mask"].cpu()
+        scored = [score(image.cpu(), hr, mask, border, max_shift) for image in (sr, bic)]
+        sums += torch.tensor([s[k].sum() for s in scored for k in ("psnr", "cpsnr")] + [len(hr)], dtype=torch.float64)
     model.train()
     sums = ranks.sum(sums)
     names = ("val_psnr", "val_cpsnr", "val_bicubic_psnr", "val_bicubic_cpsnr")
@@ -355,7 +356,7 @@ def _end_epoch(run: _Setup, progress: _Progress, tracker) -> None:
     """Validate, log, keep the best weights and checkpoint (rank 0 writes); the next epoch starts at batch 0."""
     averaged = run.ranks.average({k: v / max(progress.batch_done, 1) for k, v in progress.sums.items()})
     row = {"epoch": progress.epoch + 1, "step": progress.step, **averaged}
-    row.update(validate(run.model, run.val_loader, run.ranks, run.device, run.cfg.loss.cpsnr_max_shift_px))
+    row.update(validate(run.model, run.val_loader, run.ranks, run.device, run.cfg.loss))
     row["seconds"] = round(time.perf_counter() - progress.start, 1)
     progress.epoch, progress.batch_done, progress.sums = progress.epoch + 1, 0, {}
     progress.history.append(row)

@@ -1,5 +1,9 @@
 """The EOPatch contract: every broken patch is a TileError naming the tile and the fix."""
 
+import ast
+import concurrent.futures
+import threading
+
 import numpy as np
 import pytest
 from eolearn.core import EOPatch
@@ -53,3 +57,29 @@ def test_corrupt_patch_on_disk_names_the_tile_and_the_fix(patch, tmp_path):
 def test_missing_patch_says_run_download(tmp_path):
     with pytest.raises(TileError, match="no EOPatch at .*run `srpipe download` first"):
         ep.load_patch(tmp_path, "T3", 4)
+
+
+def test_a_patch_loads_in_the_calling_thread_only(patch, tmp_path, monkeypatch):
+    """eo-learn's threaded load runs np.load's header parse (ast) in parallel threads, which CPython 3.11 can fail with
+    `SystemError: AST constructor recursion depth mismatch` (gh-106905); load_patch must not start any thread."""
+    patch.save(str(ep.patch_dir(tmp_path, "T4")))
+
+    def no_threads(*args, **kwargs):
+        raise AssertionError("load_patch started a thread")
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", no_threads)
+    monkeypatch.setattr(threading.Thread, "start", no_threads)
+    loaded = ep.load_patch(tmp_path, "T4", 4)
+    np.testing.assert_array_equal(loaded[ep.VHR_BANDS], np.where(patch[ep.VHR_VALID], patch[ep.VHR_BANDS], 0))
+    assert loaded.timestamps == patch.timestamps and loaded.bbox == patch.bbox
+
+
+def test_an_interpreter_fault_while_loading_is_not_called_a_bad_file(patch, tmp_path, monkeypatch):
+    patch.save(str(ep.patch_dir(tmp_path, "T5")))
+
+    def fault(*args, **kwargs):
+        raise SystemError("AST constructor recursion depth mismatch (before=48, after=47)")
+
+    monkeypatch.setattr(ast, "literal_eval", fault)  # how np.load parses an .npy header
+    with pytest.raises(SystemError, match="AST constructor"):
+        ep.load_patch(tmp_path, "T5", 4)

@@ -100,8 +100,29 @@ def test_validation_scores_after_registration(tmp_path):
     batch = {k: torch.from_numpy(s[k]) for k in ("lr", "lr_mask", "hr", "hr_mask")}
     batch["hr"] = batch["hr"] * 0.8 + 0.1  # room for the brightening inside [0, 1]
     loader = [batch]
-    scores = validate(_ShiftedLabel(batch["hr"]), loader, Ranks(), torch.device("cpu"), max_shift=3)
+    scores = validate(_ShiftedLabel(batch["hr"]), loader, Ranks(), torch.device("cpu"), LossConfig(crop_border_px=6))
     assert scores["val_cpsnr"] > 40 > scores["val_psnr"]  # near-perfect once registered, poor without
+
+
+class _DarkBorderLabel(_ShiftedLabel):
+    """A 'model' that returns the label with its outer 8 px black: what the loss (crop 8) never trains."""
+
+    def forward(self, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.labels[self.seen : self.seen + len(lr)].clone()
+        self.seen += len(lr)
+        inner = out[..., 8:-8, 8:-8].clone()
+        return torch.nn.functional.pad(inner, (8, 8, 8, 8))
+
+
+def test_validation_scores_only_the_pixels_the_loss_trains():
+    rng = np.random.default_rng(1)
+    s = _samples(8, 3, rng)
+    loader = [{k: torch.from_numpy(s[k]) for k in ("lr", "lr_mask", "hr", "hr_mask")}]
+    labels = loader[0]["hr"]
+    inside = validate(_DarkBorderLabel(labels), loader, Ranks(), torch.device("cpu"), LossConfig(crop_border_px=8))
+    whole = validate(_DarkBorderLabel(labels), loader, Ranks(), torch.device("cpu"), LossConfig(crop_border_px=3))
+    assert inside["val_cpsnr"] > 60 and inside["val_psnr"] > 60  # the checkpoint choice sees the trained pixels only
+    assert whole["val_cpsnr"] < 20
 
 
 def test_a_run_killed_mid_epoch_resumes_from_its_checkpoint_and_ends_as_an_unbroken_one(tmp_path):

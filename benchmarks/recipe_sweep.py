@@ -6,9 +6,9 @@ demo area (train_quality's, 140 patches per label date). Each is scored as `srpi
 crop, cPSNR against the strongest classical baseline, share of samples won) on the validation tiles, which choose the
 recipe, and on the test tiles, reported beside. Each row records the recipe it varied (the committed sweep varied lr
 7e-4 with augmentation; train_quality's RECIPE then took lr 1.5e-3, and kept augmentation: no augmentation won at 3
-minutes but overfits by 10, a horizon this sweep cannot see; run it at --minutes 30 to judge). Variants already scored
-with the same settings are read back, so a broken sweep resumes. Writes benchmarks/results/recipe_sweep.json and
-recipe_sweep.md (the table).
+minutes but overfits after about 5 (validation peaked at epoch 8, 279 s), a horizon this sweep cannot see; judge it
+at --minutes 30). Variants already scored with the same settings are read back, so a broken sweep resumes. Writes
+benchmarks/results/recipe_sweep.json and recipe_sweep.md (the table).
 Usage: python benchmarks/recipe_sweep.py [--minutes 3] [--only NAME ...] [--run-dir DIR]
 """
 

@@ -39,10 +39,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from srpipe import infer
 from srpipe.config import Config, InferConfig, PlanConfig, SourceConfig
 from srpipe.curate.normalise import BandScale
-from srpipe.grid import plan, read_grid
+from srpipe.grid import read_grid
 from srpipe.infer_data import tile_windows
 from srpipe.models import build_model
 from srpipe.models.trained import MODEL_FILE, load_for_inference
+from srpipe.plan import plan
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "infer_throughput.json"

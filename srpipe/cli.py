@@ -8,11 +8,9 @@ import time
 from pathlib import Path
 
 from srpipe import __version__
+from srpipe.chain import CHAIN, STAGES, StageSummary, check_stage, plan_run, run_chain, stage_units
 from srpipe.config import Config, load_config
 from srpipe.errors import ConfigError, SrpipeError, StageError
-from srpipe.stages import CHAIN, STAGES, StageSummary, check_stage, plan_run, run_chain, stage_units
-
-NO_LABEL_STAGES = ("download", "infer", "mosaic", "catalog")  # what runs on a source without labels
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -118,11 +116,10 @@ def _chain_command(args: argparse.Namespace) -> int:
         tiles = _chunk_tiles(cfg, args.chunk, "mosaic" if args.command == "mosaic" else "download")
     estimate = getattr(args, "estimate", False)
     stages = _stages_of(args)
-    if (cfg.source.name == "synthetic" or cfg.source.native) and len(stages) > 2:  # no labels: no curate/train/score
-        stages = [s for s in stages if s in NO_LABEL_STAGES]
-        kind = "synthetic" if cfg.source.name == "synthetic" else "sample (native)"
-        print(f"source {kind} has no labels: the chain is {', '.join(stages)} (infer.model's weights)", flush=True)
-    if "download" in stages and not getattr(args, "chunk", None) and (cfg.source.name == "sentinelhub" or estimate):
+    from srpipe.sources import make_source
+
+    paid = make_source(cfg.source, cfg.run_path).paid
+    if "download" in stages and not getattr(args, "chunk", None) and (paid or estimate):
         from srpipe.sources.shcost import estimate_line
 
         print(estimate_line(cfg, tiles), flush=True)  # the cost before any request that costs
@@ -135,7 +132,13 @@ def _chain_command(args: argparse.Namespace) -> int:
         _final_words(cfg, time.perf_counter() - start)
     elif any(s.jobs is not None for s in summaries):
         print(f"follow it with: srpipe status {cfg.run_path}")
-    return 1 if any(s.failed for s in summaries) else 0
+    return _exit_status(summaries)
+
+
+def _exit_status(summaries: list[StageSummary]) -> int:
+    """0 when every unit finished, 2 when a unit failed on a configuration error, else 1 when some failed."""
+    errors = [e for s in summaries for e in s.failed.values()]
+    return 2 if any(e.startswith("ConfigError:") for e in errors) else 1 if errors else 0
 
 
 def _scene_command(args: argparse.Namespace) -> int:

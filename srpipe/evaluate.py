@@ -8,59 +8,23 @@ consistency with S2, opensr-test's correctness shares, perceptual distances; the
 
 from __future__ import annotations
 
-import dataclasses
-from collections import defaultdict
-from collections.abc import Iterator
-
-import numpy as np
 import torch
 
 from srpipe.augment import ensemble_views
 from srpipe.config import Config
-from srpipe.curate.dataset import iter_samples, shard_paths
+from srpipe.curate.dataset import shard_paths
 from srpipe.curate.reduce import load_stats
 from srpipe.errors import StageError
 from srpipe.evaluation import baselines as bl
 from srpipe.evaluation import report, summary
-from srpipe.evaluation.scores import cpsnr_score, score
+from srpipe.evaluation.context import Context, Patches, baseline_images, batches, load_context
+from srpipe.evaluation.scores import cpsnr_score
 from srpipe.evaluation.tiles import core_blocks, score_tile, shadowed_dates, tile_images, trusted_blocks
 from srpipe.grid import tiles_by_id
-from srpipe.losses import latest_frame, lr_to_hr_map
-from srpipe.models.trained import TrainedModel, load_trained
+from srpipe.losses import latest_frame
 
 KEEP_IMAGES = 4096  # test samples whose images are kept for the plots, consistency and the downstream test
 SR_METHODS = ("sr", "sr_one_pass")
-
-
-@dataclasses.dataclass
-class Context:
-    """What every scoring step reads: the config, the model, the LR -> label map, the crop and the tuned baseline."""
-
-    cfg: Config
-    model: TrainedModel
-    lr_to_hr: tuple[torch.Tensor, torch.Tensor]
-    border: int
-    max_shift: int
-    unsharp: bl.Unsharp | None = None
-    unsharp_val_cpsnr: float = float("nan")
-
-    def score(self, image: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
-        """(B,) MSE, PSNR, SSIM, cPSNR inside the border crop."""
-        return score(image, hr, mask, self.border, self.max_shift)
-
-
-def _batches(paths: list, size: int) -> Iterator[dict]:
-    """Samples in batches of `size`: lr, lr_mask, hr, hr_mask as tensors; tile_id, hr_date, lr_dates as str lists."""
-    for shard in iter_samples(paths):
-        n = len(shard["lr"])
-        dates = shard["lr_dates"] if "lr_dates" in shard else np.full(shard["lr_mask"].shape[:2], b"")
-        for start in range(0, n, size):
-            part = slice(start, start + size)
-            yield {
-                **{k: torch.from_numpy(np.asarray(shard[k][part])) for k in ("lr", "lr_mask", "hr", "hr_mask")},
-                **{k: [v.decode() for v in shard[k][part]] for k in ("tile_id", "hr_date")},
-                "lr_dates": [[d.decode() for d in row] for row in dates[part]],
-            }
 
 
 @torch.no_grad()
@@ -78,14 +42,6 @@ def _methods(ctx: Context, lr: torch.Tensor, mask: torch.Tensor, lr_dates: list,
     return {**_sr(ctx, lr, mask), **baseline_images(ctx, lr, mask, lr_dates, hr_dates)}
 
 
-def baseline_images(ctx: Context, lr: torch.Tensor, mask: torch.Tensor, lr_dates: list, hr_dates: list) -> dict:
-    """The baselines' (B, 4, H, W) images in label units: `bl.SIMPLE` and the tuned unsharp mask."""
-    out = bl.simple_baselines(lr, mask, lr_dates, hr_dates, ctx.model.scale, ctx.lr_to_hr)
-    if ctx.unsharp is not None:
-        out[bl.UNSHARP] = bl.unsharp(out, ctx.unsharp)
-    return out
-
-
 def _tune(ctx: Context) -> None:
     """Tune the unsharp-masked baseline (base, sigma, amount) on the validation samples, by mean cPSNR."""
     paths = shard_paths(ctx.cfg.layout.datasets, "val")
@@ -93,26 +49,13 @@ def _tune(ctx: Context) -> None:
         return
 
     def batches():
-        for b in _batches(paths, ctx.cfg.evaluate.batch_size):
+        for b in batches(paths, ctx.cfg.evaluate.batch_size):
             simple = bl.simple_baselines(
                 b["lr"], b["lr_mask"], b["lr_dates"], b["hr_date"], ctx.model.scale, ctx.lr_to_hr
             )
             yield simple, b["hr"], b["hr_mask"]
 
     ctx.unsharp, ctx.unsharp_val_cpsnr = bl.tune_unsharp(batches(), cpsnr_score(ctx.border, ctx.max_shift))
-
-
-@dataclasses.dataclass
-class Patches:
-    """The test samples' score rows, and the images of the first KEEP_IMAGES of them (per method, plus S2 and label)."""
-
-    rows: list[dict] = dataclasses.field(default_factory=list)
-    images: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=lambda: defaultdict(list))
-    first: tuple[torch.Tensor, torch.Tensor] | None = None  # the first sample's (1, K, 4, h, w) stack and masks
-
-    def array(self, name: str) -> np.ndarray:
-        """(N, ...) float32 of the kept images of `name`."""
-        return torch.cat(self.images[name]).float().numpy()
 
 
 def _keep(patches: Patches, batch: dict, methods: dict) -> None:
@@ -133,7 +76,7 @@ def _score_patches(ctx: Context, split: str = "test") -> Patches:
     if not paths:
         raise StageError(f"no {split} shards in {ctx.cfg.layout.datasets}; run `srpipe curate` (with >= 3 tiles)")
     patches = Patches()
-    for batch in _batches(paths, ctx.cfg.evaluate.batch_size):
+    for batch in batches(paths, ctx.cfg.evaluate.batch_size):
         patches.first = patches.first or (batch["lr"][:1], batch["lr_mask"][:1])
         methods = _methods(ctx, batch["lr"], batch["lr_mask"], batch["lr_dates"], batch["hr_date"])
         views_std = methods.pop("sr_views_std", None)
@@ -176,24 +119,17 @@ def _score_cores(ctx: Context) -> tuple[list[dict], dict]:
     return rows, counts
 
 
-def _context(cfg: Config) -> Context:
-    """The model, its LR -> label map and the border crop (the training loss's, at least the cPSNR shift)."""
-    model = load_trained(cfg)
-    gain, offset = lr_to_hr_map(model.lr_scale, model.hr_scale, torch.device("cpu"))
-    return Context(cfg, model, (gain, offset), cfg.loss.scored_border_px, cfg.loss.cpsnr_max_shift_px)
-
-
 def patch_scores(cfg: Config, splits: tuple[str, ...] = ("test",)) -> dict[str, dict]:
     """Per split, `summary.scored` of its samples as `srpipe evaluate` scores them: every baseline (unsharp tuned on
     val, once for all splits), the strongest, and the model's one pass (and ensemble, when infer.self_ensemble)."""
-    ctx = _context(cfg)
+    ctx = load_context(cfg)
     _tune(ctx)
     return {split: summary.scored(_score_patches(ctx, split).rows) for split in splits}
 
 
 def evaluate(cfg: Config) -> dict:
     """Score SR and the baselines on the test samples and tile cores; write every report of `reports/`."""
-    ctx = _context(cfg)
+    ctx = load_context(cfg)
     _tune(ctx)
     patches = _score_patches(ctx)
     cores, counts = _score_cores(ctx)

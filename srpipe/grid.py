@@ -1,28 +1,24 @@
-"""Plan: AOI polygon -> overlapping UTM tiles (sentinelhub's UtmZoneSplitter), with neighbours, in `grid.gpkg`."""
+"""The grid: AOI polygon -> overlapping UTM tiles (sentinelhub's UtmZoneSplitter), with neighbours, in `grid.gpkg`."""
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
-import tomllib
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import pyproj
 import shapely
 from sentinelhub import CRS, BBox, UtmZoneSplitter
 
 from srpipe import state
-from srpipe.config import Config, config_to_dict, dump_config
 from srpipe.errors import ConfigError, StageError
 from srpipe.layout import RunLayout
 
 _SIDES = ("minx", "miny", "maxx", "maxy")  # the order of a box tuple
-_OUTPUT_BANDS, _OUTPUT_BYTES = 4, 2  # an SR output: B02, B03, B04, B08 as uint16
 
 
 @dataclass(frozen=True)
@@ -52,9 +48,20 @@ def load_aoi(path: str | Path) -> shapely.Geometry:
         raise ConfigError(f"AOI file {path} holds no geometry; draw a polygon inside the area of interest")
     if frame.crs is None:
         raise ConfigError(f"AOI file {path} has no CRS; save it with one (GeoJSON is EPSG:4326 by definition)")
-    geometry = frame.to_crs(4326).geometry.unary_union
-    if geometry.area == 0:
-        raise ConfigError(f"AOI file {path} has no area (points or lines?); the AOI must be a polygon")
+    frame = frame.to_crs(4326)
+    invalid = frame[~frame.geometry.is_valid]
+    if not invalid.empty:  # e.g. a self-intersecting ring: a polygon meant as one, drawn crossing itself
+        reasons = "; ".join(shapely.is_valid_reason(invalid.geometry.to_numpy()).tolist())
+        warnings.warn(f"AOI file {path}: invalid geometry ({reasons}); repaired with shapely.make_valid", stacklevel=2)
+        frame = frame.set_geometry(shapely.make_valid(frame.geometry.to_numpy()))
+    geometry = shapely.union_all(frame.geometry.to_numpy())
+    polygons = shapely.get_parts(geometry)
+    geometry = shapely.union_all([p for p in polygons if p.area > 0] or [shapely.Polygon()])
+    if geometry.is_empty:
+        kinds = sorted({p.geom_type for p in polygons})
+        raise ConfigError(
+            f"AOI file {path} holds only {', '.join(kinds)} (no area): the AOI must be a polygon around the area"
+        )
     return geometry
 
 
@@ -153,88 +160,3 @@ def _read_grid_file(path: str, inode: int, mtime_ns: int) -> tuple[Tile, ...]:
 def _tiles_by_id_file(path: str, inode: int, mtime_ns: int) -> dict[str, Tile]:
     """{tile_id: Tile} of one grid.gpkg version: a stage looks up its unit in O(1), not O(tiles), per call."""
     return {t.tile_id: t for t in _read_grid_file(path, inode, mtime_ns)}
-
-
-def plan(cfg: Config) -> dict:
-    """Write `config.toml` and `grid.gpkg` into the run directory, print and return the grid's figures.
-
-    Refuses to re-plan a run with other [plan]/[source] settings; a re-plan of the same settings keeps the grid.
-    """
-    layout = cfg.layout
-    cfg.run_path.mkdir(parents=True, exist_ok=True)
-    if layout.config.exists() and layout.grid.exists():
-        _check_same_grid(cfg)
-        tiles = read_grid(cfg.run_path)
-        aoi = load_aoi(cfg.plan.aoi) if Path(cfg.plan.aoi).is_file() else None  # the figures only; the grid stands
-        state.write_text(layout.config, dump_config(cfg))
-    else:
-        aoi, tiles = _new_grid(cfg)
-        state.write_text(layout.config, dump_config(cfg))
-        write_grid(tiles, layout.grid)
-    summary = _grid_figures(tiles, aoi, cfg.source.lr_resolution_m / cfg.source.scale)
-    print(_figures_line(summary), flush=True)
-    return summary
-
-
-def _check_same_grid(cfg: Config) -> None:
-    """Raise ConfigError when the run directory was planned with other [plan] or [source] settings."""
-    old, new = tomllib.loads(cfg.layout.config.read_text()), config_to_dict(cfg)
-    for key in ("plan", "source"):
-        if old.get(key) != new[key]:
-            raise ConfigError(
-                f"run directory {cfg.run_path} was planned with other [{key}] settings; "
-                "use a new run_dir (or delete this one) to change the grid or the source"
-            )
-
-
-def _new_grid(cfg: Config) -> tuple[shapely.Geometry, list[Tile]]:
-    """(AOI in EPSG:4326, its tiles) from `cfg.plan`; ConfigError when there is no AOI or it yields no tile."""
-    if not cfg.plan.aoi:
-        raise ConfigError("config key 'plan.aoi' is empty; set it to a GeoJSON/GPKG polygon of the area")
-    aoi = load_aoi(cfg.plan.aoi)
-    tiles = split_aoi(aoi, cfg.plan.tile_size_m, cfg.plan.tile_buffer, cfg.plan.region)
-    if tiles:
-        from srpipe.sources.coverage import check_coverage  # imported here: sources import this module
-
-        covered, report = check_coverage(cfg, tiles, aoi)
-        if report and not covered and cfg.plan.drop_outside_source:
-            raise ConfigError(f"AOI {cfg.plan.aoi}: {report}, so no tile is left; draw the AOI inside the source")
-        if report:
-            keep = "dropped them" if cfg.plan.drop_outside_source else "kept them (plan.drop_outside_source = false)"
-            print(f"plan: {report}; {keep}; draw the AOI further inside to cover them", flush=True)
-        tiles = covered if cfg.plan.drop_outside_source else tiles
-    if not tiles:
-        raise ConfigError(f"AOI {cfg.plan.aoi} yields no tiles; check that it is a polygon with area in its CRS")
-    return aoi, tiles
-
-
-def _grid_figures(tiles: list[Tile], aoi: shapely.Geometry | None, label_resolution_m: float) -> dict:
-    """Tiles per zone, AOI and tile-core km^2 (geodesic, None without an AOI), output pixels and GB per date."""
-    zones = collections.Counter(str(t.epsg) for t in tiles)
-    core_m2 = sum((t.core[2] - t.core[0]) * (t.core[3] - t.core[1]) for t in tiles)
-    pixels = round(core_m2 / label_resolution_m**2)  # per band and date: the mosaic keeps the cores
-    return {
-        "tiles": len(tiles),
-        "tiles_per_zone": dict(sorted(zones.items())),
-        "aoi_km2": None if aoi is None else abs(pyproj.Geod(ellps="WGS84").geometry_area_perimeter(aoi)[0]) / 1e6,
-        "core_km2": core_m2 / 1e6,
-        "label_resolution_m": label_resolution_m,
-        "output_px_per_band_per_date": pixels,
-        "output_gb_per_date": pixels * _OUTPUT_BANDS * _OUTPUT_BYTES / 1e9,
-    }
-
-
-def _figures_line(f: dict) -> str:
-    """One terminal line of `_grid_figures`."""
-    zones = ", ".join(f"EPSG:{epsg} {n}" for epsg, n in f["tiles_per_zone"].items())
-    aoi = "?" if f["aoi_km2"] is None else f"{f['aoi_km2']:,.0f}"
-    return (
-        f"plan: {f['tiles']} tiles ({zones}); AOI {aoi} km^2, tile cores {f['core_km2']:,.0f} km^2; output per date "
-        f"{f['output_px_per_band_per_date']:.3g} px per band at {f['label_resolution_m']:g} m = "
-        f"{_size(f['output_gb_per_date'])} ({_OUTPUT_BANDS} bands, uint16)"
-    )
-
-
-def _size(gb: float) -> str:
-    """`gb` as GB, or MB below 1 GB."""
-    return f"{gb:,.1f} GB" if gb >= 1 else f"{gb * 1000:,.1f} MB"

@@ -29,8 +29,10 @@ from srpipe.cog import write_cog
 from srpipe.config import Config, InferConfig
 from srpipe.errors import StageError, TileError
 from srpipe.infer_data import TileFailure, TileWindows, tile_loader
+from srpipe.infer_record import InferRecord
 from srpipe.models.trained import TrainedModel, ensemble_mean_std, load_for_inference
-from srpipe.s2units import QUANTIFICATION_VALUE, offset_origin, radiometric_offset, to_dn
+from srpipe.s2units import QUANTIFICATION_VALUE, to_dn
+from srpipe.sources import make_source
 
 CPU_CHANNELS_LAST = True  # benchmarks/infer_throughput.py: oneDNN's convolutions run ~1.3x faster channels-last
 STAGE_CLOCKS = ("read", "normalise", "wait", "gather", "model", "queue", "write", "tail")
@@ -261,16 +263,17 @@ class _Writer:
 def _info(cfg: Config, job: _Job) -> dict:
     """A finished tile's done-record info (see `infer_shard`)."""
     w = job.windows
-    return {
-        "epsg": w.epsg,
-        "dates": w.dates,
-        "frames": dict(zip(w.dates, w.used, strict=True)),
-        "skipped": w.skipped,
-        "offset_dn": job.offsets,
-        "model": cfg.prediction_model,
-        "output_dtype": cfg.infer.output_dtype,
-        "timing_s": {k: round(v, 4) for k, v in job.seconds.items()},
-    }
+    return InferRecord(
+        tile_id=w.tile_id,
+        epsg=w.epsg,
+        dates=tuple(w.dates),
+        frames=dict(zip(w.dates, w.used, strict=True)),
+        offset_dn=dict(job.offsets),
+        skipped=dict(w.skipped),
+        model=cfg.prediction_model,
+        output_dtype=cfg.infer.output_dtype,
+        timing_s={k: round(v, 4) for k, v in job.seconds.items()},
+    ).info()
 
 
 def _write_window(cfg: Config, model: TrainedModel, job: _Job, j: int, sr: np.ndarray, std: np.ndarray | None) -> None:
@@ -281,7 +284,7 @@ def _write_window(cfg: Config, model: TrainedModel, job: _Job, j: int, sr: np.nd
     hole = ~np.kron(w.seen[rows].any(0).numpy(), np.ones((model.scale, model.scale), bool))
     image = model.hr_scale.invert(sr, band_axis=0)
     image[:, hole] = np.nan
-    offset = radiometric_offset(cfg.source, dt.date.fromisoformat(date))
+    offset, origin = make_source(cfg.source, cfg.run_path).radiometric_offset(dt.date.fromisoformat(date))
     job.offsets[date] = offset
     transform = from_bounds(*w.bounds, width=image.shape[2], height=image.shape[1])
     tags = {
@@ -291,7 +294,7 @@ def _write_window(cfg: Config, model: TrainedModel, job: _Job, j: int, sr: np.nd
         "model": cfg.prediction_model,
         "quantification_value": QUANTIFICATION_VALUE if cfg.infer.output_dtype == "uint16" else 1,
         "radiometric_offset_dn": offset,
-        "offset_origin": offset_origin(cfg.source, dt.date.fromisoformat(date)),
+        "offset_origin": origin,
     }
     out = to_dn(image) if cfg.infer.output_dtype == "uint16" else image
     write_cog(

@@ -19,7 +19,7 @@ from srpipe.curate.clouds import clear_frames, cloud_cover
 from srpipe.curate.normalise import BandScale
 from srpipe.errors import TileError
 from srpipe.grid import tiles_by_id
-from srpipe.sources.stack import read_s2
+from srpipe.sources import make_source
 
 
 @dataclass
@@ -88,7 +88,7 @@ def tile_windows(cfg: Config, tile_id: str, lr_scale: BandScale, k: int) -> Tile
     TileError when no date gets an output.
     """
     t0 = time.perf_counter()
-    stack = read_s2(cfg, tiles_by_id(cfg.run_path)[tile_id])
+    stack = make_source(cfg.source, cfg.run_path).s2_stack(tiles_by_id(cfg.run_path)[tile_id])
     t1 = time.perf_counter()
     settings = cfg.infer
     usable = clear_frames(cloud_cover(stack.clouds, stack.valid), stack.valid, settings.max_cloud_cover)

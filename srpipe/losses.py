@@ -83,7 +83,7 @@ def lr_to_hr_map(lr_scale: BandScale, hr_scale: BandScale, device: torch.device)
     return torch.from_numpy(gain).float().to(device), torch.from_numpy(offset).float().to(device)
 
 
-def _gram(f: torch.Tensor) -> torch.Tensor:
+def gram_matrix(f: torch.Tensor) -> torch.Tensor:
     b, c = f.shape[:2]
     f = f.reshape(b, c, -1)
     return f @ f.transpose(1, 2) / f.shape[-1]
@@ -95,7 +95,7 @@ def perceptual(net: DelineationNet, sr: torch.Tensor, hr: torch.Tensor, style_we
         target = net.features(hr)
     loss = sr.new_zeros(())
     for f_sr, f_hr in zip(net.features(sr), target, strict=True):
-        loss = loss + F.mse_loss(f_sr, f_hr) + style_weight * F.mse_loss(_gram(f_sr), _gram(f_hr))
+        loss = loss + F.mse_loss(f_sr, f_hr) + style_weight * F.mse_loss(gram_matrix(f_sr), gram_matrix(f_hr))
     return loss / len(target)
 
 

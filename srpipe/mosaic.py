@@ -37,8 +37,9 @@ from srpipe.cog import cog_writer
 from srpipe.config import Config
 from srpipe.errors import StageError
 from srpipe.grid import Tile, load_aoi, tiles_by_id
+from srpipe.infer_record import InferRecord
+from srpipe.mosaic_units import ALL_DATES, mosaic_reads
 from srpipe.s2units import NODATA_DN, QUANTIFICATION_VALUE
-from srpipe.stages import ALL_DATES, mosaic_reads
 
 GDAL_CACHE_BYTES = 64 * 2**20  # GDAL's default is 5 % of RAM: a small cap keeps peak RSS flat in the area (streaming)
 RESAMPLING = Resampling.bilinear  # zones warped into another CRS (the date VRT, the reprojected mosaic)
@@ -51,9 +52,9 @@ def mosaic_unit(cfg: Config, unit: str) -> dict:
     """Mosaic one unit '<epsg>_<YYYY-MM-DD>' (or '<epsg>_all': every date of the zone) into zone COGs; their info."""
     epsg_text, _, date = unit.partition("_")
     epsg = int(epsg_text)
-    records = state.done_records(cfg.run_path, "infer")
-    reads = {t: records[t] for t in mosaic_reads(unit, records)}
-    dates = sorted({d for r in reads.values() for d in r.get("dates", [])}) if date == ALL_DATES else [date]
+    done = state.done_records(cfg.run_path, "infer")
+    reads = {t: InferRecord.read(t, done[t]) for t in mosaic_reads(unit, done)}
+    dates = sorted({d for r in reads.values() for d in r.dates}) if date == ALL_DATES else [date]
     if not dates:
         raise StageError(f"mosaic {unit}: no tile of EPSG:{epsg} has a prediction; run `srpipe infer` first")
     zone = [t for t in tiles_by_id(cfg.run_path).values() if t.epsg == epsg]
@@ -62,13 +63,13 @@ def mosaic_unit(cfg: Config, unit: str) -> dict:
     aoi = load_aoi(cfg.plan.aoi) if cfg.mosaic.mask_aoi and cfg.plan.aoi else None
     outputs = []
     for d in dates:
-        on_date = {t: r for t, r in reads.items() if d in r.get("dates", [])}
+        on_date = {t: r for t, r in reads.items() if d in r.dates}
         outputs.append(mosaic_zone(cfg, epsg, d, zone, on_date, aoi))
     return {"mosaics": outputs}
 
 
 def mosaic_zone(
-    cfg: Config, epsg: int, date: str, zone: list[Tile], records: dict[str, dict], aoi: shapely.Geometry | None
+    cfg: Config, epsg: int, date: str, zone: list[Tile], records: dict[str, InferRecord], aoi: shapely.Geometry | None
 ) -> dict:
     """Write `layout.zone_mosaic` of one zone and date from the cores of `zone`'s tiles inferred on `date`.
 
@@ -112,7 +113,7 @@ def mosaic_zone(
         "offset_dn": offset_dn,
         "tiles": len(present),
         "missing": missing,
-        "input_dates": sorted({d for r in records.values() for d in r.get("frames", {}).get(date, [])}),
+        "input_dates": sorted({d for r in records.values() for d in r.frames.get(date, [])}),
         "footprint": shapely.geometry.mapping(_footprint(present, epsg, aoi)),
         "cog_warnings": warnings,
         "seconds": round(seconds, 2),
@@ -130,12 +131,11 @@ def validate_cog(path: Path) -> list[str]:
     return list(warnings)
 
 
-def _zone_offset(name: str, date: str, records: dict[str, dict]) -> int:
-    """The one radiometric DN offset of a zone-date's tiles (infer's `offset_dn`: an int or {date: int})."""
+def _zone_offset(name: str, date: str, records: dict[str, InferRecord]) -> int:
+    """The one radiometric DN offset of a zone-date's tiles (infer's `offset_dn` on `date`)."""
     offsets: dict[int, list[str]] = collections.defaultdict(list)
     for tile_id, record in records.items():
-        value = record.get("offset_dn", 0)
-        offsets[int(value.get(date, 0) if isinstance(value, dict) else value)].append(tile_id)
+        offsets[int(record.offset_dn.get(date, 0))].append(tile_id)
     if len(offsets) > 1:
         detail = "; ".join(f"offset {o}: {', '.join(sorted(t)[:5])}" for o, t in sorted(offsets.items()))
         raise StageError(f"mosaic {name}: tiles disagree on the radiometric offset ({detail}); re-run their infer")

@@ -1,10 +1,10 @@
 """Local mode: one failing unit is recorded and the others finish; done units are skipped; MPI ranks split tiles."""
 
 from srpipe import state
+from srpipe.chain import Stage
 from srpipe.cluster.local import LocalExecutor, launcher_rank, launcher_size, run_units
 from srpipe.config import Config
 from srpipe.errors import TileError
-from srpipe.stages import Stage
 
 FLAKY = Stage("demo", "tests.test_cluster_local:flaky", per_tile=True, reads=("workers",))
 

@@ -71,10 +71,10 @@ def test_status_and_resubmit_never_resubmit_a_queued_or_done_unit(tiny_config, m
     import json
 
     from srpipe import state
+    from srpipe.chain import STAGES, plan_run, stage_units
     from srpipe.cluster import slurm, status
     from srpipe.cluster.profiles import load_profile
     from srpipe.config import load_config
-    from srpipe.stages import STAGES, plan_run, stage_units
 
     planned = plan_run(load_config(tiny_config))
     assert not planned.failed

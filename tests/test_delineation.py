@@ -10,9 +10,9 @@ from rasterio.transform import from_bounds
 from srpipe.config import DelineationConfig
 from srpipe.delineation import delineation_loss, proxy_segments, rasterise_parcels, segment_targets
 from srpipe.models.delineation import DelineationNet
-from tests.conftest import SHARED
+from tests.conftest import DATA
 
-SLOVENIA = SHARED / "fixtures" / "eolearn-slovenia"
+SLOVENIA = DATA / "eolearn-slovenia"
 
 
 def test_targets_of_two_squares_have_boundaries_extent_and_a_distance_peak_at_their_centres():

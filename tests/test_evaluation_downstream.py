@@ -25,9 +25,9 @@ from srpipe.evaluation.downstream import (
     reference_from_parcels,
     vectorise_parcels,
 )
-from tests.conftest import SHARED
+from tests.conftest import DATA
 
-SLOVENIA = SHARED / "fixtures" / "eolearn-slovenia"
+SLOVENIA = DATA / "eolearn-slovenia"
 # one torch thread: two on two cores that other work shares run several times slower
 TINY = DownstreamConfig(
     channels=4, depth=2, batch_size=4, crop_px=0, max_steps=5, min_steps=2, predict_batch=8, threads=1

@@ -11,8 +11,9 @@ import shapely
 from srpipe import state
 from srpipe.config import load_config
 from srpipe.errors import ConfigError
-from srpipe.grid import load_aoi, plan, read_grid, split_aoi, tiles_by_id, write_grid
-from tests.conftest import SHARED, aoi_geojson, write_config
+from srpipe.grid import load_aoi, read_grid, split_aoi, tiles_by_id, write_grid
+from srpipe.plan import plan
+from tests.conftest import DATA, aoi_geojson, write_config
 
 
 def test_demo_sized_aoi_gives_4x4_buffered_tiles_with_neighbours(tmp_path):
@@ -37,7 +38,7 @@ def test_grid_round_trips_through_geopackage(tmp_path):
 
 
 def test_country_spanning_two_utm_zones_is_split_per_zone():
-    aoi = load_aoi(SHARED / "fixtures" / "countries" / "LTU.geojson")
+    aoi = load_aoi(DATA / "countries" / "LTU.geojson")
     tiles = split_aoi(aoi, 20000, 0.2, "LTU")  # 20 km tiles keep the test fast; the logic is the same
     assert {t.epsg for t in tiles} == {32634, 32635}
     assert len({t.tile_id for t in tiles}) == len(tiles)
@@ -57,7 +58,7 @@ def test_missing_aoi_file_names_the_key(tmp_path):
         load_aoi(tmp_path / "nope.geojson")
 
 
-COUNTRIES = SHARED / "fixtures" / "countries"
+COUNTRIES = DATA / "countries"
 ZONE_STRIPS = {32634: (18.0, 24.0), 32635: (24.0, 30.0), 32636: (30.0, 36.0)}  # UTM north: longitudes of the zone
 
 

@@ -19,6 +19,7 @@ from srpipe.models import build_model
 from srpipe.models.trained import TrainedModel, ensemble_mean_std, load_for_inference
 from srpipe.s2units import from_dn
 from srpipe.sources.stack import S2Stack
+from srpipe.sources.synthetic import SyntheticSource
 
 BOUNDS = (439800.0, 4163800.0, 442200.0, 4166200.0)  # 60 x 60 S2 px of 40 m; 240 x 240 SR px
 START = dt.date(2016, 10, 1)
@@ -47,15 +48,17 @@ def model(monkeypatch) -> TrainedModel:
 
 @pytest.fixture
 def stacks(monkeypatch) -> dict:
-    """{tile_id: S2Stack or an exception to raise}: what `read_s2` returns for each tile of the fake grid."""
+    """{tile_id: S2Stack or an exception to raise}: what the source's `s2_stack` returns for each tile of the fake
+    grid (a source of this test's own, behind the `Source` protocol)."""
     stacks: dict = {}
 
-    def read(cfg, tile):
-        if isinstance(stacks[tile.tile_id], Exception):
-            raise stacks[tile.tile_id]
-        return stacks[tile.tile_id]
+    class Stacks(SyntheticSource):
+        def s2_stack(self, tile):
+            if isinstance(stacks[tile.tile_id], Exception):
+                raise stacks[tile.tile_id]
+            return stacks[tile.tile_id]
 
-    monkeypatch.setattr(infer_data, "read_s2", read)
+    monkeypatch.setattr(infer_data, "make_source", lambda cfg, run_dir: Stacks(cfg))
     monkeypatch.setattr(infer_data, "tiles_by_id", lambda run: {t: Tile(t, 32618, BOUNDS, BOUNDS, "r") for t in stacks})
     return stacks
 

@@ -47,13 +47,13 @@ def test_a_run_starts_from_exported_weights_and_a_wrong_shape_names_the_key(tmp_
 def test_init_from_is_resolved_against_the_config_file_and_fingerprinted(tmp_path):
     cfg = tiny_run(tmp_path / "run", epochs=1, init_from="weights/w.pt")
     assert cfg.train.init_from == str((tmp_path / "run" / "weights" / "w.pt").resolve())
-    from srpipe.stages import STAGES, Versions, inputs_of
+    from srpipe.chain import STAGES, ChainState
 
     (tmp_path / "run" / "weights").mkdir()
     (tmp_path / "run" / "weights" / "w.pt").write_bytes(b"one")
-    first = inputs_of(cfg, STAGES["train"], "all", Versions(cfg.run_path))
+    first = ChainState(cfg).inputs(STAGES["train"], "all")
     (tmp_path / "run" / "weights" / "w.pt").write_bytes(b"two")
-    assert inputs_of(cfg, STAGES["train"], "all", Versions(cfg.run_path))["files"] != first["files"]
+    assert ChainState(cfg).inputs(STAGES["train"], "all")["files"] != first["files"]
 
 
 def _grid(config: Path, run_dir: Path) -> gpd.GeoDataFrame:

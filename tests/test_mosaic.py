@@ -24,11 +24,12 @@ from rio_cogeo.cogeo import cog_validate
 
 from srpipe import mosaic as mosaic_module
 from srpipe import state
+from srpipe.chain import STAGES, ChainState, fingerprint, pending_units, run_unit, stage_units
 from srpipe.cog import write_cog
 from srpipe.config import Config, MosaicConfig, PlanConfig
 from srpipe.errors import StageError
 from srpipe.grid import Tile, split_aoi, write_grid
-from srpipe.stages import STAGES, Versions, fingerprint, inputs_of, pending_units, run_unit, stage_units
+from srpipe.infer_record import InferRecord
 from srpipe.state import file_sha256
 
 SCHEMAS = Path(__file__).parent / "stac_schemas"  # the extensions' JSON schemas, vendored: validation runs offline
@@ -55,10 +56,10 @@ def predict(cfg: Config, t: Tile, value: float, date: str = DATE, dtype: str = "
 def record(cfg: Config, t: Tile, dates: list[str], version: str = "v1", offset_dn: int = 0) -> None:
     """Infer's done record of `t`: its zone, output dates, offset and input frames (what mosaic reads), current."""
     frames = {d: ["2016-10-20", "2016-10-25"] for d in dates}
-    inputs = inputs_of(cfg, STAGES["infer"], t.tile_id, Versions(cfg.run_path))
+    inputs = ChainState(cfg).inputs(STAGES["infer"], t.tile_id)
     current = {"inputs": fingerprint(inputs), "inputs_detail": inputs, "version": version}
     offsets = {d: offset_dn for d in dates}  # as infer records it: per date
-    info = {"epsg": t.epsg, "dates": dates, "offset_dn": offsets, "frames": frames, **current}
+    info = {**InferRecord(t.tile_id, t.epsg, tuple(dates), frames, offsets).info(), **current}
     state.mark_done(cfg.run_path, "infer", t.tile_id, info)
 
 

@@ -1,11 +1,14 @@
 """S2 DN: uint16 with quantification 10000 and nodata 0; the radiometric offset of processing baseline 04.00."""
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
 
 from srpipe.config import SourceConfig
-from srpipe.s2units import from_dn, radiometric_offset, to_dn
+from srpipe.s2units import from_dn, to_dn
+from srpipe.sources.sample import SampleSource
+from srpipe.sources.sentinelhub import SentinelHubSource
 
 
 def test_dn_round_trips_within_half_a_dn_and_nan_is_nodata():
@@ -19,7 +22,8 @@ def test_dn_round_trips_within_half_a_dn_and_nan_is_nodata():
 
 def test_only_unharmonised_baseline_04_inputs_carry_the_minus_1000_offset():
     sh = SourceConfig(name="sentinelhub", harmonize_values=False)
-    assert radiometric_offset(sh, dt.date(2022, 1, 25)) == -1000
-    assert radiometric_offset(sh, dt.date(2022, 1, 24)) == 0
-    assert radiometric_offset(SourceConfig(name="sentinelhub"), dt.date(2023, 6, 1)) == 0  # harmonizeValues
-    assert radiometric_offset(SourceConfig(), dt.date(2023, 6, 1)) == 0  # the sample: reflectance
+    assert SentinelHubSource(sh).radiometric_offset(dt.date(2022, 1, 25))[0] == -1000
+    assert SentinelHubSource(sh).radiometric_offset(dt.date(2022, 1, 24))[0] == 0
+    harmonised = dataclasses.replace(sh, harmonize_values=True)
+    assert SentinelHubSource(harmonised).radiometric_offset(dt.date(2023, 6, 1))[0] == 0
+    assert SampleSource(SourceConfig()).radiometric_offset(dt.date(2023, 6, 1))[0] == 0  # reflectance

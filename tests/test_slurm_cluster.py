@@ -18,7 +18,7 @@ import pytest
 import rasterio
 import tomli_w
 
-from srpipe.stages import CHAIN
+from srpipe.chain import CHAIN
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
 
 pytestmark = pytest.mark.slurm

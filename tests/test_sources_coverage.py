@@ -7,7 +7,8 @@ import shapely
 
 from srpipe.config import load_config
 from srpipe.errors import ConfigError
-from srpipe.grid import plan, read_grid
+from srpipe.grid import read_grid
+from srpipe.plan import plan
 from tests import shfixtures
 from tests.conftest import aoi_geojson, tiny_settings, write_config
 from tests.shfixtures import sh_config_file

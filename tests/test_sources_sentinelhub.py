@@ -16,15 +16,16 @@ import numpy as np
 import pytest
 
 from srpipe import eopatch as ep
+from srpipe.chain import STAGES
 from srpipe.cluster.local import run_units
 from srpipe.config import load_config
 from srpipe.download import download_tile
 from srpipe.errors import ConfigError
-from srpipe.grid import plan, read_grid
+from srpipe.grid import read_grid
+from srpipe.plan import plan
 from srpipe.s2units import from_dn
 from srpipe.sources.sentinelhub import S2_CLP
 from srpipe.sources.shclient import RateLimiter, RetryPolicy, SentinelHubError
-from srpipe.stages import STAGES
 from tests import shfixtures
 from tests.conftest import aoi_geojson, srpipe, write_config
 from tests.shfixtures import BYOC_ID, LABEL_GAIN, SECRET, sh_config_file, sh_settings

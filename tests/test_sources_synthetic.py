@@ -12,7 +12,8 @@ import pytest
 from srpipe.config import Config, SourceConfig, load_config
 from srpipe.download import download_tile
 from srpipe.errors import TileError
-from srpipe.grid import Tile, load_aoi, plan, read_grid, split_aoi
+from srpipe.grid import Tile, load_aoi, read_grid, split_aoi
+from srpipe.plan import plan
 from srpipe.sources.synthetic import cloudy_dates, synthetic_dates, synthetic_stack
 from tests.conftest import REPO, aoi_geojson, write_config
 

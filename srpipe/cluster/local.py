@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from srpipe.chain import ALL, ChainState, Stage, StageSummary, pending_units, run_shard, run_unit
 from srpipe.config import Config
-from srpipe.stages import ALL, Stage, StageSummary, pending_units, run_shard, run_unit
 
 
 def _init_worker() -> None:
@@ -31,14 +31,16 @@ def run_units(
     rank: int = 0,
     log_path: str = "",
     on_done: Callable[[str], None] | None = None,
+    states: ChainState | None = None,
 ) -> StageSummary:
     """Run every unit of `units` not done on today's inputs, on `workers` processes, with a progress bar.
 
-    `on_done(unit)` runs in this process as each unit finishes (e.g. a Slurm task's ledger).
+    `on_done(unit)` runs in this process as each unit finishes (e.g. a Slurm task's ledger); `states`: the chain
+    run's unit states (default: read here).
     """
     start = time.perf_counter()
     summary = StageSummary(stage.name)
-    todo, summary.skipped = pending_units(cfg, stage, units)
+    todo, summary.skipped = pending_units(cfg, stage, units, states)
     workers = max(1, min(workers, len(todo) or 1))
     bar = tqdm(total=len(todo), desc=stage.name, unit="tile" if stage.per_tile else "unit", disable=not todo)
     results = []
@@ -105,11 +107,13 @@ class LocalExecutor:
         rank, size = launcher_rank(), launcher_size()
         return cls(1 if size > 1 else workers, rank, size)
 
-    def run(self, cfg: Config, stage: Stage, units: list[str], after: StageSummary | None) -> StageSummary:
+    def run(
+        self, cfg: Config, stage: Stage, units: list[str], after: StageSummary | None, states: ChainState | None = None
+    ) -> StageSummary:
         """Run `stage` now (`after` has already finished: the chain is sequential here)."""
         if stage.mapped:
-            return run_units(cfg, stage, units[self.rank :: self.size], self.workers)
+            return run_units(cfg, stage, units[self.rank :: self.size], self.workers, states=states)
         if self.size > 1 and not stage.mpi:  # e.g. the reduce needs every rank's map: run it after, on one process
             print(f"{stage.name}: not run under {self.size} ranks; run `srpipe {stage.name}` after them", flush=True)
             return StageSummary(stage.name)
-        return run_units(cfg, stage, [ALL], 1, rank=self.rank)
+        return run_units(cfg, stage, [ALL], 1, rank=self.rank, states=states)

@@ -106,7 +106,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     stages = data.get("stages", {})
     if not isinstance(defaults, dict) or not isinstance(stages, dict):
         raise ConfigError(f"profile {path}: [defaults] and [stages.<name>] must be tables")
-    from srpipe.stages import CHAIN  # the registry: names only, no stage code imported
+    from srpipe.chain import CHAIN  # the registry: names only, no stage code imported
 
     for stage, table in stages.items():
         if stage not in CHAIN:

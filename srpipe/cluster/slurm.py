@@ -16,12 +16,12 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from srpipe import state
+from srpipe.chain import ALL, STAGES, ChainState, Stage, StageSummary
 from srpipe.cluster.local import run_units
 from srpipe.cluster.profiles import Profile
 from srpipe.config import Config, load_config
 from srpipe.errors import StageError
 from srpipe.layout import RunLayout
-from srpipe.stages import ALL, STAGES, Stage, StageSummary, stage_units
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def submit_stage(
     limits: ClusterLimits | None = None,
 ) -> list[str]:
     """Submit `stage` over `units` (default: all) as arrays or one job, after the jobs `after`; return job ids."""
-    units = stage_units(cfg, STAGES[stage]) if units is None else units
+    units = ChainState(cfg).units(STAGES[stage]) if units is None else units
     if not units:
         return []
     record: dict[str, list[str]] = {}
@@ -204,7 +204,9 @@ class SlurmExecutor:
     after: list[str] = dataclasses.field(default_factory=list)  # jobs the first stage waits for
     limits: ClusterLimits | None = None
 
-    def run(self, cfg: Config, stage: Stage, units: list[str], after: StageSummary | None) -> StageSummary:
+    def run(
+        self, cfg: Config, stage: Stage, units: list[str], after: StageSummary | None, states: ChainState | None = None
+    ) -> StageSummary:
         """Submit `stage` over `units` after `after`'s jobs (or this executor's `after`); returns at once."""
         if self.limits is None:
             self.limits = cluster_limits()

@@ -8,10 +8,10 @@ import subprocess
 from dataclasses import dataclass, field
 
 from srpipe import state
+from srpipe.chain import CHAIN, STAGES, ChainState, run_chain
 from srpipe.cluster.profiles import Profile
 from srpipe.cluster.slurm import SlurmExecutor, submissions
 from srpipe.config import Config
-from srpipe.stages import CHAIN, STAGES, Versions, run_chain, stage_units, unit_state, upstream_problem
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD"}
 
@@ -87,25 +87,22 @@ def _latest_tasks(cfg: Config, stage: str) -> tuple[dict[str, str], dict[str, st
 
 
 def stage_progress(
-    cfg: Config, stage: str, states: dict[str, str] | None = None, versions: Versions | None = None
+    cfg: Config, stage: str, jobs: dict[str, str] | None = None, states: ChainState | None = None
 ) -> StageProgress:
     """Progress of `stage`: done or stale from markers and fingerprints; failed from markers or from a Slurm task
-    that ended without finishing the unit; queued while its task is."""
+    that ended without finishing the unit; queued while its task is. `jobs`: {job id: Slurm state}."""
     spec = STAGES[stage]
-    progress = StageProgress(stage, stage_units(cfg, spec))
+    states = ChainState(cfg) if states is None else states
+    progress = StageProgress(stage, states.units(spec))
     latest, logs = _latest_tasks(cfg, stage)
-    states = job_states(sorted(set(latest.values()))) if states is None else states
-    versions = Versions(cfg.run_path) if versions is None else versions
-    for name in (stage, *spec.after):  # every unit is read: one listing per folder, not a file per tile
-        versions.records(name)
+    jobs = job_states(sorted(set(latest.values()))) if jobs is None else jobs
     records = state.failure_records(cfg.run_path, stage)
-    memo: dict[tuple[str, str], str] = {}
     for unit in progress.units:
-        current = unit_state(cfg, spec, unit, versions)
+        current = states.unit_state(spec, unit)
         task = latest.get(unit, "")
-        job_state = states.get(task, "")
+        job_state = jobs.get(task, "")
         if current.status in ("done", "stale"):
-            problem = current.reason if current.status == "stale" else upstream_problem(cfg, spec, unit, versions, memo)
+            problem = current.reason if current.status == "stale" else states.upstream_problem(spec, unit)
             if problem:
                 progress.stale[unit] = problem
             else:
@@ -128,8 +125,8 @@ def stage_progress(
 def run_progress(cfg: Config) -> list[StageProgress]:
     """Progress of every stage of the chain, with one sacct/squeue query for the whole run."""
     tasks = sorted({t for sub in submissions(cfg.run_path) for t in sub["tasks"]})
-    states, versions = job_states(tasks), Versions(cfg.run_path)
-    return [stage_progress(cfg, stage, states, versions) for stage in CHAIN]
+    jobs, states = job_states(tasks), ChainState(cfg)
+    return [stage_progress(cfg, stage, jobs, states) for stage in CHAIN]
 
 
 def _grouped(kind: str, stage: str, reasons: dict[str, str], limit: int = 5) -> list[str]:

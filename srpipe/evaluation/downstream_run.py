@@ -3,17 +3,13 @@ split, scored on the test samples against the reference parcels (the labels' fel
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
 from srpipe.curate.dataset import shard_paths
 from srpipe.evaluation import stats
+from srpipe.evaluation.context import Context, Patches, baseline_images, batches
 from srpipe.evaluation.downstream import downstream_delineation, reference_from_labels
-
-if TYPE_CHECKING:
-    from srpipe.evaluate import Context, Patches
 
 MAX_SAMPLES = 1024  # training and test samples per method (the demo spends about a minute on the whole test)
 MCC_KEYS = ("mcc_extent", "mcc_boundary", "mcc_distance")
@@ -21,11 +17,9 @@ MCC_KEYS = ("mcc_extent", "mcc_boundary", "mcc_distance")
 
 def _train_images(ctx: Context, base: str) -> dict[str, np.ndarray]:
     """(N, 4, H, W) "sr" (one pass) and `base` images, label and mask of up to MAX_SAMPLES training samples."""
-    from srpipe.evaluate import _batches, baseline_images
-
     parts: dict[str, list[torch.Tensor]] = {"sr": [], base: [], "hr": [], "hr_mask": []}
     n = 0
-    for batch in _batches(shard_paths(ctx.cfg.layout.datasets, "train"), ctx.cfg.evaluate.batch_size):
+    for batch in batches(shard_paths(ctx.cfg.layout.datasets, "train"), ctx.cfg.evaluate.batch_size):
         with torch.no_grad():
             sr = ctx.model.net(batch["lr"], batch["lr_mask"])
         baseline = baseline_images(ctx, batch["lr"], batch["lr_mask"], batch["lr_dates"], batch["hr_date"])[base]

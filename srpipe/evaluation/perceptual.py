@@ -1,7 +1,7 @@
 """Perceptual distances in the field-delineation net: per-sample feature and style (Gram) distances to the label.
 
 The evaluation twin of the training loss `srpipe.losses.perceptual`: the same encoder levels
-(`DelineationNet.features`) and the same Gram matrices (`srpipe.losses._gram`), but one value per sample, optionally
+(`DelineationNet.features`) and the same Gram matrices (`srpipe.losses.gram_matrix`), one value per sample, optionally
 on clear pixels only, and the net in eval mode so that BatchNorm does not mix the samples of a batch.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from srpipe.losses import _gram
+from srpipe.losses import gram_matrix
 from srpipe.models.delineation import DelineationNet
 
 
@@ -54,13 +54,13 @@ def perceptual_distances(
     for (f_img, f_hr), w in zip(pairs, weights, strict=True):
         if w is None:
             feature += ((f_img - f_hr) ** 2).mean((1, 2, 3))
-            style += ((_gram(f_img) - _gram(f_hr)) ** 2).mean((1, 2))
+            style += ((gram_matrix(f_img) - gram_matrix(f_hr)) ** 2).mean((1, 2))
             continue
         count = w.sum((1, 2, 3))
         none = torch.where(count > 0, 0.0, float("nan"))  # a level without clear positions: no distance
         feature += ((f_img - f_hr) ** 2 * w).sum((1, 2, 3)) / (count * f_img.shape[1]).clamp_min(1) + none
-        # _gram divides by every position: rescale to the clear ones
+        # gram_matrix divides by every position: rescale to the clear ones
         scale = (w[0].numel() / count.clamp_min(1))[:, None, None]
-        style += ((_gram(f_img * w) - _gram(f_hr * w)) * scale).pow(2).mean((1, 2)) + none
+        style += ((gram_matrix(f_img * w) - gram_matrix(f_hr * w)) * scale).pow(2).mean((1, 2)) + none
     n = len(pairs)
     return {"feature": (feature / n).cpu().numpy(), "style": (style / n).cpu().numpy()}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,11 +11,9 @@ import torch
 from srpipe import state
 from srpipe.augment import ensemble_views
 from srpipe.evaluation import plots
+from srpipe.evaluation.context import Context, Patches
 from srpipe.evaluation.html import Figure, Section, Table, write_html
 from srpipe.evaluation.scores import METRICS
-
-if TYPE_CHECKING:
-    from srpipe.evaluate import Context, Patches
 
 NAMES = {
     "sr": "SR (8-view ensemble)",

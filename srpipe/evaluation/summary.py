@@ -3,17 +3,13 @@ cluster-bootstrap intervals by tile, the Kelvins score; then consistency, correc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
 from srpipe.evaluation import stats
 from srpipe.evaluation.consistency import consistency_scores, correctness_shares, sample_psf_sigma_px
+from srpipe.evaluation.context import Context, Patches
 from srpipe.evaluation.scores import METRICS
-
-if TYPE_CHECKING:
-    from srpipe.evaluate import Context, Patches
 
 SR_METHODS = ("sr", "sr_one_pass")
 

@@ -1,42 +1,71 @@
-"""Sources of EOPatches: `sample` (offline), `sentinelhub` (S2 + BYOC labels); each maps a Tile to an EOPatch.
+"""Sources: `sample` (offline, simulated from one real S2 scene), `sentinelhub` (S2 + BYOC labels) and `synthetic`
+(seeded S2 stacks anywhere, no labels), each behind the one `Source` protocol.
 
-`synthetic` makes no EOPatch: `srpipe.sources.synthetic.synthetic_stack` generates a tile's S2 stack where it is read.
+Nothing outside this package asks a source's name: plan asks its coverage, download its EOPatch (or record), inference
+its S2 stacks, the chain whether it has labels, infer the radiometric offset of its values.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 from pathlib import Path
 from typing import Protocol
 
-from eolearn.core import EOPatch
+import geopandas as gpd
+import shapely
 
 from srpipe.config import SourceConfig
-from srpipe.errors import ConfigError
 from srpipe.grid import Tile
 from srpipe.layout import RunLayout
+from srpipe.sources.stack import S2Stack
 
 
 class Source(Protocol):
-    """Anything that turns a tile into an EOPatch holding the features of `srpipe.eopatch.REQUIRED`."""
+    """What every source answers. `cfg`: its settings with the source's own defaults resolved (e.g. the sample's
+    `lr_resolution_m` from its scene's pixels); `has_labels`: it delivers VHR labels (curate, train and evaluate need
+    them); `paid`: its requests cost (download prints the estimate first)."""
 
-    def fetch(self, tile: Tile) -> EOPatch:
-        """Return the tile's EOPatch (S2 stack, label stack, masks, timestamps, bbox)."""
+    cfg: SourceConfig
+    has_labels: bool
+    paid: bool
+
+    def describe(self) -> str:
+        """The source in a few words, for messages (e.g. "the sample scene /path")."""
+        ...
+
+    def coverage(self, aoi: shapely.Geometry) -> gpd.GeoSeries | None:
+        """Where it delivers whole tiles over `aoi` (EPSG:4326): one geometry with its CRS; None = anywhere."""
+        ...
+
+    def download(self, tile: Tile, path: Path) -> dict:
+        """Fetch `tile` into an EOPatch at `path` (or nothing, for a source generated where it is read); the done
+        record's info."""
+        ...
+
+    def s2_stack(self, tile: Tile) -> S2Stack:
+        """The tile's S2 series on its buffered box (from its downloaded EOPatch, or generated)."""
+        ...
+
+    def radiometric_offset(self, date: dt.date) -> tuple[int, str]:
+        """(the DN offset of its S2 values on `date`, why in words): reflectance = (DN + offset) / 10000."""
         ...
 
 
+@functools.lru_cache(maxsize=8)
 def make_source(cfg: SourceConfig, run_dir: str | Path | None = None) -> Source:
-    """The source named by `cfg.name`; `run_dir` holds a network source's download cache."""
+    """The source `cfg.name` names (one per settings and run in a process); `run_dir` holds its downloads."""
+    run = Path(run_dir) if run_dir else None
     if cfg.name == "sample":
         from srpipe.sources.sample import SampleSource
 
-        return SampleSource(cfg)
+        return SampleSource(cfg, run)
     if cfg.name == "sentinelhub":
         from srpipe.sources.sentinelhub import SentinelHubSource
 
-        return SentinelHubSource(cfg, RunLayout(Path(run_dir)).download_cache(cfg.name) if run_dir else None)
+        return SentinelHubSource(cfg, RunLayout(run).download_cache(cfg.name) if run else None, run)
     if cfg.name == "synthetic":
-        raise ConfigError(
-            "source.name = 'synthetic' generates S2 stacks only (no EOPatch, no labels): curate, train and evaluate "
-            "need the 'sample' or 'sentinelhub' source; a synthetic run is download, infer, mosaic and catalog"
-        )
+        from srpipe.sources.synthetic import SyntheticSource
+
+        return SyntheticSource(cfg)
     raise ValueError(f"unknown source {cfg.name!r}")  # unreachable: the config allows only known names

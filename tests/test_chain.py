@@ -18,19 +18,10 @@ import tomli_w
 import torch
 
 from srpipe import state
+from srpipe.chain import STAGES, ChainState, Pending, Stage, fingerprint, run_shard
+from srpipe.chain.fingerprint import stale_reason
 from srpipe.config import Config, InferConfig
-from srpipe.stages import (
-    STAGES,
-    Pending,
-    Stage,
-    Versions,
-    fingerprint,
-    inputs_of,
-    run_shard,
-    stage_units,
-    stale_reason,
-    unit_state,
-)
+from srpipe.infer_record import InferRecord
 from tests.conftest import srpipe
 
 pytestmark = pytest.mark.slow
@@ -135,87 +126,47 @@ def test_a_retrain_killed_midway_resumes_and_ends_as_an_unbroken_retrain(tiny_ru
 
 def test_fingerprints_name_what_changed(tmp_path):
     stage = Stage("demo", "x:y", reads=("curate.n_frames", "infer"))
-    versions = Versions(tmp_path)
-    old = inputs_of(Config(run_dir=str(tmp_path)), stage, "all", versions)
-    new_cfg = Config(run_dir=str(tmp_path), infer=InferConfig(date="2016-09-01"))
-    new = inputs_of(new_cfg, stage, "all", versions)
+    old = ChainState(Config(run_dir=str(tmp_path))).inputs(stage, "all")
+    new = ChainState(Config(run_dir=str(tmp_path), infer=InferConfig(date="2016-09-01"))).inputs(stage, "all")
     assert fingerprint(old) != fingerprint(new)
     assert stale_reason(old, new) == "infer.date '' -> '2016-09-01'"
-    assert fingerprint(old) == fingerprint(inputs_of(Config(run_dir=str(tmp_path)), stage, "all", versions))
+    assert fingerprint(old) == fingerprint(ChainState(Config(run_dir=str(tmp_path))).inputs(stage, "all"))
 
 
 def test_a_per_tile_unit_reads_the_same_tile_upstream_and_a_whole_run_unit_every_tile(tmp_path):
     cfg = Config(run_dir=str(tmp_path))
-    versions = Versions(tmp_path)
+    states = ChainState(cfg)
     for tile in ("a", "b"):
         state.mark_done(tmp_path, "download", tile, {"inputs": "x", "version": f"v-{tile}"})
-    curate = inputs_of(cfg, STAGES["curate"], "a", versions)
+    curate = states.inputs(STAGES["curate"], "a")
     assert curate["upstream"] == {"download": "v-a"}
-    reduce_before = inputs_of(cfg, STAGES["curate-reduce"], "all", versions)
+    reduce_before = states.inputs(STAGES["curate-reduce"], "all")
     state.mark_done(tmp_path, "curate", "a", {"inputs": "x", "version": "c-a"})
-    reduce_after = inputs_of(cfg, STAGES["curate-reduce"], "all", Versions(tmp_path))
+    states.forget("curate")  # what a run of curate changed is read anew
+    reduce_after = states.inputs(STAGES["curate-reduce"], "all")
     assert reduce_before["upstream"] != reduce_after["upstream"]  # one more curated tile: the reduce is stale
     record = {"inputs": fingerprint(reduce_before), "inputs_detail": reduce_before, "version": "r"}
     state.mark_done(tmp_path, "curate-reduce", "all", record)
-    now = unit_state(cfg, STAGES["curate-reduce"], "all", Versions(tmp_path))
+    now = ChainState(cfg).unit_state(STAGES["curate-reduce"], "all")
     assert now.status == "stale" and now.reason == "curate was redone"
-
-
-def _imports(path: Path) -> set[str]:
-    """Every srpipe module `path` imports (top level or inside functions)."""
-    import ast
-
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-        elif isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-    return {n for n in names if n.startswith("srpipe")}
-
-
-def test_no_stage_imports_the_cluster_layer_and_inference_does_not_import_training():
-    from tests.conftest import REPO
-
-    package = REPO / "srpipe"
-    edge = {package / "cli.py", package / "__main__.py"}
-    for path in package.rglob("*.py"):
-        if path in edge or package / "cluster" in path.parents:
-            continue
-        assert not any(n.startswith("srpipe.cluster") for n in _imports(path)), path
-    for name in ("infer.py", "evaluate.py", "mosaic.py", "models/trained.py"):
-        assert not any(n.startswith("srpipe.train") for n in _imports(package / name)), name
-    assert not any(n.startswith(("srpipe.infer", "srpipe.models")) for n in _imports(package / "mosaic.py"))
-
-
-def test_no_function_in_the_package_is_over_80_lines():
-    import ast
-
-    from tests.conftest import REPO
-
-    long = []
-    for path in (REPO / "srpipe").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 80:
-                long.append(f"{path.relative_to(REPO)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
-    assert not long, long
 
 
 def test_a_mosaic_unit_reads_the_tiles_of_its_zone_and_date_only(tmp_path):
     cfg = Config(run_dir=str(tmp_path))
     records = {
-        "a": {"epsg": 32634, "dates": ["2016-06-01", "2016-07-01"], "version": "a1"},
-        "b": {"epsg": 32634, "dates": ["2016-07-01"], "version": "b1"},
-        "c": {"epsg": 32635, "dates": ["2016-06-01"], "version": "c1"},
+        "a": InferRecord("a", 32634, ("2016-06-01", "2016-07-01")),
+        "b": InferRecord("b", 32634, ("2016-07-01",)),
+        "c": InferRecord("c", 32635, ("2016-06-01",)),
     }
     for tile, record in records.items():
-        state.mark_done(tmp_path, "infer", tile, {"inputs": "x", **record})
+        state.mark_done(tmp_path, "infer", tile, {"inputs": "x", **record.info(), "version": f"{tile}1"})
     mosaic = STAGES["mosaic"]
     assert mosaic.mapped and not mosaic.per_tile
-    assert stage_units(cfg, mosaic) == ["32634_2016-06-01", "32634_2016-07-01", "32635_2016-06-01"]
-    before = {u: inputs_of(cfg, mosaic, u, Versions(tmp_path))["upstream"] for u in stage_units(cfg, mosaic)}
-    state.mark_done(tmp_path, "infer", "b", {"inputs": "y", **records["b"], "version": "b2"})  # b redone
-    after = {u: inputs_of(cfg, mosaic, u, Versions(tmp_path))["upstream"] for u in stage_units(cfg, mosaic)}
+    units = ChainState(cfg).units(mosaic)
+    assert units == ["32634_2016-06-01", "32634_2016-07-01", "32635_2016-06-01"]
+    before = {u: ChainState(cfg).inputs(mosaic, u)["upstream"] for u in units}
+    state.mark_done(tmp_path, "infer", "b", {"inputs": "y", **records["b"].info(), "version": "b2"})  # b redone
+    after = {u: ChainState(cfg).inputs(mosaic, u)["upstream"] for u in units}
     changed = sorted(u for u in before if before[u] != after[u])
     assert changed == ["32634_2016-07-01"]  # the one zone x date that b touches
 
@@ -228,7 +179,7 @@ def _shard(cfg: Config, units: list[str]):
 
 def test_a_shard_records_each_unit_and_a_failing_unit_fails_alone(tmp_path):
     cfg = Config(run_dir=str(tmp_path))
-    stage = Stage("shardy", "x:y", per_tile=True, batch="tests.test_stages:_shard")
+    stage = Stage("shardy", "x:y", per_tile=True, batch="tests.test_chain:_shard")
     todo = [Pending("a", {"config": {}}), Pending("bad", {"config": {}}), Pending("ccc", {"config": {}})]
     todo.append(Pending("stale", {"config": {}}, problem="upstream is stale"))
     results = dict(run_shard(cfg, stage, todo))

@@ -48,14 +48,14 @@ def _tune(ctx: Context) -> None:
     if not paths:
         return
 
-    def batches():
+    def simple_batches():
         for b in batches(paths, ctx.cfg.evaluate.batch_size):
             simple = bl.simple_baselines(
                 b["lr"], b["lr_mask"], b["lr_dates"], b["hr_date"], ctx.model.scale, ctx.lr_to_hr
             )
             yield simple, b["hr"], b["hr_mask"]
 
-    ctx.unsharp, ctx.unsharp_val_cpsnr = bl.tune_unsharp(batches(), cpsnr_score(ctx.border, ctx.max_shift))
+    ctx.unsharp, ctx.unsharp_val_cpsnr = bl.tune_unsharp(simple_batches(), cpsnr_score(ctx.border, ctx.max_shift))
 
 
 def _keep(patches: Patches, batch: dict, methods: dict) -> None:

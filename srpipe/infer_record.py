@@ -53,6 +53,13 @@ class InferRecord:
         except (KeyError, TypeError) as exc:
             raise StageError(f"infer tile {tile_id}: its done record lacks {exc}; re-run infer on it") from exc
 
+    @staticmethod
+    def zone_dates(tile_id: str, record: dict[str, Any]) -> tuple[int, list[str]]:
+        """(EPSG, ISO dates) of a done record: what mosaic's units need, checked like `read` but not parsed whole."""
+        if record.get("infer_record") != VERSION or "epsg" not in record or "dates" not in record:
+            InferRecord.read(tile_id, record)  # raises the error naming the tile
+        return int(record["epsg"]), record["dates"]
+
     @classmethod
     def read_all(cls, records: dict[str, dict[str, Any]]) -> dict[str, InferRecord]:
         """{tile: record} of infer's done records (`state.done_records(run, 'infer')`)."""

@@ -18,8 +18,8 @@ def mosaic_unit_name(epsg: int | str, date: str) -> str:
 
 def mosaic_units(cfg: Config, records_of: Callable[[str], dict[str, dict]]) -> list[str]:
     """Zone x date units: from the dates infer wrote (`records_of('infer')`), else from `infer.dates` before it ran."""
-    records = InferRecord.read_all(records_of("infer"))
-    found = {mosaic_unit_name(r.epsg, d) for r in records.values() for d in r.dates}
+    written = [InferRecord.zone_dates(t, r) for t, r in records_of("infer").items()]
+    found = {mosaic_unit_name(epsg, d) for epsg, dates in written for d in dates}
     if found:
         return sorted(found)
     from srpipe.grid import read_grid
@@ -33,5 +33,5 @@ def mosaic_units(cfg: Config, records_of: Callable[[str], dict[str, dict]]) -> l
 def mosaic_reads(unit: str, infer_records: dict[str, dict]) -> list[str]:
     """The inferred tiles a zone x date mosaic reads: those of its zone with an output on its date."""
     epsg, _, date = unit.partition("_")
-    records = InferRecord.read_all(infer_records)
-    return sorted(t for t, r in records.items() if str(r.epsg) == epsg and (date == ALL_DATES or date in r.dates))
+    zones = {t: InferRecord.zone_dates(t, r) for t, r in infer_records.items()}
+    return sorted(t for t, (e, dates) in zones.items() if str(e) == epsg and (date == ALL_DATES or date in dates))

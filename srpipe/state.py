@@ -83,9 +83,17 @@ def done_units(run_dir: Path, stage: str) -> list[str]:
 
 
 def done_records(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
-    """{unit: its done record} of every finished unit of `stage` (one folder listing)."""
+    """{unit: its done record} of every finished unit of `stage`, sorted by unit (one folder listing)."""
     folder = _folder(run_dir, stage)
-    return {p.name[: -len(".done")]: json.loads(p.read_text()) for p in sorted(folder.glob("*.done"))}
+    if not folder.is_dir():
+        return {}
+    with os.scandir(folder) as entries:  # scandir and str names: pathlib's glob and sort cost seconds at 16k units
+        names = sorted(e.name for e in entries if e.name.endswith(".done") and not e.name.startswith("."))
+    records = {}
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as f:
+            records[name[: -len(".done")]] = json.loads(f.read())
+    return records
 
 
 def _tmp_name(path: Path) -> Path:

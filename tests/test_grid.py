@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -140,3 +141,26 @@ def test_re_planning_keeps_the_grid_and_refuses_other_plan_settings(tmp_path):
     settings["plan"]["tile_size_m"] = 1000.0
     with pytest.raises(ConfigError, match=r"other \[plan\] settings"):
         plan(load_config(write_config(tmp_path / "b.toml", settings)))
+
+
+def _write_geometry(path: Path, geometry: dict) -> Path:
+    feature = {"type": "Feature", "properties": {}, "geometry": geometry}
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    return path
+
+
+def test_a_self_intersecting_aoi_is_repaired_with_a_warning_not_called_arealess(tmp_path):
+    bow_tie = [[14.50, 46.00], [14.60, 46.10], [14.60, 46.00], [14.50, 46.10], [14.50, 46.00]]  # crosses itself
+    path = _write_geometry(tmp_path / "bow.geojson", {"type": "Polygon", "coordinates": [bow_tie]})
+    assert shapely.Polygon(bow_tie).area == 0  # shapely's area of the invalid ring: what "no area" was
+    with pytest.warns(UserWarning, match=r"invalid geometry \(Self-intersection.*repaired with shapely.make_valid"):
+        aoi = load_aoi(path)
+    assert aoi.is_valid and aoi.area == pytest.approx(0.005, rel=1e-6)  # the two triangles of the bow tie
+
+
+def test_an_aoi_of_lines_is_refused_naming_what_it_holds(tmp_path):
+    path = _write_geometry(
+        tmp_path / "line.geojson", {"type": "LineString", "coordinates": [[14.5, 46.0], [14.6, 46.1]]}
+    )
+    with pytest.raises(ConfigError, match="holds only LineString .no area.: the AOI must be a polygon"):
+        load_aoi(path)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from srpipe import state
@@ -85,6 +85,9 @@ class ChainState:
         self._states: dict[tuple[str, str], UnitState] = {}
         self._problems: dict[tuple[str, str], str] = {}
         self._digests: dict[tuple[str, tuple[str, ...] | None], str] = {}
+        self._config: dict[tuple[str, ...], dict[str, Any]] = {}
+        self._picks: dict[tuple[str, str, str], list[str]] = {}
+        self._files: dict[str, list[str]] = {}
 
     def records(self, stage: str) -> dict[str, dict]:
         """{unit: done record} of every finished unit of `stage` (one folder listing)."""
@@ -114,13 +117,15 @@ class ChainState:
         self._states = {k: v for k, v in self._states.items() if k[0] not in changed}
         self._problems.clear()
         self._digests = {k: v for k, v in self._digests.items() if k[0] not in changed}
+        self._picks = {k: v for k, v in self._picks.items() if k[2] not in changed}
 
     def file_hash(self, path: str) -> str | None:
         """SHA-256 of an input file's content (None when missing), once per version of the file."""
         try:
-            key = (str(Path(path).resolve()), *state.file_version(path))
+            info = os.stat(path)
         except FileNotFoundError:
             return None
+        key = (str(path), info.st_ino, info.st_mtime_ns)
         if key not in self._hashes:
             self._hashes[key] = state.file_sha256(path)
         return self._hashes[key]
@@ -134,7 +139,10 @@ class ChainState:
         if stage.per_tile and other.per_tile:
             return [unit]
         if stage.reads_units and stage.mapped:
-            return stage.picks(unit, self.records(upstream))
+            key = (stage.name, unit, upstream)
+            if key not in self._picks:
+                self._picks[key] = stage.picks(unit, self.records(upstream))
+            return self._picks[key]
         return None
 
     def _versions_digest(self, upstream: str, units: list[str] | None) -> str:
@@ -159,9 +167,13 @@ class ChainState:
 
     def inputs(self, stage: Stage, unit: str) -> dict[str, Any]:
         """What `unit` of `stage` reads now: config values, input files by content hash, upstream versions."""
-        paths = stage.files(self.cfg) if stage.files else []
+        if stage.name not in self._files:  # the same files for every unit of the stage
+            self._files[stage.name] = stage.files(self.cfg) if stage.files else []
+        paths = self._files[stage.name]
+        if stage.reads not in self._config:  # the same for every unit of the stage
+            self._config[stage.reads] = config_values(self.cfg, stage.reads)
         return {
-            "config": config_values(self.cfg, stage.reads),
+            "config": self._config[stage.reads],
             "files": {path: self.file_hash(path) for path in paths},
             "upstream": self.upstream(stage, unit),
         }

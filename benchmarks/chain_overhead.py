@@ -10,7 +10,7 @@ fingerprint), then the mosaic and catalog markers. Then, in this process, it tim
   clock: the mosaic itself is not the bookkeeping);
 - the seconds before catalog's unit runs, likewise.
 Writes benchmarks/results/chain_overhead.json with the machine, the commit and the figures; the issue's target is
-at most 5 s for each (the previous chain spent 35 s re-checking infer, 36 s before mosaic's first unit, 38 s in catalog).
+at most 5 s each (the previous chain: 35 s re-checking infer, 36 s before mosaic's first unit, 38 s in catalog).
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 from srpipe import mosaic as mosaic_module
-from srpipe import state
-from srpipe.chain import STAGES, ChainState, plan_run, record_outcome, run_chain
+from srpipe.chain import STAGES, ChainState, Pending, plan_run, record_outcome, run_chain
 from srpipe.cluster.local import LocalExecutor
 from srpipe.config import Config, load_config
 from srpipe.grid import read_grid
@@ -45,14 +44,7 @@ def _mark(cfg: Config, name: str, infos: dict[str, dict]) -> None:
     """Record every unit of `infos` done on today's inputs (as if it had run), with its info."""
     stage, states = STAGES[name], ChainState(cfg)
     for unit, info in infos.items():
-        pending = states.unit_state(stage, unit)
-        record_outcome(cfg, stage, _pending(unit, pending.inputs), info)
-
-
-def _pending(unit: str, inputs: dict):
-    from srpipe.chain import Pending
-
-    return Pending(unit, inputs)
+        record_outcome(cfg, stage, Pending(unit, states.unit_state(stage, unit).inputs), info)
 
 
 def prepare(cfg: Config) -> dict[str, float]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import os
 import queue
 import threading
@@ -19,6 +20,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from rasterio.transform import from_bounds
 
 from srpipe import BANDS
 from srpipe.cog import write_cog
-from srpipe.config import Config, InferConfig
+from srpipe.config import Config, InferConfig, SourceConfig
 from srpipe.errors import StageError, TileError
 from srpipe.infer_data import TileFailure, TileWindows, tile_loader
 from srpipe.infer_record import InferRecord
@@ -276,6 +278,12 @@ def _info(cfg: Config, job: _Job) -> dict:
     ).info()
 
 
+@functools.lru_cache(maxsize=64)
+def _radiometric_offset(source: SourceConfig, run_dir: Path, date: str) -> tuple[int, str]:
+    """(DN offset, why) of the source's values on ISO `date`: asked once per source and date in a process."""
+    return make_source(source, run_dir).radiometric_offset(dt.date.fromisoformat(date))
+
+
 def _write_window(cfg: Config, model: TrainedModel, job: _Job, j: int, sr: np.ndarray, std: np.ndarray | None) -> None:
     """Write window `j` of `job`: (4, H, W) label-scaled `sr` -> label units, nodata where no frame saw the pixel,
     as DN (or float32); `std` (4, H, W, label units) beside it when given."""
@@ -284,7 +292,7 @@ def _write_window(cfg: Config, model: TrainedModel, job: _Job, j: int, sr: np.nd
     hole = ~np.kron(w.seen[rows].any(0).numpy(), np.ones((model.scale, model.scale), bool))
     image = model.hr_scale.invert(sr, band_axis=0)
     image[:, hole] = np.nan
-    offset, origin = make_source(cfg.source, cfg.run_path).radiometric_offset(dt.date.fromisoformat(date))
+    offset, origin = _radiometric_offset(cfg.source, cfg.run_path, date)
     job.offsets[date] = offset
     transform = from_bounds(*w.bounds, width=image.shape[2], height=image.shape[1])
     tags = {

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from srpipe import evaluate as ev
 from srpipe.config import Config, EvaluateConfig, ModelConfig
 from srpipe.curate.normalise import BandScale
+from srpipe.evaluation import context
 from srpipe.models import build_model
 from srpipe.models.trained import TrainedModel
 from tests import browser
@@ -54,10 +55,10 @@ def run(tmp_path, monkeypatch):
     unit = BandScale(np.zeros(4, np.float32), np.ones(4, np.float32))
     net = build_model(ModelConfig(channels=8, encoder_layers=1), scale=4).eval()
     model = TrainedModel(net, unit, unit, n_frames=3, scale=4)
-    monkeypatch.setattr(ev, "load_trained", lambda cfg: model)
+    monkeypatch.setattr(context, "load_trained", lambda cfg: model)
     monkeypatch.setattr(ev, "shard_paths", lambda folder, split: ["test-000.h5"])
     samples = [shard()]
-    monkeypatch.setattr(ev, "iter_samples", lambda paths: iter(samples))
+    monkeypatch.setattr(context, "iter_samples", lambda paths: iter(samples))
     cfg = Config(run_dir=str(tmp_path), evaluate=EvaluateConfig(batch_size=4, max_tile_plots=1, downstream_budget_s=0))
     return cfg, samples, model
 

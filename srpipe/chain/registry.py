@@ -32,7 +32,9 @@ class Stage:
     name: str
     target: str
     per_tile: bool = False
-    reads: tuple[str, ...] = ()  # config sections ("curate") or keys ("source.scale") it reads
+    reads: tuple[str, ...] = ()  # config sections ("curate") or keys ("source.scale") it reads: its fingerprint
+    speed_only: tuple[str, ...] = ()  # keys it reads that change only its speed or where it runs, never its outputs:
+    # left out of the fingerprint (tests/test_chain_reads.py: a stage reads no key outside reads and speed_only)
     after: tuple[str, ...] = ()  # upstream stages whose outputs it reads
     files: Callable[[Config], list[str]] | None = None  # input files outside the run, hashed by content
     restart: Callable[[Config], Path] | None = None  # resumable state: set aside when the inputs change
@@ -90,7 +92,10 @@ def _aoi(cfg: Config) -> list[str]:
     return [cfg.plan.aoi] if cfg.mosaic.mask_aoi and cfg.plan.aoi else []
 
 
+_WHERE = ("run_dir",)  # every stage's run folder: where it reads and writes, not what it writes
+
 # what infer's outputs depend on; batch_size, loader_workers, threads, device and compile only change its speed
+_INFER_SPEED_KEYS = tuple(f"infer.{k}" for k in ("batch_size", "loader_workers", "threads", "device", "compile"))
 _INFER_OUTPUT_KEYS = (
     "n_frames",
     "date",
@@ -123,12 +128,13 @@ _CURATE_MAP_KEYS = tuple(
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("download", "srpipe.download:download_tile", per_tile=True, reads=("source",)),
+        Stage("download", "srpipe.download:download_tile", per_tile=True, reads=("source",), speed_only=_WHERE),
         Stage(
             "curate",
             "srpipe.curate.tile:curate_tile",
             per_tile=True,
             reads=("source.scale", "source.seed", *_CURATE_MAP_KEYS),
+            speed_only=_WHERE,
             after=("download",),
             needs_labels=True,
         ),
@@ -136,6 +142,7 @@ STAGES: dict[str, Stage] = {
             "curate-reduce",
             "srpipe.curate.reduce:curate_reduce",
             reads=("source.scale", "source.seed", "source.lr_resolution_m", "curate", "train.seed"),
+            speed_only=_WHERE,
             after=("curate",),
             needs_labels=True,
         ),
@@ -143,6 +150,7 @@ STAGES: dict[str, Stage] = {
             "train-delineation",
             "srpipe.delineation:train_delineation",
             reads=("source.scale", "curate.lr_patch_px", "delineation"),
+            speed_only=_WHERE,
             after=("curate-reduce",),
             files=_parcels,
             product=lambda c: c.layout.model(c.delineation.name) / "model.pt",
@@ -151,7 +159,8 @@ STAGES: dict[str, Stage] = {
         Stage(
             "train",
             "srpipe.train:train",
-            reads=("source.scale", "curate.n_frames", "model", "train", "loss"),
+            reads=("source.scale", "curate.n_frames", "model", "train", "loss", "delineation.name"),
+            speed_only=_WHERE,  # delineation.name: the frozen net of its perceptual loss
             after=("curate-reduce", "train-delineation"),
             files=_init_weights,
             restart=lambda c: c.layout.model(c.train.name),
@@ -164,15 +173,14 @@ STAGES: dict[str, Stage] = {
             "srpipe.infer:infer_tile",
             per_tile=True,
             reads=(
-                "source.scale",
-                "source.time_interval",
-                "source.harmonize_values",
+                "source",  # its S2 stacks come from the source, and the synthetic one makes them here (seed, dates)
                 "train.name",
                 *(f"infer.{k}" for k in _INFER_OUTPUT_KEYS),
                 "mosaic.blocksize",
                 "mosaic.compress",
                 "mosaic.min_overview_px",
             ),
+            speed_only=(*_WHERE, *_INFER_SPEED_KEYS),
             after=("download", "train"),
             files=_infer_weights,
             batch="srpipe.infer:infer_shard",
@@ -182,6 +190,7 @@ STAGES: dict[str, Stage] = {
             "srpipe.mosaic:mosaic_unit",
             reads=(
                 "plan.region",
+                "plan.aoi",  # the mask's file; `files` hashes its content
                 "train.name",
                 "infer.model",
                 "mosaic.blocksize",
@@ -189,6 +198,7 @@ STAGES: dict[str, Stage] = {
                 "mosaic.min_overview_px",
                 "mosaic.mask_aoi",
             ),
+            speed_only=_WHERE,
             after=("infer",),
             files=_aoi,
             units="srpipe.mosaic_units:mosaic_units",
@@ -198,6 +208,7 @@ STAGES: dict[str, Stage] = {
             "catalog",
             "srpipe.mosaic:catalog",
             reads=("plan.region", "mosaic", "train.name", "infer.model", "source.name", "source.s2_collection"),
+            speed_only=_WHERE,
             after=("mosaic",),
             files=_infer_weights,  # the run's own model.pt reaches it through train's version, upstream
         ),
@@ -210,9 +221,13 @@ STAGES: dict[str, Stage] = {
                 "loss.cpsnr_max_shift_px",
                 "loss.crop_border_px",
                 "train.name",
+                "train.init_from",  # named in the report
+                "plan.region",  # the report's title
+                "source.scale",  # the tiles' label pixels (evaluation/tiles.py)
                 "curate",
                 "delineation",
             ),  # curate: the tile cores' stacks; delineation: the downstream test's reference
+            speed_only=_WHERE,
             after=("download", "curate-reduce", "train-delineation", "train"),
             needs_labels=True,
         ),

@@ -8,7 +8,6 @@ its S2 stacks, the chain whether it has labels, infer the radiometric offset of 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from pathlib import Path
 from typing import Protocol
 
@@ -52,9 +51,8 @@ class Source(Protocol):
         ...
 
 
-@functools.lru_cache(maxsize=8)
 def make_source(cfg: SourceConfig, run_dir: str | Path | None = None) -> Source:
-    """The source `cfg.name` names (one per settings and run in a process); `run_dir` holds its downloads."""
+    """The source `cfg.name` names; `run_dir` holds its downloads (and, for an EOPatch source, what it reads back)."""
     run = Path(run_dir) if run_dir else None
     if cfg.name == "sample":
         from srpipe.sources.sample import SampleSource

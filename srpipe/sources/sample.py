@@ -35,7 +35,7 @@ from srpipe import eopatch as ep
 from srpipe.config import ConfigError, SourceConfig
 from srpipe.errors import TileError
 from srpipe.grid import Tile, tile_seed
-from srpipe.sources.stack import S2Stack, eopatch_stack, save_eopatch
+from srpipe.sources.stack import EOPatchSource
 
 PSF_SIGMA_LR_PX = 0.5  # S2-like blur: Gaussian sigma in low-resolution pixels
 MAX_SHIFT_LR_PX = 0.5  # sub-pixel misregistration between dates, in low-resolution pixels
@@ -87,7 +87,7 @@ class _Cells:
         return out
 
 
-class SampleSource:
+class SampleSource(EOPatchSource):
     """EOPatches simulated from one real S2 scene (see the module docstring)."""
 
     has_labels: bool
@@ -119,15 +119,6 @@ class SampleSource:
     def coverage(self, aoi: shapely.Geometry) -> gpd.GeoSeries:
         """The scene's footprint, in its CRS."""
         return gpd.GeoSeries([shapely.box(*self.scene_bounds)], crs=self.crs)
-
-    def download(self, tile: Tile, path: Path) -> dict:
-        """Simulate the tile's EOPatch and save it at `path`."""
-        return save_eopatch(self.fetch(tile), tile, self.cfg.scale, path)
-
-    def s2_stack(self, tile: Tile) -> S2Stack:
-        """The tile's S2 series from its downloaded EOPatch."""
-        assert self.run_dir is not None, "make_source(cfg, run_dir) reads a run's EOPatches"
-        return eopatch_stack(self.run_dir, tile, self.cfg.scale)
 
     def radiometric_offset(self, date: dt.date) -> tuple[int, str]:
         """No offset: the sample's values are reflectance."""

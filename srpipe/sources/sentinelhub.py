@@ -34,7 +34,7 @@ from srpipe.config import ConfigError, SourceConfig
 from srpipe.errors import TileError
 from srpipe.grid import Tile
 from srpipe.sources.shclient import RobustClient, SentinelHubError, sh_config
-from srpipe.sources.stack import S2Stack, eopatch_stack, save_eopatch
+from srpipe.sources.stack import EOPatchSource
 
 S2_CLP = (FeatureType.DATA, "S2_CLP")  # (T, h, w, 1) float32 s2cloudless cloud probability in [0, 1]
 S2_BANDS_REQUESTED = ("B02", "B03", "B04", "B08", "CLM", "CLP", "dataMask")
@@ -131,7 +131,7 @@ def check_settings(cfg: SourceConfig) -> None:
         raise ConfigError(f"config key 'source.max_retries' must be >= 0, got {cfg.max_retries}")
 
 
-class SentinelHubSource:
+class SentinelHubSource(EOPatchSource):
     """EOPatches from Sentinel Hub (see the module docstring); `cache_dir` holds sentinelhub-py's response cache."""
 
     has_labels = True
@@ -186,15 +186,6 @@ class SentinelHubSource:
         items = self.search(self.vhr, BBox(aoi.bounds, CRS.WGS84), vhr_interval(self.cfg), None)
         shapes = [shapely.geometry.shape(item["geometry"]) for item in items]
         return gpd.GeoSeries([shapely.union_all(shapes) if shapes else shapely.Polygon()], crs=4326)
-
-    def download(self, tile: Tile, path: Path) -> dict:
-        """Download the tile's EOPatch and save it at `path`."""
-        return save_eopatch(self.fetch(tile), tile, self.cfg.scale, path)
-
-    def s2_stack(self, tile: Tile) -> S2Stack:
-        """The tile's S2 series from its downloaded EOPatch."""
-        assert self.run_dir is not None, "make_source(cfg, run_dir) reads a run's EOPatches"
-        return eopatch_stack(self.run_dir, tile, self.cfg.scale)
 
     def radiometric_offset(self, date: dt.date) -> tuple[int, str]:
         """-1000 DN for un-harmonised processing baseline 04.00 values (from 2022-01-25), else 0; and why."""

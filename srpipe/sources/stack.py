@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from srpipe.config import SourceConfig
 from srpipe.grid import Tile
 
 
@@ -23,6 +24,27 @@ class S2Stack:
     dates: list[dt.date]
     bounds: tuple[float, float, float, float]
     epsg: int
+
+
+class EOPatchSource:
+    """What the EOPatch sources share: `download` saves `fetch(tile)` (checked), `s2_stack` reads it back from the
+    run (`run_dir`); a subclass sets `cfg`, `run_dir` and `fetch`."""
+
+    cfg: SourceConfig
+    run_dir: Path | None
+
+    def fetch(self, tile: Tile):
+        """The tile's EOPatch (see `srpipe.eopatch`)."""
+        raise NotImplementedError
+
+    def download(self, tile: Tile, path: Path) -> dict:
+        """Fetch the tile's EOPatch and save it at `path`."""
+        return save_eopatch(self.fetch(tile), tile, self.cfg.scale, path)
+
+    def s2_stack(self, tile: Tile) -> S2Stack:
+        """The tile's S2 series from its downloaded EOPatch."""
+        assert self.run_dir is not None, "make_source(cfg, run_dir) reads a run's EOPatches"
+        return eopatch_stack(self.run_dir, tile, self.cfg.scale)
 
 
 def save_eopatch(patch, tile: Tile, scale: int, path: Path) -> dict:

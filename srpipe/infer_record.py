@@ -1,6 +1,6 @@
 """What infer hands to mosaic: one typed, versioned record per finished tile, kept in the tile's done marker.
 
-Infer writes it with `InferRecord.info()`; mosaic and the registry read it with `InferRecord.read` / `read_all`,
+Infer writes it with `InferRecord.info()`; mosaic reads it with `InferRecord.read`, its units with `zone_dates`,
 which refuse a record of another version (or a broken one) with an error naming the tile and the fix.
 """
 
@@ -59,8 +59,3 @@ class InferRecord:
         if record.get("infer_record") != VERSION or "epsg" not in record or "dates" not in record:
             InferRecord.read(tile_id, record)  # raises the error naming the tile
         return int(record["epsg"]), record["dates"]
-
-    @classmethod
-    def read_all(cls, records: dict[str, dict[str, Any]]) -> dict[str, InferRecord]:
-        """{tile: record} of infer's done records (`state.done_records(run, 'infer')`)."""
-        return {tile: cls.read(tile, r) for tile, r in records.items()}

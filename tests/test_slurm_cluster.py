@@ -75,6 +75,19 @@ def wait_jobs(job_ids: list[str], timeout_s: float = 900) -> None:
         time.sleep(2)
 
 
+def final_states(job_ids: list[str], timeout_s: float = 120) -> str:
+    """sacct's `JobID|State` lines once every job is in a final state (slurmdbd records an end a moment after squeue)."""
+    end = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State"], capture_output=True, text=True
+        ).stdout
+        live = [line for line in out.split() if line.split("|")[-1] in ("PENDING", "RUNNING", "COMPLETING")]
+        if not live or time.monotonic() > end:
+            return out
+        time.sleep(1)
+
+
 def _fresh_run(tmp_path: Path, **train: object) -> Path:
     """A planned tiny run in tmp_path (the same settings as the session's local `tiny_run`)."""
     aoi = aoi_geojson(tmp_path / "aoi.geojson", 440100, 4164100, 443900, 4169900)
@@ -242,9 +255,7 @@ def test_sbatch_templates_run_the_chain_with_horovod_training(tiny_run: Path, tm
     jobs.append(sbatch("mosaic.sbatch", "--array=0-0", after=jobs[-1]))  # one zone x one date: one unit
     jobs.append(sbatch("mosaic.sbatch", after=jobs[-1]))  # the catalog and the evaluation
     wait_jobs(jobs, timeout_s=1200)
-    states = subprocess.run(
-        ["sacct", "-n", "-P", "-X", "-j", ",".join(jobs), "-o", "JobID,State"], capture_output=True, text=True
-    ).stdout
+    states = final_states(jobs)
     assert all(line.endswith("|COMPLETED") for line in states.split()), states
     checksums = _rank_checksums(run)
     assert len(checksums) == 2 and checksums[0] == checksums[1]

@@ -115,7 +115,8 @@ class TrainConfig:
     max_minutes: float = 0.0
     loader_workers: int = 0
     seed: int = 0
-    scale_lr_with_ranks: bool = True  # Horovod: lr x number of ranks (the effective batch grows with them)
+    backend: Literal["horovod", "ddp"] = "horovod"  # ranks' backend: Horovod (DDP when it is not installed), torch DDP
+    scale_lr_with_ranks: bool = True  # several ranks: lr x number of ranks (the effective batch grows with them)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: to lr/100 over the epochs or max_minutes
     augment: bool = False  # random flips and right-angle rotations of each training sample
     checkpoint_every_steps: int = 100  # also checkpoint mid-epoch, so a kill loses at most this many steps

@@ -1,7 +1,8 @@
-"""Train HighRes-Net + ShiftNet on the curated shards, on 1 process or N Horovod ranks; resumable; reads top to bottom.
+"""Train HighRes-Net + ShiftNet on the curated shards, on 1 process or N Horovod or DDP ranks; resumable; top to bottom.
 
-The same code runs as one plain process (`srpipe train`), under `horovodrun`/`mpirun`, or `srun --mpi=pmix`:
-hvd.init() sees the launcher's ranks (size 1 without one). Rank 0 alone writes checkpoints, history and plots.
+The same code runs as one plain process (`srpipe train`), under `srun`, `mpirun`, `torchrun` or `horovodrun`:
+`train.backend` picks Horovod or torch DDP (srpipe.ranks), which sees the launcher's ranks (one without a launcher).
+Rank 0 alone writes checkpoints, history and plots.
 """
 
 from __future__ import annotations
@@ -34,39 +35,11 @@ from srpipe.models.highresnet import bicubic, masked_median
 from srpipe.models.pretrained import init_weights
 from srpipe.models.shiftnet import ShiftNet
 from srpipe.models.trained import MODEL_FILE, model_dir
-
-
-class Ranks:
-    """The Horovod world, or a world of one when Horovod is missing: rank, size, and the few collectives used."""
-
-    def __init__(self) -> None:
-        try:
-            import horovod.torch as hvd
-        except ImportError as exc:  # a plain install without the patched Horovod still trains, on one process
-            print(f"train: horovod not importable ({exc}); training in a single process")
-            self.hvd, self.rank, self.size, self.local_rank = None, 0, 1, 0
-            return
-        hvd.init()
-        self.hvd, self.rank, self.size, self.local_rank = hvd, hvd.rank(), hvd.size(), hvd.local_rank()
-
-    def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Element-wise sum over ranks of a float64 CPU tensor."""
-        if self.size == 1:
-            return values
-        return self.hvd.allreduce(values, op=self.hvd.Sum)
-
-    def average(self, row: dict[str, float]) -> dict[str, float]:
-        """Mean over ranks of each value of `row`."""
-        summed = self.sum(torch.tensor(list(row.values()), dtype=torch.float64)) / self.size
-        return dict(zip(row, summed.tolist(), strict=True))
-
-    def lead_value(self, value: float) -> float:
-        """Rank 0's `value` on every rank (e.g. its clock, so that all ranks share one time budget and lr)."""
-        return self.sum(torch.tensor([value if self.rank == 0 else 0.0], dtype=torch.float64)).item()
+from srpipe.ranks import World, make_world
 
 
 @torch.no_grad()
-def validate(model: HighResNet, loader: DataLoader, ranks: Ranks, device: torch.device, loss: LossConfig) -> dict:
+def validate(model: HighResNet, loader: DataLoader, ranks: World, device: torch.device, loss: LossConfig) -> dict:
     """Mean PSNR and cPSNR of SR and of bicubic of the median, over all ranks, scored as `srpipe evaluate` scores:
     inside `loss.scored_border_px` (the pixels the loss trains), cPSNR registered by up to `loss.cpsnr_max_shift_px`."""
     model.eval()
@@ -146,7 +119,7 @@ class _Setup:
     """What the training loop reads: the world, data, networks, optimiser and budgets (fixed for the whole run)."""
 
     cfg: Config
-    ranks: Ranks
+    ranks: World
     device: torch.device
     folder: Path
     train_set: ShardDataset
@@ -161,6 +134,8 @@ class _Setup:
     budget_s: float
     total_steps: int
     amp: bool  # bfloat16 autocast of the forward passes (train.amp, where the device runs bf16 natively)
+    step_model: torch.nn.Module | None = None  # what the steps call forward: `model`, or its DDP wrapper
+    step_shiftnet: torch.nn.Module | None = None  # likewise for `shiftnet`
 
     @property
     def lead(self) -> bool:
@@ -184,7 +159,7 @@ class _Progress:
     out_of_time: bool = False
 
 
-def _device(ranks: Ranks) -> torch.device:
+def _device(ranks: World) -> torch.device:
     """This rank's GPU when there is one, else the CPU."""
     if not torch.cuda.is_available():
         return torch.device("cpu")
@@ -215,7 +190,7 @@ def _setup(cfg: Config) -> _Setup:
         raise StageError(f"no training shards in {datasets}; run `srpipe curate` first")
     lr_scale, hr_scale = scales(load_stats(cfg.run_path))
     torch.set_flush_denormal(True)  # denormal activations after a few Adam steps make CPU convolutions 20x slower
-    ranks = Ranks()
+    ranks = make_world(t.backend)
     device = _device(ranks)
     torch.manual_seed(t.seed)
     np.random.seed(t.seed)
@@ -256,8 +231,7 @@ def _resume(run: _Setup) -> _Progress:
     saved = None
     if run.lead and checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=False, map_location="cpu")
-    if run.ranks.size > 1:
-        saved = run.ranks.hvd.broadcast_object(saved, root_rank=0, name="checkpoint")  # one name on every rank
+    saved = run.ranks.broadcast_object(saved, name="checkpoint")
     if saved is None:
         if run.cfg.train.init_from:
             path = init_weights(run.cfg, run.model, run.shiftnet)
@@ -278,16 +252,9 @@ def _resume(run: _Setup) -> _Progress:
 
 
 def _distribute(run: _Setup) -> None:
-    """Horovod: every rank starts from rank 0's weights and optimiser state, and averages gradients."""
-    if run.ranks.size == 1:
-        return
-    hvd = run.ranks.hvd
-    hvd.broadcast_parameters(run.model.state_dict(), root_rank=0)
-    hvd.broadcast_parameters(run.shiftnet.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(run.optimizer, root_rank=0)
-    named = [(f"sr.{n}", p) for n, p in run.model.named_parameters()]
-    named += [(f"shift.{n}", p) for n, p in run.shiftnet.named_parameters()] if run.cfg.loss.register else []
-    run.optimizer = hvd.DistributedOptimizer(run.optimizer, named_parameters=named)
+    """Every rank starts from rank 0's weights and optimiser state; the backend averages the gradients."""
+    parts = run.ranks.distribute(run.model, run.shiftnet, run.optimizer, run.cfg.loss.register)
+    run.step_model, run.step_shiftnet, run.optimizer = parts.model, parts.shiftnet, parts.optimizer
 
 
 def _save_checkpoint(run: _Setup, progress: _Progress) -> None:
@@ -329,8 +296,9 @@ def _train_step(run: _Setup, progress: _Progress, batch: dict[str, torch.Tensor]
     for group in run.optimizer.param_groups:
         group["lr"] = run.lr * lr_factor(t.lr_schedule, done)
     with low_precision(batch["lr"], run.amp):
-        sr = run.model(batch["lr"], batch["lr_mask"])
-    loss, terms = sr_losses(run.cfg.loss, sr.float(), batch, run.shiftnet, run.delineation, run.lr_to_hr, run.amp)
+        sr = run.step_model(batch["lr"], batch["lr_mask"])
+    shiftnet = run.step_shiftnet
+    loss, terms = sr_losses(run.cfg.loss, sr.float(), batch, shiftnet, run.delineation, run.lr_to_hr, run.amp)
     run.optimizer.zero_grad()  # Horovod's wrapper takes no set_to_none (it is the default)
     loss.backward()
     run.optimizer.step()
@@ -404,7 +372,10 @@ def train(cfg: Config) -> dict:
     _distribute(run)
     tracker = _wandb_run(cfg, run.folder) if run.lead else None
     if run.lead:
-        print(f"train: {run.ranks.size} rank(s) on {run.device.type}, {len(run.train_set)} samples, lr {run.lr:g}")
+        print(
+            f"train: {run.ranks.size} rank(s) ({run.ranks.backend}) on {run.device.type}, "
+            f"{len(run.train_set)} samples, lr {run.lr:g}"
+        )
     run.model.train()
     run.shiftnet.train()
     while progress.epoch < cfg.train.epochs and not progress.out_of_time:
@@ -414,10 +385,12 @@ def train(cfg: Config) -> dict:
         tracker.finish()
     if run.lead:
         _save_model(run, progress)
+    run.ranks.close()
     return {
         "epochs": progress.epoch,
         "steps": progress.step,
         "ranks": run.ranks.size,
+        "backend": run.ranks.backend,
         "rank": run.ranks.rank,
         "best_val_cpsnr": progress.best["val_cpsnr"],
         "param_checksum": float(sum(p.detach().double().sum().item() for p in run.model.parameters())),

@@ -2,7 +2,7 @@
 
 from srpipe import state
 from srpipe.chain import Stage
-from srpipe.cluster.local import LocalExecutor, launcher_rank, launcher_size, run_units
+from srpipe.cluster.local import LocalExecutor, run_units
 from srpipe.config import Config
 from srpipe.errors import TileError
 
@@ -42,17 +42,3 @@ def test_ranks_take_the_tiles_round_robin(tmp_path):
     cfg = Config(run_dir=str(tmp_path))
     second = LocalExecutor(workers=1, rank=1, size=2).run(cfg, FLAKY, ["a", "b", "c", "d"], None)
     assert second.done == ["b", "d"]
-
-
-def test_launcher_rank_from_pmix_openmpi_or_multi_task_srun():
-    assert launcher_rank({}) == 0
-    assert launcher_rank({"PMIX_RANK": "1"}) == 1
-    assert launcher_rank({"OMPI_COMM_WORLD_RANK": "3"}) == 3
-    assert launcher_rank({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == 0
-    assert launcher_rank({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}) == 1
-
-
-def test_launcher_size_from_openmpi_or_srun_step():
-    assert launcher_size({}) == 1
-    assert launcher_size({"OMPI_COMM_WORLD_SIZE": "4"}) == 4
-    assert launcher_size({"SLURM_STEP_NUM_TASKS": "2"}) == 2

@@ -76,7 +76,7 @@ def wait_jobs(job_ids: list[str], timeout_s: float = 900) -> None:
 
 
 def final_states(job_ids: list[str], timeout_s: float = 120) -> str:
-    """sacct's `JobID|State` lines once every job is in a final state (slurmdbd records an end a moment after squeue)."""
+    """sacct's `JobID|State` lines once every job has ended (slurmdbd records an end a moment after squeue)."""
     end = time.monotonic() + timeout_s
     while True:
         out = subprocess.run(

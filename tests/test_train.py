@@ -21,7 +21,8 @@ from srpipe.config import Config, DelineationConfig, LossConfig, ModelConfig, Tr
 from srpipe.curate.dataset import ShardWriter
 from srpipe.delineation import train_delineation
 from srpipe.models.trained import load_trained, model_dir
-from srpipe.train import Ranks, lr_factor, train, validate
+from srpipe.ranks import World
+from srpipe.train import lr_factor, train, validate
 
 
 def _samples(n: int, k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -100,7 +101,7 @@ def test_validation_scores_after_registration(tmp_path):
     batch = {k: torch.from_numpy(s[k]) for k in ("lr", "lr_mask", "hr", "hr_mask")}
     batch["hr"] = batch["hr"] * 0.8 + 0.1  # room for the brightening inside [0, 1]
     loader = [batch]
-    scores = validate(_ShiftedLabel(batch["hr"]), loader, Ranks(), torch.device("cpu"), LossConfig(crop_border_px=6))
+    scores = validate(_ShiftedLabel(batch["hr"]), loader, World(), torch.device("cpu"), LossConfig(crop_border_px=6))
     assert scores["val_cpsnr"] > 40 > scores["val_psnr"]  # near-perfect once registered, poor without
 
 
@@ -118,8 +119,8 @@ def test_validation_scores_only_the_pixels_the_loss_trains():
     s = _samples(8, 3, rng)
     loader = [{k: torch.from_numpy(s[k]) for k in ("lr", "lr_mask", "hr", "hr_mask")}]
     labels = loader[0]["hr"]
-    inside = validate(_DarkBorderLabel(labels), loader, Ranks(), torch.device("cpu"), LossConfig(crop_border_px=8))
-    whole = validate(_DarkBorderLabel(labels), loader, Ranks(), torch.device("cpu"), LossConfig(crop_border_px=3))
+    inside = validate(_DarkBorderLabel(labels), loader, World(), torch.device("cpu"), LossConfig(crop_border_px=8))
+    whole = validate(_DarkBorderLabel(labels), loader, World(), torch.device("cpu"), LossConfig(crop_border_px=3))
     assert inside["val_cpsnr"] > 60 and inside["val_psnr"] > 60  # the checkpoint choice sees the trained pixels only
     assert whole["val_cpsnr"] < 20
 

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from srpipe.chain import ALL, ChainState, Stage, StageSummary, pending_units, run_shard, run_unit
 from srpipe.config import Config
+from srpipe.launch import launcher_rank, launcher_size
 
 
 def _init_worker() -> None:
@@ -73,24 +74,6 @@ def run_units(
         summary.record(unit, error)
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def launcher_rank(environ: dict[str, str] | None = None) -> int:
-    """This process's MPI rank as set by `srun --mpi=pmix` or `mpirun` (0 without a launcher); read at the edge."""
-    env = os.environ if environ is None else environ
-    for key in ("PMIX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
-        if env.get(key, "").isdigit():
-            return int(env[key])
-    return int(env["SLURM_PROCID"]) if env.get("SLURM_NTASKS", "1") != "1" and env.get("SLURM_PROCID") else 0
-
-
-def launcher_size(environ: dict[str, str] | None = None) -> int:
-    """How many ranks `srun` or `mpirun` started (1 without a launcher)."""
-    env = os.environ if environ is None else environ
-    for key in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"):
-        if env.get(key, "").isdigit():
-            return int(env[key])
-    return 1
 
 
 @dataclass(frozen=True)

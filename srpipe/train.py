@@ -134,8 +134,8 @@ class _Setup:
     budget_s: float
     total_steps: int
     amp: bool  # bfloat16 autocast of the forward passes (train.amp, where the device runs bf16 natively)
-    step_model: torch.nn.Module | None = None  # what the steps call forward: `model`, or its DDP wrapper
-    step_shiftnet: torch.nn.Module | None = None  # likewise for `shiftnet`
+    step_model: torch.nn.Module  # what the steps call forward: `model`, or its DDP wrapper after `_distribute`
+    step_shiftnet: torch.nn.Module  # likewise for `shiftnet`
 
     @property
     def lead(self) -> bool:
@@ -222,6 +222,8 @@ def _setup(cfg: Config) -> _Setup:
         budget_s=t.max_minutes * 60 if t.max_minutes > 0 else math.inf,
         total_steps=t.epochs * max(len(sampler) // t.batch_size, 1),
         amp=t.amp and autocast_supported(device),
+        step_model=model,
+        step_shiftnet=shiftnet,
     )
 
 

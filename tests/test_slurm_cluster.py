@@ -209,12 +209,13 @@ def test_scancelled_array_task_shows_failed_and_resubmit_completes_without_dupli
     assert sorted(u for units in submitted[1]["tasks"].values() for u in units) == sorted(killed)  # only those
 
 
-def test_horovod_two_ranks_via_submitit_stay_in_sync_and_resume_after_cancel(tiny_run: Path, tmp_path: Path):
-    """2 Horovod ranks (srun --mpi=pmix) train in sync; cancelled after a checkpoint, resubmit resumes from it."""
+@pytest.mark.parametrize("backend", ["horovod", "ddp"])
+def test_two_ranks_via_submitit_stay_in_sync_and_resume_after_cancel(tiny_run: Path, tmp_path: Path, backend: str):
+    """2 ranks (srun --mpi=pmix) of either backend train in sync; cancelled after a checkpoint, resubmit resumes."""
     run = _copy_run(tiny_run.parent / "run", tmp_path / "run", clear=("train", "infer", "mosaic", "evaluate"))
     shutil.rmtree(run / "models" / "highresnet")
     config = tomllib.loads((run / "config.toml").read_text())
-    config["train"].update(epochs=10, checkpoint_every_steps=2)
+    config["train"].update(epochs=10, checkpoint_every_steps=2, backend=backend)
     (run / "config.toml").write_text(tomli_w.dumps(config))
     profile = _profile(tmp_path, train_tasks=2)
     ids = _job_ids(srpipe("submit", "train", str(run), "--profile", str(profile)).stdout)
@@ -230,7 +231,7 @@ def test_horovod_two_ranks_via_submitit_stay_in_sync_and_resume_after_cancel(tin
     again = _job_ids(srpipe("resubmit", str(run), "train").stdout)
     wait_jobs(again)
     log = next((run / "_slurm/train").glob(f"*/{again[0]}_0_log.out")).read_text()
-    assert "train: resuming highresnet" in log, log
+    assert "train: resuming highresnet" in log and f"2 rank(s) ({backend})" in log, log
     checksums = _rank_checksums(run)
     assert len(checksums) == 2 and checksums[0] == checksums[1]  # the ranks ended with identical weights
     history = (run / "models/highresnet/history.csv").read_text().splitlines()

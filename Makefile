@@ -32,10 +32,13 @@ pretrain: install-core
 test: install services
 	$(BIN)/python -m pytest -q -ra --durations=20
 
-# the real one-node Slurm cluster (munge, slurmctld, slurmd, slurmdbd + MariaDB) that the slurm-marked tests use
+# the real Slurm clusters that the slurm-marked tests use: the one-node default (munge, slurmctld, slurmd,
+# slurmdbd + MariaDB), then the two-node one (SLURM_CONF=/etc/slurm-2node/slurm.conf; hosts srn1, srn2 in
+# network namespaces) that shares its munge and slurmdbd
 services:
-	@if [ "$$(id -u)" = 0 ]; then bash hpc/slurm-local/install.sh && bash hpc/slurm-local/up.sh; \
-	else echo "make services: not root, so no local Slurm cluster; slurm-marked tests will be skipped"; fi
+	@if [ "$$(id -u)" = 0 ]; then bash hpc/slurm-local/install.sh && bash hpc/slurm-local/up.sh \
+	  && bash hpc/slurm-local/up.sh --nodes 2; \
+	else echo "make services: not root, so no local Slurm clusters; slurm-marked tests will be skipped"; fi
 
 lint: install
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import socket
 import time
 from pathlib import Path
 
@@ -393,6 +394,7 @@ def train(cfg: Config) -> dict:
         "steps": progress.step,
         "ranks": run.ranks.size,
         "backend": run.ranks.backend,
+        "host": socket.gethostname(),
         "rank": run.ranks.rank,
         "best_val_cpsnr": progress.best["val_cpsnr"],
         "param_checksum": float(sum(p.detach().double().sum().item() for p in run.model.parameters())),

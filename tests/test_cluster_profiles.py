@@ -12,7 +12,7 @@ from srpipe.errors import ConfigError
 
 def test_every_shipped_profile_loads():
     names = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
-    assert {"local", "slurm-local", "example-gpu-cluster"} <= set(names)
+    assert {"local", "slurm-local", "slurm-2node", "example-gpu-cluster"} <= set(names)
     for name in names:
         assert load_profile(name).name == name
 

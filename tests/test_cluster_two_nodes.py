@@ -1,0 +1,185 @@
+"""srpipe on the two-node cluster (hpc/slurm-local/up.sh --nodes 2): arrays over both hosts with local mode's outputs,
+and training with one rank on each host, for both backends, over the link between the hosts' network namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+
+from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
+from tests.test_slurm_cluster import _copy_run, _job_ids, _mosaic_pixels, _rank_checksums
+from tests.test_slurm_two_nodes import NODE_IFACE, NODES, final_states, hostnames, two_node_env, up_two_nodes
+
+pytestmark = [pytest.mark.slurm, pytest.mark.mpi]
+BACKENDS = ["horovod", "ddp"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_node_cluster() -> None:
+    """Bring the two-node cluster up (idempotent); skip when this machine cannot run it."""
+    if shutil.which("sbatch") is None:
+        pytest.skip("no Slurm client here; run hpc/slurm-local/install.sh")
+    if os.geteuid() != 0:
+        pytest.skip("the two-node cluster needs root (network namespaces); run `make services` as root")
+    up_two_nodes()
+
+
+def _profile(tmp_path: Path, **train: object) -> Path:
+    """The shipped slurm-2node profile with `train` overrides of its train stage, as a TOML file in tmp_path."""
+    data = tomllib.loads((REPO / "hpc/profiles/slurm-2node.toml").read_text())
+    data["stages"]["train"].update(train)
+    path = tmp_path / "profile.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def _wait(ids: list[str], timeout_s: float = 1200) -> list[dict[str, str]]:
+    """sacct's final rows (JobID, State, NodeList) of `ids`, array tasks one row each."""
+    return final_states(ids, timeout_s=timeout_s)
+
+
+WORLD_SUM = """
+import json, socket, sys, torch
+from srpipe.ranks import make_world
+
+def counters():  # /proc/net/dev is per network namespace: this host's interfaces only
+    for line in open("/proc/net/dev"):
+        name, _, fields = line.partition(":")
+        if name.strip() == sys.argv[2]:
+            return int(fields.split()[0]), int(fields.split()[8])
+
+world = make_world(sys.argv[1])
+values = torch.full((int(sys.argv[3]) // 4,), world.rank + 1.0)  # float32: argv[3] bytes
+world.sum(torch.zeros(1))
+rx0, tx0 = counters()
+total = world.sum(values)
+world.sum(torch.zeros(1))
+rx1, tx1 = counters()
+print(json.dumps({"rank": world.rank, "size": world.size, "backend": world.backend, "host": socket.gethostname(),
+                  "rx": rx1 - rx0, "tx": tx1 - tx0, "total": total[0].item()}))
+world.close()
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_backend_sums_over_the_link_between_the_hosts(tmp_path: Path, backend: str):
+    """srpipe's own World, one rank per host (srun): 8 MB summed, and each host's veth carried at least that."""
+    payload = 8 << 20
+    script = tmp_path / "world_sum.py"
+    script.write_text(WORLD_SUM)
+    cmd = ["srun", "--mpi=pmix", "--nodes=2", "--ntasks-per-node=1", sys.executable, str(script), backend, NODE_IFACE]
+    out = subprocess.run([*cmd, str(payload)], capture_output=True, text=True, env=two_node_env(), timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ranks = sorted((json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")), key=lambda r: r["rank"])
+    assert [(r["rank"], r["size"], r["backend"]) for r in ranks] == [(0, 2, backend), (1, 2, backend)], out.stdout
+    assert sorted(r["host"] for r in ranks) == list(NODES)
+    for r in ranks:
+        assert r["total"] == 3.0 and r["rx"] >= payload and r["tx"] >= payload, r
+
+
+def test_submit_all_runs_arrays_on_both_hosts_and_ends_as_local_mode(tiny_run: Path, tmp_path: Path):
+    """The whole chain submitted to two hosts: download, curate and infer tasks ran on both, outputs equal local's."""
+    aoi = aoi_geojson(tmp_path / "aoi.geojson", 440100, 4164100, 443900, 4169900)
+    config = write_config(tmp_path / "tiny.toml", tiny_settings(tmp_path / "run", aoi))
+    profile = _profile(tmp_path, nodes=1, cpus_per_task=2)  # one training process, as local mode trains
+    result = srpipe("submit", "all", str(config), "--profile", str(profile), env=two_node_env())
+    ids = _job_ids(result.stdout)
+    rows = _wait(ids)
+    assert {r["State"] for r in rows} == {"COMPLETED"}, rows
+    submissions = [json.loads(line) for line in (tmp_path / "run/_slurm/submissions.jsonl").read_text().splitlines()]
+    for stage in ("download", "curate", "infer"):
+        arrays = {job.split("_")[0] for s in submissions if s["stage"] == stage for job in s["tasks"]}
+        hosts = {h for r in rows if r["JobID"].split("_")[0] in arrays for h in hostnames(r["NodeList"])}
+        assert hosts == set(NODES), (stage, rows)
+    run, local = tmp_path / "run", tiny_run.parent / "run"
+    for tile in sorted(p.name for p in (local / "curation" / "tiles").glob("*.json")):
+        assert json.loads((run / "curation/tiles" / tile).read_text()) == json.loads(
+            (local / "curation/tiles" / tile).read_text()
+        )
+    mosaics, expected = _mosaic_pixels(run), _mosaic_pixels(local)
+    assert mosaics.keys() == expected.keys() and mosaics
+    for name in expected:
+        np.testing.assert_array_equal(mosaics[name], expected[name])
+
+
+def _train_run(tiny_run: Path, target: Path, backend: str) -> Path:
+    """A copy of the finished tiny run with training (and what follows) to do again: 10 epochs, checkpoints every 2."""
+    run = _copy_run(tiny_run.parent / "run", target, clear=("train", "infer", "mosaic", "evaluate"))
+    shutil.rmtree(run / "models" / "highresnet")
+    config = tomllib.loads((run / "config.toml").read_text())
+    config["train"].update(epochs=10, checkpoint_every_steps=2, backend=backend)
+    (run / "config.toml").write_text(tomli_w.dumps(config))
+    return run
+
+
+def _hosts_and_checksums(run: Path) -> tuple[list[str], list[float]]:
+    """Each rank's host and final parameter checksum, rank 0 first."""
+    folder = run / "_state" / "train"
+    results = [json.loads((folder / "all.done").read_text())]
+    results += [json.loads(p.read_text()) for p in sorted(folder.glob("all.rank*.json"))]
+    return [r["host"] for r in results], _rank_checksums(run)
+
+
+def _cancel_after_first_checkpoint(run: Path, job_id: str) -> None:
+    checkpoint = run / "models/highresnet/checkpoint.pt"
+    end = time.monotonic() + 600
+    while not checkpoint.exists():
+        assert time.monotonic() < end, "training stalled before its first checkpoint"
+        time.sleep(0.5)
+    time.sleep(1)
+    subprocess.run(["scancel", job_id], check=True, env=two_node_env())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rank_on_each_host_trains_in_sync_and_resumes_exactly_after_cancel(tiny_run, tmp_path, backend):
+    """submitit: a rank on srn1 and one on srn2; cancelled after a checkpoint and resubmitted, the run ends with the
+    parameters of an unbroken two-host run (which trains beside it)."""
+    broken, unbroken = (_train_run(tiny_run, tmp_path / name, backend) for name in ("broken", "unbroken"))
+    profile = _profile(tmp_path)
+    ids = [_job_ids(srpipe("submit", "train", str(r), "--profile", str(profile), env=two_node_env()).stdout)[0]
+           for r in (broken, unbroken)]  # fmt: skip
+    _cancel_after_first_checkpoint(broken, ids[0])
+    _wait(ids)
+    assert not (broken / "_state/train/all.done").exists()
+    again = _job_ids(srpipe("resubmit", str(broken), "train", env=two_node_env()).stdout)
+    rows = _wait(again)
+    assert hostnames(rows[0]["NodeList"]) == list(NODES) and rows[0]["State"] == "COMPLETED", rows
+    log = next((broken / "_slurm/train").glob(f"*/{again[0]}_0_log.out")).read_text()
+    assert "train: resuming highresnet" in log and f"2 rank(s) ({backend})" in log, log
+    hosts, checksums = _hosts_and_checksums(broken)
+    assert sorted(hosts) == list(NODES) and checksums[0] == checksums[1]
+    reference = _hosts_and_checksums(unbroken)[1]
+    assert checksums[0] == pytest.approx(reference[0], rel=1e-4, abs=1e-3)
+    assert len((broken / "models/highresnet/history.csv").read_text().splitlines()) == 1 + 10
+
+
+def test_the_training_template_runs_a_rank_on_each_host_and_a_requeue_resumes(tiny_run: Path, tmp_path: Path):
+    """slurm/train-horovod.sbatch with --nodes=2: Horovod ranks on srn1 and srn2; `scontrol requeue` after a
+    checkpoint restarts the job, which resumes from it."""
+    run = _train_run(tiny_run, tmp_path / "run", "horovod")
+    env = two_node_env(RUN_DIR=str(run), SRPIPE_PYTHON=sys.executable)
+    cmd = ["sbatch", "--parsable", f"--chdir={tmp_path}", "--nodes=2", "--ntasks-per-node=1", "--time=20"]
+    job = subprocess.run([*cmd, str(REPO / "slurm/train-horovod.sbatch")], capture_output=True, text=True, env=env)
+    job_id = job.stdout.strip().split(";")[0]
+    checkpoint = run / "models/highresnet/checkpoint.pt"
+    end = time.monotonic() + 600
+    while not checkpoint.exists():
+        assert time.monotonic() < end, "training stalled before its first checkpoint"
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "requeue", job_id], check=True, env=env)
+    rows = _wait([job_id])
+    assert rows[0]["State"] == "COMPLETED" and hostnames(rows[0]["NodeList"]) == list(NODES), rows
+    log = (tmp_path / f"srpipe-srpipe-train-{job_id}.out").read_text()
+    assert "train: resuming highresnet" in log, log
+    hosts, checksums = _hosts_and_checksums(run)
+    assert sorted(hosts) == list(NODES) and checksums[0] == checksums[1]

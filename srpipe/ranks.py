@@ -75,15 +75,21 @@ class HorovodWorld(World):
         return obj if self.size == 1 else self.hvd.broadcast_object(obj, root_rank=0, name=name)
 
     def distribute(self, model: nn.Module, shiftnet: nn.Module, optimizer: torch.optim.Optimizer, register: bool):
-        """Rank 0's weights and optimiser state on every rank; Horovod's optimiser averages the gradients."""
+        """Rank 0's weights on every rank; Horovod's optimiser averages the gradients.
+
+        Its DistributedOptimizer is a new optimiser over the same parameters, without the state: a resumed Adam's
+        moments and step counts are loaded into it. They need no broadcast (every rank loaded rank 0's checkpoint), and
+        `hvd.broadcast_optimizer_state` would take a dummy step on an empty state, one Adam step count ahead of DDP's.
+        """
         if self.size == 1:
             return Trainable(model, shiftnet, optimizer)
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         self.hvd.broadcast_parameters(shiftnet.state_dict(), root_rank=0)
-        self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
         named = [(f"sr.{n}", p) for n, p in model.named_parameters()]
         named += [(f"shift.{n}", p) for n, p in shiftnet.named_parameters()] if register else []
-        return Trainable(model, shiftnet, self.hvd.DistributedOptimizer(optimizer, named_parameters=named))
+        distributed = self.hvd.DistributedOptimizer(optimizer, named_parameters=named)
+        distributed.load_state_dict(optimizer.state_dict())
+        return Trainable(model, shiftnet, distributed)
 
 
 def _mpi_rendezvous() -> tuple[str, int]:

@@ -44,8 +44,18 @@ def _profile(tmp_path: Path, **train: object) -> Path:
 
 
 def _wait(ids: list[str], timeout_s: float = 1200) -> list[dict[str, str]]:
-    """sacct's final rows (JobID, State, NodeList) of `ids`, array tasks one row each."""
-    return final_states(ids, timeout_s=timeout_s)
+    """sacct's final rows (JobID, State, NodeList) of `ids`, array tasks one row each, once squeue holds none of
+    them and sacct has a row for each (a job just submitted may be in neither for a moment)."""
+    jobs = {i.split("_")[0] for i in ids}
+    end = time.monotonic() + timeout_s
+    while True:
+        queue = ["squeue", "-h", "-r", "-j", ",".join(sorted(jobs)), "-o", "%i"]
+        queued = subprocess.run(queue, capture_output=True, text=True, env=two_node_env()).stdout.split()
+        rows = [] if queued else final_states(ids)
+        if rows and {r["JobID"].split("_")[0] for r in rows} == jobs:
+            return rows
+        assert time.monotonic() < end, f"jobs {sorted(jobs)} not finished after {timeout_s} s: {queued or rows}"
+        time.sleep(2)
 
 
 WORLD_SUM = """

@@ -121,3 +121,26 @@ def test_two_ranks_reach_the_parameters_of_one_process_on_the_same_global_batch(
     gaps = {k: (two[k] - w).abs().max().item() for k, w in one_process_weights.items()}
     assert max(gaps.values()) < EQUAL_WEIGHTS_ATOL, sorted(gaps.items(), key=lambda kv: -kv[1])[:3]
     assert [r["steps"] for r in _ranks(tmp_path)] == [8, 8]  # 8 Adam steps of lr 2e-3: weights move by ~1e-2
+
+
+def _set_epochs(run: Path, epochs: int) -> None:
+    config = tomllib.loads((run / "config.toml").read_text())
+    config["train"]["epochs"] = epochs
+    (run / "config.toml").write_text(tomli_w.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("launcher", "backend"), [("torchrun", "ddp"), pytest.param("mpirun", "horovod", marks=needs_horovod)]
+)
+def test_two_ranks_resumed_at_an_epoch_end_end_as_an_unbroken_run(tmp_path, launcher, backend):
+    """Adam's moments and step counts survive a resume (Horovod's DistributedOptimizer once dropped them)."""
+    unbroken = tiny_run(tmp_path / "unbroken", epochs=2, backend=backend, checkpoint_every_steps=0).run_path
+    broken = tiny_run(tmp_path / "broken", epochs=1, backend=backend, checkpoint_every_steps=0).run_path
+    for run, out in ((unbroken, tmp_path / "a"), (broken, tmp_path / "b")):
+        out.mkdir()
+        _launch(LAUNCHERS[launcher], run, out)
+    _set_epochs(broken, 2)
+    assert "resuming highresnet at epoch 2, batch 0" in _launch(LAUNCHERS[launcher], broken, tmp_path / "b").stdout
+    resumed, reference = _ranks(tmp_path / "b"), _ranks(tmp_path / "a")
+    assert [r["steps"] for r in resumed] == [r["steps"] for r in reference] == [8, 8]
+    assert resumed[0]["param_checksum"] == pytest.approx(reference[0]["param_checksum"], rel=1e-6, abs=1e-6)

@@ -173,10 +173,11 @@ def test_a_rank_on_each_host_trains_in_sync_and_resumes_exactly_after_cancel(tin
     assert len((broken / "models/highresnet/history.csv").read_text().splitlines()) == 1 + 10
 
 
-def test_the_training_template_runs_a_rank_on_each_host_and_a_requeue_resumes(tiny_run: Path, tmp_path: Path):
-    """slurm/train-horovod.sbatch with --nodes=2: Horovod ranks on srn1 and srn2; `scontrol requeue` after a
-    checkpoint restarts the job, which resumes from it."""
-    run = _train_run(tiny_run, tmp_path / "run", "horovod")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_training_template_runs_a_rank_on_each_host_and_a_requeue_resumes(tiny_run, tmp_path, backend):
+    """slurm/train-horovod.sbatch with --nodes=2 (srun --mpi=pmix; the run's train.backend): ranks on srn1 and srn2;
+    `scontrol requeue` after a checkpoint restarts the job, which resumes from it."""
+    run = _train_run(tiny_run, tmp_path / "run", backend)
     env = two_node_env(RUN_DIR=str(run), SRPIPE_PYTHON=sys.executable)
     cmd = ["sbatch", "--parsable", f"--chdir={tmp_path}", "--nodes=2", "--ntasks-per-node=1", "--time=20"]
     job = subprocess.run([*cmd, str(REPO / "slurm/train-horovod.sbatch")], capture_output=True, text=True, env=env)
@@ -190,6 +191,6 @@ def test_the_training_template_runs_a_rank_on_each_host_and_a_requeue_resumes(ti
     rows = _wait([job_id])
     assert rows[0]["State"] == "COMPLETED" and hostnames(rows[0]["NodeList"]) == list(NODES), rows
     log = (tmp_path / f"srpipe-srpipe-train-{job_id}.out").read_text()
-    assert "train: resuming highresnet" in log, log
+    assert "train: resuming highresnet" in log and f"2 rank(s) ({backend})" in log, log
     hosts, checksums = _hosts_and_checksums(run)
     assert sorted(hosts) == list(NODES) and checksums[0] == checksums[1]

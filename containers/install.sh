@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one install script of srpipe: CI (.ci/run), `make install`, the Charliecloud Dockerfile and the Apptainer
-# %post all run it, so a container holds exactly what CI tested.
+# The one install script of srpipe: CI (.ci/run), `make install` and the %post of the Apptainer recipe
+# (containers/srpipe.def, which the container tests build with Charliecloud) all run it, so a container holds exactly
+# what CI tested.
 #
 # Usage: containers/install.sh [--venv DIR] [--no-apt] [--no-horovod] [--dev]
 #   --venv DIR     virtual environment to create or update (default: $SRPIPE_VENV or <repo>/.venv)
@@ -45,7 +46,7 @@ python=${PYTHON:-python3}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q install)
 [ -d /opt/wheels ] && pip+=(--find-links /opt/wheels)   # this site's local wheel of torch 2.13.0 (CPU)
-# extra local wheel dirs, ':'-separated (the Charliecloud build copies the torch wheel into the image there)
+# extra local wheel dirs, ':'-separated
 IFS=: read -ra find_links <<< "${SRPIPE_FIND_LINKS:-}"
 for dir in "${find_links[@]}"; do
   [ -d "$dir" ] || { echo "install.sh: SRPIPE_FIND_LINKS names '$dir', which is not a directory" >&2; exit 2; }

@@ -1,14 +1,16 @@
-"""Containers: `container_argv` (unit, no runtime needed) and the real Charliecloud image (marked `container`).
+"""Containers: `container_argv` (unit, no runtime needed) and the image of containers/srpipe.def (marked `container`).
 
-The container tests build the image with hpc/charliecloud/build-image.sh once per session (cached under
-/var/cache/srpipe/charliecloud, a no-op when nothing changed; a cold build takes minutes), or use the directory image
-named by $SRPIPE_CH_IMAGE.
+The container tests build the Apptainer recipe containers/srpipe.def itself, converted by spython and built with
+Charliecloud by hpc/charliecloud/build-image.sh, once per session (cached under /var/cache/srpipe/charliecloud, a no-op
+when nothing changed; a cold build takes minutes), or use the directory image named by $SRPIPE_CH_IMAGE.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,13 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 from eolearn.core import EOPatch
+from rio_cogeo.cogeo import cog_validate
 
 from srpipe.cluster.container import container_argv
 from srpipe.grid import read_grid
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
 
 BUILD_SCRIPT = REPO / "hpc" / "charliecloud" / "build-image.sh"
+RECIPE = REPO / "containers" / "srpipe.def"
 
 
 # --- container_argv ---------------------------------------------------------------------------------------------------
@@ -107,8 +112,8 @@ def ch_image() -> Path:
     return image
 
 
-def _ch_run(image: Path, binds: list[str], argv: list[str]) -> subprocess.CompletedProcess:
-    cmd = container_argv("charliecloud", str(image), binds, argv)
+def _ch_run(image: Path, binds: list[str], argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = container_argv("charliecloud", str(image), binds, argv, env=env)
     result = subprocess.run(cmd, capture_output=True, text=True, env=_ch_env(), timeout=900)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
@@ -123,6 +128,56 @@ def test_image_holds_the_ci_stack(ch_image):
     )
     out = _ch_run(ch_image, [], ["python", "-c", code]).stdout
     assert out.startswith("2.13.0") and "/opt/srpipe/src/srpipe/" in out, out
+
+
+def _section(recipe: str, name: str) -> list[str]:
+    """The non-blank lines of the recipe's %name section, stripped."""
+    lines, inside = [], False
+    for line in recipe.splitlines():
+        if line.startswith("%"):
+            inside = line.split()[0] == f"%{name}"
+        elif inside and line.strip():
+            lines.append(line.strip())
+    return lines
+
+
+@pytest.mark.container
+def test_the_image_is_built_from_the_repositorys_recipe(ch_image):
+    """IMAGE/ch/ records the recipe and its sha256; ch-image ran every RUN of what spython makes of that recipe now."""
+    recorded = ch_image / "ch"
+    assert (recorded / "srpipe.def.sha256").read_text().strip() == hashlib.sha256(RECIPE.read_bytes()).hexdigest()
+    assert (recorded / "srpipe.def").read_bytes() == RECIPE.read_bytes()
+    args = ["bash", str(BUILD_SCRIPT), "--dockerfile"]
+    now = subprocess.run(args, capture_output=True, text=True, env=_ch_env(), timeout=600, check=True).stdout
+    dockerfile = (recorded / "Dockerfile").read_text()
+    assert now == dockerfile
+    history = [h["created_by"] for h in json.loads((recorded / "metadata.json").read_text())["history"]]
+    ran = [h.split(" ", 1)[1] for h in history if h.split(" ", 1)[0] in ("RUN", "RUN.F")]
+    assert ran == [line.removeprefix("RUN ") for line in dockerfile.splitlines() if line.startswith("RUN ")]
+
+
+@pytest.mark.container
+def test_the_conversion_rewrites_only_what_ch_image_forces(ch_image):
+    """spython's Dockerfile and the one built differ in ADD -> COPY and ${VAR:-default} -> default only; ENV is set."""
+    raw = (ch_image / "ch" / "Dockerfile.spython").read_text().splitlines()
+    built = (ch_image / "ch" / "Dockerfile").read_text().splitlines()
+    assert len(raw) == len(built)
+    changed = [(a, b) for a, b in zip(raw, built, strict=True) if a != b]
+    assert {a.split()[0] for a, _ in changed} == {"ADD", "ENV"}
+    for a, b in changed:
+        expected = "COPY " + a[4:] if a.startswith("ADD ") else re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", a)
+        assert b == expected
+    environment = dict(line.split("=", 1) for line in (ch_image / "ch" / "environment").read_text().splitlines())
+    exported = {line.removeprefix("export ").split("=")[0] for line in _section(RECIPE.read_text(), "environment")}
+    assert exported and exported <= set(environment), environment  # %environment became the image's ENV
+
+
+@pytest.mark.container
+def test_the_recipes_test_section_passes_in_the_image(ch_image):
+    """%test, which spython writes into /tests.sh, passes under ch-run (Apptainer runs it right after its build)."""
+    assert (ch_image / "tests.sh").read_text().splitlines() == _section(RECIPE.read_text(), "test")
+    out = _ch_run(ch_image, [], ["/bin/bash", "/tests.sh"]).stdout
+    assert out.startswith("2.13.0"), out
 
 
 def _assert_same_patch(a: EOPatch, b: EOPatch) -> None:
@@ -203,11 +258,64 @@ def test_a_slurm_array_task_runs_in_the_container(ch_image, tmp_path):
         assert patch.meta_info["source"].startswith("sample:/opt/srpipe/venv/"), "the task did not run in the image"
 
 
+def _runscript(*args: str) -> list[str]:
+    """argv running the recipe's %runscript with args, as `apptainer run IMAGE ARGS` does (a /bin/sh script)."""
+    return ["/bin/sh", "-c", "\n".join(_section(RECIPE.read_text(), "runscript")), "srpipe", *args]
+
+
+# Open MPI refuses root without these (the image sets none of them); one thread per rank on CI's 2 cores
+RANK_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMP_NUM_THREADS": "1"}
+MPIRUN = ["mpirun", "-np", "2", "--oversubscribe", "--bind-to", "none"]
+
+
+@pytest.fixture(scope="module")
+def container_chain(ch_image):
+    """A 3-tile run taken from plan to mosaic inside the image, training on 2 Horovod ranks; yields its run dir."""
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="srpipe-ct-chain-") as tmp:  # /tmp: ch-run binds it
+        base = Path(tmp)
+        aoi = aoi_geojson(base / "aoi.geojson", 440100, 4164100, 441900, 4169900)
+        settings = tiny_settings(base / "run", aoi)
+        settings["train"]["epochs"], settings["delineation"]["epochs"] = 2, 1
+        config, run = write_config(base / "tiny.toml", settings), str(base / "run")
+        _ch_run(ch_image, [tmp], _runscript("plan", str(config)))
+        for stage in ("download", "curate", "train-delineation"):
+            _ch_run(ch_image, [tmp], _runscript(stage, run))
+        _ch_run(ch_image, [tmp], [*MPIRUN, *_runscript("train", run)], env=RANK_ENV)
+        for stage in ("infer", "mosaic"):
+            _ch_run(ch_image, [tmp], _runscript(stage, run))
+        yield base / "run"
+
+
+@pytest.mark.container
+def test_the_tiny_chain_runs_in_the_image_through_the_runscript(container_chain):
+    """plan, download, curate, train, infer and mosaic in the image: the mosaic is a valid COG that the host reads."""
+    run = container_chain
+    patch = EOPatch.load(str(run / "eopatches" / "32618_440_4164"))
+    assert patch.meta_info["source"].startswith("sample:/opt/srpipe/venv/"), "the stage did not run in the image"
+    assert len(list((run / "predictions" / "highresnet").glob("*/*.tif"))) == 3
+    mosaic = next((run / "mosaics").glob("tiny_*_32618.tif"))
+    assert cog_validate(mosaic, quiet=True)[0]
+    with rasterio.open(mosaic) as src:
+        assert src.crs.to_epsg() == 32618 and src.dtypes[0] == "uint16" and src.overviews(1)
+        data = src.read(masked=True).astype(float) * src.scales[0]
+    assert data.count() > 0 and 0.01 < np.ma.median(data) < 0.5  # reflectance over the AOI
+
+
+@pytest.mark.container
+@pytest.mark.mpi
+def test_two_horovod_ranks_train_in_the_image_to_identical_weights(container_chain):
+    """`mpirun -np 2` (the image's Open MPI) ran the runscript's `train`: both ranks end with the same weights."""
+    from tests.test_slurm_cluster import _rank_checksums
+
+    checksums = _rank_checksums(container_chain)
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+
+
 @pytest.mark.container
 def test_a_killed_build_leaves_no_trace_in_the_next_image(ch_image):
     """A build killed mid-way leaves ch-image's working copy dirty; the next build must neither fail nor ship it.
 
-    Runs last in this module: it rebuilds the image the tests above used (same key, same path).
+    Runs after the tests that use the image: it rebuilds the image they used (same key, same path).
     """
     if os.environ.get("SRPIPE_CH_IMAGE"):
         pytest.skip("$SRPIPE_CH_IMAGE names a prebuilt image; this test needs build-image.sh's own storage")
@@ -224,3 +332,23 @@ def test_a_killed_build_leaves_no_trace_in_the_next_image(ch_image):
     assert image == ch_image
     assert "SRPIPE_STRAY" not in (image / "ch" / "environment").read_text()
     assert json.loads((image / "ch" / "metadata.json").read_text())["arch"] == "amd64"
+
+
+@pytest.mark.container
+def test_a_recipe_that_breaks_the_build_fails_it(ch_image, tmp_path):
+    """build-image.sh --def: a failing %post line fails the build, which names it, and the image stays as it was.
+
+    Runs after the rebuild above: it shares the image's cache (its key differs), so its build fails in seconds.
+    """
+    if os.environ.get("SRPIPE_CH_IMAGE"):
+        pytest.skip("$SRPIPE_CH_IMAGE names a prebuilt image; this test needs build-image.sh's own storage")
+    recipe = RECIPE.read_text()
+    assert "\n%post\n" in recipe
+    broken = tmp_path / "broken.def"
+    broken.write_text(recipe.replace("\n%post\n", "\n%post\n    srpipe-broken-recipe-line --on-purpose\n", 1))
+    args = ["bash", str(BUILD_SCRIPT), "--def", str(broken)]
+    result = subprocess.run(args, capture_output=True, text=True, env=_ch_env(), timeout=1800)
+    assert result.returncode != 0, result.stderr[-3000:]
+    assert "srpipe-broken-recipe-line: not found" in result.stderr, result.stderr[-3000:]
+    assert f"ch-image build of {broken} failed" in result.stderr
+    assert (ch_image / ".srpipe-image-complete").exists()

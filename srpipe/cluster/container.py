@@ -7,7 +7,7 @@
 'download', '/scratch/run']
 
 A bind is `SRC` (mounted at the same path inside, so the absolute paths of a run's config.toml resolve) or
-`SRC:DST`; both absolute. With Charliecloud, DST must exist in the image (containers/Dockerfile creates /rundir,
+`SRC:DST`; both absolute. With Charliecloud, DST must exist in the image (containers/srpipe.def creates /rundir,
 /scratch and /data; ch-run binds the host's /tmp at /tmp, so anything under /tmp exists too). Charliecloud starts
 from an empty environment plus the image's own (`--unset-env='*' --set-env`), so pass what the command needs
 (e.g. Slurm/PMIx variables for `srun --mpi=pmix`) in `env`.

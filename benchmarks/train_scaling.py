@@ -5,8 +5,10 @@ Each rank runs srpipe.train's own setup, distribution and step on a curated run 
 2-rank job has half the per-rank batch of the 1-rank job, so both step the same global batch. Per job it records
 samples/s (global), scaling efficiency = (2-rank samples/s) / (2 x 1-rank samples/s), the share of a step an
 allreduce of all trained gradients takes (timed alone with the backend's own collective), each rank's peak RSS, and
-the data loader's samples/s against the step's (the loader must never be the bottleneck). Jobs alternate over
-`--repeats` rounds; medians go to benchmarks/results/train_scaling.json.
+the data loader's samples/s against the step's (the loader must never be the bottleneck). A control job runs two
+unconnected processes of the 2-rank batch at once: what the machine itself allows two ranks (shared cores, caches and
+memory bandwidth), so the rest of a gap is the distribution's. Jobs alternate over `--repeats` rounds; medians go
+to benchmarks/results/train_scaling.json.
 Usage: python benchmarks/train_scaling.py RUN_DIR [--batch 8] [--steps 20] [--repeats 3] [--no-two-node]
 (RUN_DIR: a curated run, e.g. runs/demo after `make demo`).
 """
@@ -107,7 +109,7 @@ def _config(run_dir: Path, batch: int, backend: str, folder: Path) -> Path:
 
 def _launcher(job: dict) -> tuple[list[str], dict[str, str]]:
     """The command prefix and extra environment that start `job`'s ranks."""
-    if job["ranks"] == 1:
+    if job["ranks"] == 1 or job["backend"] == "independent":
         return [], {}
     if job["where"] == "two nodes":
         srun = ["srun", "--nodes=2", "--ntasks-per-node=1", f"--cpus-per-task={job['threads']}", "--mpi=pmix"]
@@ -118,17 +120,24 @@ def _launcher(job: dict) -> tuple[list[str], dict[str, str]]:
 
 
 def run_job(job: dict, run_dir: Path, steps: int) -> list[dict]:
-    """Start one job's ranks and read back their rows."""
+    """Start one job's ranks (or, for "independent", two unconnected processes at once) and read back their rows."""
     folder = Path(tempfile.mkdtemp(prefix="scaling-", dir=run_dir))  # under the run: both namespace nodes see it
     try:
         batch = job["global_batch"] // job["ranks"]
-        config = _config(run_dir, batch, job["backend"], folder)
+        config = _config(run_dir, batch, "ddp" if job["backend"] == "independent" else job["backend"], folder)
         prefix, env = _launcher(job)
-        cmd = [*prefix, sys.executable, __file__, "--child", str(config), "--out", str(folder),
-               "--steps", str(steps), "--threads", str(job["threads"]), str(run_dir)]  # fmt: skip
         env = {**os.environ, **ENV, **env, "OMP_NUM_THREADS": str(job["threads"])}
-        subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=1800)
-        return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(job["ranks"])]
+        outs = [folder / str(i) for i in range(2 if job["backend"] == "independent" else 1)]
+        procs = []
+        for out in outs:
+            out.mkdir()
+            cmd = [*prefix, sys.executable, __file__, "--child", str(config), "--out", str(out),
+                   "--steps", str(steps), "--threads", str(job["threads"]), str(run_dir)]  # fmt: skip
+            with (out / "stderr.txt").open("w") as err:
+                procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err))
+        for proc, out in zip(procs, outs, strict=True):
+            assert proc.wait(timeout=1800) == 0, (out / "stderr.txt").read_text()[-3000:]
+        return [json.loads(p.read_text()) for out in outs for p in sorted(out.glob("rank*.json"))]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -139,6 +148,7 @@ def _jobs(global_batch: int, threads: int, two_node: bool) -> list[dict]:
     backends = ["horovod", "ddp"] if (BIN / "horovodrun").exists() else ["ddp"]
     jobs = [{"backend": b, "ranks": 1, "where": "one node"} for b in backends]
     jobs += [{"backend": b, "ranks": 2, "where": w} for w, b in itertools.product(wheres, backends)]
+    jobs.append({"backend": "independent", "ranks": 2, "where": "one node"})  # the machine's ceiling for 2 ranks
     return [{**j, "global_batch": global_batch, "threads": threads} for j in jobs]
 
 
@@ -158,9 +168,11 @@ def _summary(job: dict, rows: list[list[dict]]) -> dict:
 
 
 def _efficiency(rows: list[dict]) -> dict[str, float]:
-    """(2-rank samples/s) / (2 x 1-rank samples/s) per backend and place."""
-    one = {r["backend"]: r["samples_per_s"] for r in rows if r["ranks"] == 1}
-    return {f"{r['backend']}, {r['where']}": round(r["samples_per_s"] / (2 * one[r["backend"]]), 3)
+    """(2-rank samples/s) / (2 x 1-rank samples/s) per backend and place. A 1-rank job runs the same single process
+    for either backend, so the 1-rank rate is the median of all their runs (less noise than one job's three)."""
+    single = [t for r in rows if r["ranks"] == 1 for t in r["runs_s_per_step"]]
+    one = rows[0]["global_batch"] / float(np.median(single))
+    return {f"{r['backend']}, {r['where']}": round(r["samples_per_s"] / (2 * one), 3)
             for r in rows if r["ranks"] == 2}  # fmt: skip
 
 

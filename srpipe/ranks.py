@@ -9,6 +9,7 @@ without it, more than one rank train through torch.distributed (Gloo on CPU, NCC
 from __future__ import annotations
 
 import datetime
+import os
 import socket
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ class World:
 
     backend = "single"
     rank, size, local_rank = 0, 1, 0
+    any_grad_layout = True  # gradients may be channels-last (Horovod's allreduce takes contiguous ones only)
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise sum over ranks of a float64 CPU tensor."""
@@ -65,8 +67,11 @@ class HorovodWorld(World):
     backend = "horovod"
 
     def __init__(self, hvd) -> None:
+        if not torch.cuda.is_available():  # CPU ranks fill the cores: Open MPI's busy wait would take one from a rank
+            os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")  # read by MPI_Init, inside hvd.init()
         hvd.init()
         self.hvd, self.rank, self.size, self.local_rank = hvd, hvd.rank(), hvd.size(), hvd.local_rank()
+        self.any_grad_layout = self.size == 1
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         return values if self.size == 1 else self.hvd.allreduce(values, op=self.hvd.Sum)
@@ -139,7 +144,11 @@ class TorchWorld(World):
     def distribute(self, model: nn.Module, shiftnet: nn.Module, optimizer: torch.optim.Optimizer, register: bool):
         """DDP wrappers, which send rank 0's weights at construction (the optimiser state needs no sending: every rank
         loaded rank 0's checkpoint, or starts empty); buffers are sent once at construction, as Horovod does."""
-        wrap = dict(forward_sync_buffers=False, device_ids=[self.device] if self.device.type == "cuda" else None)
+        wrap = dict(
+            forward_sync_buffers=False,
+            gradient_as_bucket_view=True,
+            device_ids=[self.device] if self.device.type == "cuda" else None,
+        )
         ddp = torch.nn.parallel.DistributedDataParallel
         return Trainable(ddp(model, **wrap), ddp(shiftnet, **wrap) if register else shiftnet, optimizer)
 

@@ -150,10 +150,10 @@ def test_mpi_allreduce_crosses_the_link(tmp_path: Path) -> None:
 
 def test_array_tasks_spread_over_both_hosts(tmp_path: Path) -> None:
     """Four one-node tasks of a whole node's CPUs each: while one runs on a host, the next must take the other."""
-    shared = tmp_path / "shared"
-    shared.mkdir()
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
     script = tmp_path / "task.sh"
-    script.write_text(f'#!/bin/sh\nsleep 2\nhostname > {shared}/task-"$SLURM_ARRAY_TASK_ID"\n')
+    script.write_text(f'#!/bin/sh\nsleep 2\nhostname > {outputs}/task-"$SLURM_ARRAY_TASK_ID"\n')
     cpus = slurm("sinfo", "-h", "-n", NODES[0], "-o", "%c").strip()
     sbatch = ["sbatch", "--parsable", "--array=0-3", "--nodes=1", "--ntasks=1", f"--cpus-per-task={cpus}"]
     job_id = slurm(*sbatch, f"--output={tmp_path}/%A_%a.out", str(script)).strip()
@@ -162,7 +162,7 @@ def test_array_tasks_spread_over_both_hosts(tmp_path: Path) -> None:
     assert sorted(r["JobID"] for r in rows) == [f"{job_id}_{i}" for i in range(4)], rows
     assert {r["State"] for r in rows} == {"COMPLETED"}, rows
     assert {r["NodeList"] for r in rows} == set(NODES), rows
-    written = {p.name: p.read_text().strip() for p in shared.iterdir()}
+    written = {p.name: p.read_text().strip() for p in outputs.iterdir()}
     assert sorted(written) == [f"task-{i}" for i in range(4)]
     assert written == {f"task-{r['JobID'].split('_')[1]}": r["NodeList"] for r in rows}
 

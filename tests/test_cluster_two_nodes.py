@@ -4,7 +4,6 @@ and training with one rank on each host, for both backends, over the link betwee
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,20 +17,17 @@ import tomli_w
 
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
 from tests.test_slurm_cluster import _copy_run, _job_ids, _mosaic_pixels, _rank_checksums
-from tests.test_slurm_two_nodes import NODE_IFACE, NODES, final_states, hostnames, two_node_env, up_two_nodes
+from tests.test_slurm_two_nodes import (
+    NODE_IFACE,
+    NODES,
+    final_states,
+    hostnames,
+    two_node_cluster,  # noqa: F401 (the module's autouse fixture: up, or skip)
+    two_node_env,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mpi]
 BACKENDS = ["horovod", "ddp"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def two_node_cluster() -> None:
-    """Bring the two-node cluster up (idempotent); skip when this machine cannot run it."""
-    if shutil.which("sbatch") is None:
-        pytest.skip("no Slurm client here; run hpc/slurm-local/install.sh")
-    if os.geteuid() != 0:
-        pytest.skip("the two-node cluster needs root (network namespaces); run `make services` as root")
-    up_two_nodes()
 
 
 def _profile(tmp_path: Path, **train: object) -> Path:

@@ -102,6 +102,13 @@ class ModelConfig:
     residual_bicubic: bool = True  # predict a correction to the bicubic reference (faster convergence)
     shiftnet_channels: int = 64  # ShiftNet width (registration at the loss); the original's 64
     shiftnet_pool: int = 1  # > 1: ShiftNet sees the SR/label pair average-pooled by this (pool^2 x cheaper); 1 = method
+    # SR corrected so that, seen through srpipe's S2 degradation (Gaussian PSF, block mean), it equals the latest clear
+    # S2 frame on its clear pixels (models/consistency.py), in training, evaluation and inference alike
+    consistency: bool = True
+    psf_sigma_lr_px: float = 0.5  # that degradation's PSF, in S2 px: the sample's; MTF 0.3 at Nyquist would be 0.49
+    # 0: exact at every frequency (S2 noise x4.3 per label px); 0.3: exact at zero frequency, 95 % at 1/8 cycle/px,
+    # 78 % at 1/4, fading above, noise x1.0 (constrain's mu, relative to D D^T at zero frequency)
+    consistency_regularisation: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -315,6 +322,7 @@ def _check(cfg: Config) -> None:
         "infer.batch_size": cfg.infer.batch_size,
         "workers": cfg.workers,
         "model.channels": cfg.model.channels,
+        "model.psf_sigma_lr_px": cfg.model.psf_sigma_lr_px,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -332,6 +340,10 @@ def _check(cfg: Config) -> None:
     if not 0 <= lo < hi <= 100:
         raise ConfigError(
             f"config key 'curate.percentiles' must be 0 <= low < high <= 100, got {cfg.curate.percentiles}"
+        )
+    if cfg.model.consistency_regularisation < 0:
+        raise ConfigError(
+            f"config key 'model.consistency_regularisation' must be >= 0, got {cfg.model.consistency_regularisation}"
         )
     _check_dates(cfg.infer.dates)
     if cfg.infer.uncertainty and not cfg.infer.self_ensemble:

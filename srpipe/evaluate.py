@@ -21,7 +21,7 @@ from srpipe.evaluation.context import Context, Patches, baseline_images, batches
 from srpipe.evaluation.scores import cpsnr_score
 from srpipe.evaluation.tiles import core_blocks, score_tile, shadowed_dates, tile_images, trusted_blocks
 from srpipe.grid import tiles_by_id
-from srpipe.losses import latest_frame
+from srpipe.models.consistency import latest_frame
 
 KEEP_IMAGES = 4096  # test samples whose images are kept for the plots, consistency and the downstream test
 SR_METHODS = ("sr", "sr_one_pass")

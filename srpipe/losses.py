@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from srpipe.config import LossConfig
 from srpipe.curate.normalise import BandScale
 from srpipe.metrics import masked_ssim
+from srpipe.models.consistency import latest_frame
 from srpipe.models.delineation import DelineationNet
 from srpipe.models.lanczos import lanczos_shift
 from srpipe.models.shiftnet import ShiftNet
@@ -42,15 +43,6 @@ def pixel_loss(
 def shift_regulariser(shifts: torch.Tensor) -> torch.Tensor:
     """Mean L2 norm of (B, 2) shifts in pixels (ShiftNet's regulariser)."""
     return shifts.norm(dim=1).mean()
-
-
-def latest_frame(lr: torch.Tensor, lr_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last frame with clear pixels of each chronological stack: (B, K, C, h, w) -> (B, C, h, w), (B, h, w)."""
-    k = lr.shape[1]
-    valid = lr_mask.flatten(2).any(2).to(torch.int64) * torch.arange(1, k + 1, device=lr.device)
-    idx = valid.argmax(1)
-    rows = torch.arange(lr.shape[0], device=lr.device)
-    return lr[rows, idx], lr_mask[rows, idx]
 
 
 def mean_match(

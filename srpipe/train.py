@@ -203,7 +203,8 @@ def _setup(cfg: Config) -> _Setup:
     # oneDNN's fastest layout for these convolutions on CPU (contiguous costs 30 % of a step); Horovod's allreduce
     # takes contiguous gradients only
     layout = torch.channels_last if ranks.any_grad_layout else torch.contiguous_format
-    model = build_model(cfg.model, cfg.source.scale).to(device, memory_format=layout)
+    lr_to_hr = lr_to_hr_map(lr_scale, hr_scale, device)
+    model = build_model(cfg.model, cfg.source.scale).to(device, memory_format=layout).set_lr_to_hr(*lr_to_hr)
     shiftnet = ShiftNet(cfg.model.shiftnet_channels, cfg.model.shiftnet_pool).to(device, memory_format=layout)
     trained = list(model.parameters()) + (list(shiftnet.parameters()) if cfg.loss.register else [])
     lr = t.lr * (ranks.size if t.scale_lr_with_ranks else 1)
@@ -219,7 +220,7 @@ def _setup(cfg: Config) -> _Setup:
         shiftnet=shiftnet,
         optimizer=torch.optim.Adam(trained, lr=lr),
         delineation=delineation,
-        lr_to_hr=lr_to_hr_map(lr_scale, hr_scale, device),
+        lr_to_hr=lr_to_hr,
         lr=lr,
         budget_s=t.max_minutes * 60 if t.max_minutes > 0 else math.inf,
         total_steps=t.epochs * max(len(sampler) // t.batch_size, 1),

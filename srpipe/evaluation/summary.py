@@ -7,9 +7,10 @@ import numpy as np
 import torch
 
 from srpipe.evaluation import stats
-from srpipe.evaluation.consistency import consistency_scores, correctness_shares, sample_psf_sigma_px
+from srpipe.evaluation.consistency import consistency_scores, correctness_shares
 from srpipe.evaluation.context import Context, Patches
 from srpipe.evaluation.scores import METRICS
+from srpipe.models.highresnet import bicubic
 
 SR_METHODS = ("sr", "sr_one_pass")
 
@@ -108,15 +109,21 @@ def metrics(ctx: Context, patches: Patches, cores: list[dict]) -> dict:
     }
 
 
+FRAME_BICUBIC = "bicubic_frame"  # bicubic of the very S2 frame consistency is measured against: the honest reference
+
+
 def _consistency(ctx: Context, patches: Patches, base: str) -> dict:
-    """Per method: degraded SR (or baseline) against the S2 value closest in time, per-band MAE, bias and angle."""
+    """Per method: degraded SR (or baseline) against the latest clear S2 frame, per-band MAE, bias and angle; with
+    bicubic of that frame (`FRAME_BICUBIC`), the reference every consistency claim is made against."""
     lr_frame, lr_mask = patches.array("lr_frame"), patches.array("lr_frame_mask").astype(bool)
-    gain, offset = (v.numpy() for v in ctx.lr_to_hr)
-    psf = sample_psf_sigma_px(ctx.model.scale)
-    out = {"reference": "the latest clear S2 frame of each stack", "psf_sigma_label_px": psf}
+    gain, offset = (v.numpy()[None, :, None, None] for v in ctx.lr_to_hr)
+    frame_up = bicubic(torch.from_numpy(lr_frame * gain + offset), ctx.model.scale).numpy()
+    psf = ctx.model.net.psf_sigma_px
+    out = {"reference": "the latest clear S2 frame of each stack", "psf_sigma_label_px": psf, "claims": FRAME_BICUBIC}
     groups = np.array([r["tile_id"] for r in patches.rows[: len(lr_frame)]])
-    for name in (*SR_METHODS, base):
-        c = consistency_scores(patches.array(name), lr_frame, lr_mask, ctx.model.scale, psf, (gain, offset))
+    for name in (*SR_METHODS, base, FRAME_BICUBIC):
+        image = frame_up if name == FRAME_BICUBIC else patches.array(name)
+        c = consistency_scores(image, lr_frame, lr_mask, ctx.model.scale, psf, (gain.ravel(), offset.ravel()))
         mae = np.nanmean(c["mae"], 1)
         out[name] = {
             "mae_per_band": np.nanmean(c["mae"], 0).tolist(),

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from srpipe.config import ModelConfig
+from srpipe.models.consistency import constrain, latest_frame
 
 
 def conv(c_in: int, c_out: int, kernel_size: int, padding: str) -> nn.Conv2d:
@@ -116,6 +117,18 @@ class HighResNet(nn.Module):
         self.encoder = Encoder(bands, cfg.channels, cfg.encoder_layers, cfg.kernel_size, cfg.padding)
         self.fusion = RecursiveFusion(cfg.channels, cfg.kernel_size, cfg.padding)
         self.decoder = Decoder(cfg.channels, bands, scale, cfg.upscaler, cfg.kernel_size, cfg.padding)
+        self.consistency = cfg.consistency
+        self.psf_sigma_px = cfg.psf_sigma_lr_px * scale
+        self.regularisation = cfg.consistency_regularisation
+        # LR-scaled -> label-scaled values per band (losses.lr_to_hr_map), set by whoever knows the data's scales
+        self.register_buffer("lr_gain", torch.ones(bands), persistent=False)
+        self.register_buffer("lr_offset", torch.zeros(bands), persistent=False)
+
+    def set_lr_to_hr(self, gain: torch.Tensor, offset: torch.Tensor) -> HighResNet:
+        """Use (gain, offset), each (bands,), to put S2 frames in the output's units (the consistency constraint)."""
+        self.lr_gain.copy_(gain)
+        self.lr_offset.copy_(offset)
+        return self
 
     def forward(self, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, k, _, h, w = lr.shape
@@ -126,6 +139,10 @@ class HighResNet(nn.Module):
         out = self.decoder(self.fusion(features, alive))
         if self.residual_bicubic:
             out = out + bicubic(reference, self.scale)
+        if self.consistency:
+            frame, clear = latest_frame(lr, mask)
+            frame = frame * self.lr_gain[:, None, None] + self.lr_offset[:, None, None]
+            out = constrain(out, frame, clear, self.scale, self.psf_sigma_px, self.regularisation)
         return out
 
 

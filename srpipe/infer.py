@@ -146,8 +146,8 @@ class _Forward:
             return self.net(lr, mask).float()
 
     def __call__(self, lr: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, K, 4, h, w) LR-scaled frames, (B, K, h, w) masks (CPU) -> (B, 4, s*h, s*w) label-scaled SR in [0, 1]
-        and, with `infer.uncertainty`, the views' std in label units (else None), both float32 on the CPU."""
+        """(B, K, 4, h, w) LR-scaled frames, (B, K, h, w) masks (CPU) -> (B, 4, s*h, s*w) label-scaled SR (floored
+        at label value 0) and, with `infer.uncertainty`, the views' std in label units (else None), float32, CPU."""
         b, size = lr.shape[0], self.settings.batch_size
         if self.settings.compile and b < size:  # a compiled net sees one batch shape: pad the ragged last batch
             lr = torch.cat([lr, lr.new_zeros(size - b, *lr.shape[1:])])
@@ -160,8 +160,8 @@ class _Forward:
                 sr, std = ensemble_mean_std(self._net, lr, mask)
                 std = self.model.label_std(std)[:b].cpu() if self.settings.uncertainty else None
             else:
-                sr = self._net(lr, mask).clamp(0, 1)
-        return sr[:b].cpu(), std
+                sr = self._net(lr, mask)
+        return self.model.floor(sr[:b].float()).cpu(), std
 
 
 class _Batches:

@@ -26,9 +26,10 @@ from srpipe.sources import make_source
 class TileWindows:
     """One tile's windows: U distinct frames and, per output date, which of them it stacks.
 
-    `frames` (U, 4, h, w) float32 LR-scaled, 0 where not seen; `clear` (U, h, w) bool, the mask the model gets
-    (seen and not cloudy); `seen` (U, h, w) bool, data there (valid and finite); `index` (N, K) int64 rows of `frames`
-    per window, -1 = a padded frame; `dates` N ISO output dates; `used` N lists of the ISO frame dates.
+    `frames` (U, 4, h, w) float32 LR-scaled (not clipped to [0, 1]: the model clips), 0 where not seen; `clear`
+    (U, h, w) bool, the mask the model gets (seen and not cloudy); `seen` (U, h, w) bool, data there (valid and
+    finite); `index` (N, K) int64 rows of `frames` per window, -1 = a padded frame; `dates` N ISO output dates; `used`
+    N lists of the ISO frame dates.
     """
 
     tile_id: str
@@ -106,7 +107,7 @@ def tile_windows(cfg: Config, tile_id: str, lr_scale: BandScale, k: int) -> Tile
     distinct = np.unique(np.concatenate(picks))
     s2 = stack.s2[distinct]
     seen = stack.valid[distinct] & np.isfinite(s2).all(-1)
-    frames = np.where(seen[..., None], lr_scale.apply(np.where(seen[..., None], s2, 0), band_axis=3), 0)
+    frames = np.where(seen[..., None], lr_scale.apply(np.where(seen[..., None], s2, 0), band_axis=3, clip=False), 0)
     index = np.full((len(out), k), -1, np.int64)
     for row, idx in enumerate(picks):
         index[row, : idx.size] = np.searchsorted(distinct, idx)

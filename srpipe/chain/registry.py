@@ -107,6 +107,8 @@ _INFER_OUTPUT_KEYS = (
     "output_dtype",
     "model",
 )
+# the output's consistency constraint has no weights: infer and evaluate apply the run's (models/trained.py)
+_CONSTRAINT_KEYS = ("model.consistency", "model.consistency_regularisation", "model.psf_sigma_lr_px")
 
 _CURATE_MAP_KEYS = tuple(
     f"curate.{k}"
@@ -175,6 +177,7 @@ STAGES: dict[str, Stage] = {
             reads=(
                 "source",  # its S2 stacks come from the source, and the synthetic one makes them here (seed, dates)
                 "train.name",
+                *_CONSTRAINT_KEYS,
                 *(f"infer.{k}" for k in _INFER_OUTPUT_KEYS),
                 "mosaic.blocksize",
                 "mosaic.compress",
@@ -217,6 +220,7 @@ STAGES: dict[str, Stage] = {
             "srpipe.evaluate:evaluate",
             reads=(
                 "evaluate",
+                *_CONSTRAINT_KEYS,
                 "infer.self_ensemble",
                 "loss.cpsnr_max_shift_px",
                 "loss.crop_border_px",

@@ -14,12 +14,13 @@ class BandScale:
     low: np.ndarray
     high: np.ndarray
 
-    def apply(self, x: np.ndarray, band_axis: int) -> np.ndarray:
-        """Rescale `x` whose `band_axis` holds B02, B03, B04, B08; float32 in [0, 1]."""
+    def apply(self, x: np.ndarray, band_axis: int, clip: bool = True) -> np.ndarray:
+        """Rescale `x` whose `band_axis` holds B02, B03, B04, B08; float32 in [0, 1] (beyond it with `clip` False)."""
         shape = [1] * x.ndim
         shape[band_axis] = -1
         low, high = self.low.reshape(shape), self.high.reshape(shape)
-        return np.clip((x - low) / (high - low), 0, 1).astype(np.float32)
+        scaled = (x - low) / (high - low)
+        return (np.clip(scaled, 0, 1) if clip else scaled).astype(np.float32)
 
     def invert(self, y: np.ndarray, band_axis: int) -> np.ndarray:
         """Map [0, 1] values back to the original units."""

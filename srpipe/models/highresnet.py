@@ -131,7 +131,9 @@ class HighResNet(nn.Module):
         return self
 
     def forward(self, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Frames beyond [0, 1] reach the network clipped (as it was trained) and the constraint as they are."""
         b, k, _, h, w = lr.shape
+        raw, lr = lr, lr.clamp(0, 1)
         reference = masked_median(lr, mask)
         alive = mask.flatten(2).any(2).to(lr.dtype)  # a frame with no clear pixel is left out of the fusion
         pairs = torch.cat([lr, reference[:, None].expand(-1, k, -1, -1, -1)], 2).flatten(0, 1)
@@ -140,7 +142,7 @@ class HighResNet(nn.Module):
         if self.residual_bicubic:
             out = out + bicubic(reference, self.scale)
         if self.consistency:
-            frame, clear = latest_frame(lr, mask)
+            frame, clear = latest_frame(raw, mask)
             frame = frame * self.lr_gain[:, None, None] + self.lr_offset[:, None, None]
             out = constrain(out, frame, clear, self.scale, self.psf_sigma_px, self.regularisation)
         return out

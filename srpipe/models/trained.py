@@ -39,12 +39,22 @@ class TrainedModel:
 
     @torch.no_grad()
     def super_resolve(self, lr: torch.Tensor, mask: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
-        """(B, K, 4, h, w) LR-scaled frames, (B, K, h, w) clear masks -> (B, 4, s*h, s*w) label-scaled SR in [0, 1].
+        """(B, K, 4, h, w) LR-scaled frames, (B, K, h, w) clear masks -> (B, 4, s*h, s*w) label-scaled SR (`floor`).
 
+        Frames may leave [0, 1]: the network sees them clipped, the consistency constraint as they are.
         `ensemble`: the mean over the eight flips/rotations (`infer.self_ensemble`).
         """
         sr = self_ensemble(self.net, lr, mask) if ensemble else self.net(lr, mask)
-        return sr.clamp(0, 1)
+        return self.floor(sr)
+
+    def floor(self, sr: torch.Tensor) -> torch.Tensor:
+        """(B, 4, H, W) label-scaled SR clamped below at label value 0 per band; no ceiling (the DN conversion clips).
+
+        Not at the training range's [0, 1]: input darker than the training data (water in another season) would
+        come out brighter than it is, a bias the consistency constraint cannot undo.
+        """
+        zero = -self.hr_scale.low / (self.hr_scale.high - self.hr_scale.low)
+        return torch.maximum(sr, torch.from_numpy(zero).to(sr)[:, None, None])
 
     def label_std(self, views_std: torch.Tensor) -> torch.Tensor:
         """(B, 4, H, W) std in label-scaled [0, 1] units -> the same std in label units (x the hr_scale band range)."""
@@ -55,21 +65,30 @@ class TrainedModel:
 def ensemble_mean_std(
     net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], lr: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, K, 4, h, w) frames, (B, K, h, w) masks -> the eight D4 views' mean clamped to [0, 1] and their per-pixel
-    std (n - 1), both (B, 4, s*h, s*w) in label-scaled units: the self-ensemble and how much its views disagree."""
+    """(B, K, 4, h, w) frames, (B, K, h, w) masks -> the eight D4 views' mean and their per-pixel std (n - 1), both
+    (B, 4, s*h, s*w) in label-scaled units: the self-ensemble and how much its views disagree."""
     views = torch.stack(ensemble_views(net, lr, mask))
-    return views.mean(0).clamp(0, 1), views.std(0)
+    return views.mean(0), views.std(0)
 
 
 def load_trained(cfg: Config) -> TrainedModel:
-    """Load the configured `models/<name>/model.pt` (see `load_model`)."""
-    return load_model(model_dir(cfg) / MODEL_FILE)
+    """Load the configured `models/<name>/model.pt` (see `load_model`), with the run's consistency constraint."""
+    return _constrained(load_model(model_dir(cfg) / MODEL_FILE), cfg.model)
 
 
 def load_for_inference(cfg: Config) -> TrainedModel:
     """The model `srpipe infer` runs: `infer.model` (a packaged weights name or a .pt path) when set, else the run's
-    trained `models/<train.name>/model.pt`."""
-    return load_model(inference_weights(cfg))
+    trained `models/<train.name>/model.pt`; with the run's consistency constraint."""
+    return _constrained(load_model(inference_weights(cfg)), cfg.model)
+
+
+def _constrained(model: TrainedModel, settings: ModelConfig) -> TrainedModel:
+    """`model` with the constraint as the run's [model] section sets it: the constraint has no weights, so it applies
+    to weights trained without it too (a cached model is shared: every caller in a process has the same config)."""
+    net = model.net
+    net.consistency, net.regularisation = settings.consistency, settings.consistency_regularisation
+    net.psf_sigma_px = settings.psf_sigma_lr_px * model.scale
+    return model
 
 
 def load_model(path: str | Path) -> TrainedModel:

@@ -1,0 +1,106 @@
+"""The consistency table of the README: SR with and without `model.consistency`, on the demo and the native run.
+
+Reads two finished demo runs (the same curated data, trained once with the constraint and once without; their
+reports/metrics.json) and two native-resolution results (benchmarks/native_resolution.py with the constraint on and
+off), and writes benchmarks/results/consistency.json and consistency.md: per setting, one-pass cPSNR gain over the
+strongest baseline [95 % CI] and share of samples won, the Kelvins score, opensr-test's shares, and consistency with
+S2 (MAE, per-band bias, spectral angle) next to bicubic of the very frame it is measured against.
+Usage: python benchmarks/consistency_table.py DEMO_ON DEMO_OFF NATIVE_ON.json NATIVE_OFF.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+BANDS = ("B02", "B03", "B04", "B08")
+OUT = Path(__file__).parent / "results"
+
+
+def _consistency(entry: dict) -> dict:
+    """MAE, per-band bias and spectral angle of one metrics.json consistency entry."""
+    return {"mae": entry["mae"], "bias": dict(zip(BANDS, entry["bias_per_band"], strict=True)), "sam": entry["sam_deg"]}
+
+
+def demo_rows(run: Path, setting: str) -> list[dict]:
+    """The SR (one pass) row and its bicubic-of-the-frame row of one demo run's metrics.json."""
+    m = json.loads((run / "reports" / "metrics.json").read_text())
+    one, cons, corr = m["sr_one_pass"], m["consistency"], m.get("correctness", {})
+    shares = corr.get("sr_one_pass", {})
+    sr = {
+        "run": "demo",
+        "method": f"SR one pass, constraint {setting}",
+        "cpsnr_gain_db": one["cpsnr_gain"],
+        "cpsnr_gain_ci": one["cpsnr_gain_ci"],
+        "won": one["cpsnr_win_share"],
+        "kelvins": one["kelvins"],
+        "strongest_baseline": m["strongest_baseline"],
+        **{k: shares[k]["mean"] for k in ("improvement", "omission", "hallucination") if k in shares},
+        **_consistency(cons["sr_one_pass"]),
+    }
+    frame = {"run": "demo", "method": "bicubic of the frame", **_consistency(cons["bicubic_frame"])}
+    return [sr, frame]
+
+
+def native_rows(path: Path, setting: str) -> list[dict]:
+    """SR's and bicubic's consistency rows of one native_resolution.json."""
+    c = json.loads(path.read_text())["figures"]["consistency"]
+
+    def row(name: str, entry: dict) -> dict:
+        mae = sum(entry["mae"].values()) / len(BANDS)
+        return {"run": "native 10 m", "method": name, "mae": mae, "bias": entry["bias"], "sam": entry["sam_deg"]}
+
+    return [row(f"SR, constraint {setting}", c["sr"]), row("bicubic of the frame", c["bicubic"])]
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table."""
+    head = ["run", "method", "cPSNR gain dB [95 % CI]", "won", "Kelvins", "impr. / omis. / halluc.", "MAE"]
+    head += [f"bias {b}" for b in BANDS] + ["angle (deg)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        gain = "" if "cpsnr_gain_db" not in r else f"{r['cpsnr_gain_db']:+.2f} [{r['cpsnr_gain_ci'][0]:+.2f}, "
+        gain += "" if "cpsnr_gain_db" not in r else f"{r['cpsnr_gain_ci'][1]:+.2f}]"
+        shares = (
+            ""
+            if "improvement" not in r
+            else "/".join(f"{r[k]:.2f}" for k in ("improvement", "omission", "hallucination"))
+        )
+        cells = [
+            r["run"],
+            r["method"],
+            gain,
+            _cell(r.get("won") and 100 * r["won"], ".1f"),
+            _cell(r.get("kelvins"), ".3f"),
+        ]
+        cells += [shares, f"{r['mae']:.4f}", *(f"{r['bias'][b]:+.4f}" for b in BANDS), f"{r['sam']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("demo_on", type=Path)
+    parser.add_argument("demo_off", type=Path)
+    parser.add_argument("native_on", type=Path)
+    parser.add_argument("native_off", type=Path)
+    args = parser.parse_args()
+    rows = [
+        *demo_rows(args.demo_on, "on"),
+        demo_rows(args.demo_off, "off")[0],
+        *native_rows(args.native_on, "on"),
+        native_rows(args.native_off, "off")[0],
+    ]
+    OUT.mkdir(exist_ok=True)
+    (OUT / "consistency.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (OUT / "consistency.md").write_text(markdown(rows))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

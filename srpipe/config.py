@@ -102,9 +102,11 @@ class ModelConfig:
     residual_bicubic: bool = True  # predict a correction to the bicubic reference (faster convergence)
     shiftnet_channels: int = 64  # ShiftNet width (registration at the loss); the original's 64
     shiftnet_pool: int = 1  # > 1: ShiftNet sees the SR/label pair average-pooled by this (pool^2 x cheaper); 1 = method
-    # SR corrected so that, seen through srpipe's S2 degradation (Gaussian PSF, block mean), it equals the latest clear
-    # S2 frame on its clear pixels (models/consistency.py), in training, evaluation and inference alike
-    consistency: bool = True
+    # SR corrected so that, seen through srpipe's S2 degradation (Gaussian PSF, block mean), it agrees with the latest
+    # clear S2 frame on its clear pixels (models/consistency.py), in training, evaluation and inference alike: "mean"
+    # matches each band's mean (no bias; cPSNR removes a bias, so free), "full" every frequency D passes (below
+    # bicubic's consistency error, but SR takes on that frame's gain, noise and shift: see the README's table)
+    consistency: Literal["off", "mean", "full"] = "mean"
     psf_sigma_lr_px: float = 0.5  # that degradation's PSF, in S2 px: the sample's; MTF 0.3 at Nyquist would be 0.49
     # 0: exact at every frequency (S2 noise x4.3 per label px); 0.3: exact at zero frequency, 95 % at 1/8 cycle/px,
     # 78 % at 1/4, fading above, noise x1.0 (constrain's mu, relative to D D^T at zero frequency)

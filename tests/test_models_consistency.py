@@ -11,7 +11,7 @@ import torch
 
 from srpipe.config import ModelConfig
 from srpipe.evaluation.consistency import degrade as scipy_degrade
-from srpipe.models.consistency import constrain, degrade, latest_frame, noise_gain
+from srpipe.models.consistency import constrain, degrade, latest_frame, match_means, noise_gain
 from srpipe.models.highresnet import HighResNet
 
 SCALE, SIGMA = 4, 2.0  # the sample's PSF: 0.5 S2 px at scale 4
@@ -77,6 +77,31 @@ def test_noise_gain_is_what_the_config_comment_says(mu, gain):
     assert out.std().item() == pytest.approx(gain, rel=0.15)
 
 
+def test_mean_matching_removes_each_bands_bias_on_clear_pixels_and_nothing_else():
+    sr, reference, clear = _images(8)
+    out = match_means(sr, reference, clear, SCALE, SIGMA)
+    gap = degrade(out, SCALE, SIGMA) - reference
+    weight = clear[:, None].float()
+    assert ((gap * weight).sum((-2, -1)) / weight.sum((-2, -1))).abs().max() < EXACT
+    shift = out - sr  # one constant per sample and band
+    assert (shift - shift.mean((-2, -1), keepdim=True)).abs().max() < 1e-6
+    garbage = torch.where(clear[:, None], reference, torch.full_like(reference, 1e3))
+    assert torch.equal(out, match_means(sr, garbage, clear, SCALE, SIGMA))
+
+
+@torch.no_grad()
+def test_model_modes_off_mean_full_change_only_what_they_say():
+    lr, mask = _stack(9)
+    off, mean, full = (_model(mode)(lr, mask) for mode in ("off", "mean", "full"))
+    frame, clear = latest_frame(lr, mask)
+    net = _model("off")
+    reference = frame * net.lr_gain[:, None, None] + net.lr_offset[:, None, None]
+    shift = mean - off
+    assert (shift - shift.mean((-2, -1), keepdim=True)).abs().max() < 1e-6 and shift.abs().max() > 1e-3
+    low = degrade(full, SCALE, SIGMA)
+    assert (low - reference)[clear[:, None].expand_as(low)].abs().max() < EXACT
+
+
 def test_constraint_is_differentiable():
     sr, reference, clear = _images(5)
     sr.requires_grad_(True)
@@ -84,7 +109,7 @@ def test_constraint_is_differentiable():
     assert sr.grad is not None and torch.isfinite(sr.grad).all()
 
 
-def _model(consistency: bool, mu: float = 0.0) -> HighResNet:
+def _model(consistency: str, mu: float = 0.0) -> HighResNet:
     torch.manual_seed(0)
     cfg = dataclasses.replace(
         ModelConfig(), channels=8, encoder_layers=1, consistency=consistency, consistency_regularisation=mu
@@ -106,7 +131,7 @@ def _stack(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def test_model_output_reproduces_the_latest_clear_frame_in_label_units():
-    net = _model(True)
+    net = _model("full")
     lr, mask = _stack(6)
     sr = net(lr, mask)
     frame, clear = latest_frame(lr, mask)
@@ -120,7 +145,7 @@ def test_model_output_reproduces_the_latest_clear_frame_in_label_units():
 
 @torch.no_grad()
 def test_padded_frames_do_not_leak_into_the_constrained_model():
-    net = _model(True, 0.3)
+    net = _model("full", 0.3)
     lr, mask = _stack(7)
     other = lr.clone()
     other[0, 3] = -5.0  # the padded frame: all masked

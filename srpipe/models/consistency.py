@@ -1,7 +1,9 @@
-"""The low-frequency hard constraint at HighRes-Net's output (`model.consistency`, in the spirit of SEN2SR's).
+"""The consistency constraints at HighRes-Net's output (`model.consistency`, in the spirit of SEN2SR's hard constraint).
+
+`match_means` ("mean") shifts each band so that D(SR) has the reference frame's mean on its clear pixels.
 
 `degrade` is srpipe's S2 imaging chain, D: a Gaussian PSF with scipy's "reflect" borders (the `sample` source's, and
-`evaluation.consistency.degrade`'s), then the mean of each scale x scale block. `constrain` corrects SR by the
+`evaluation.consistency.degrade`'s), then the mean of each scale x scale block. `constrain` ("full") corrects SR by the
 pseudo-inverse of D, SR + D^T (D D^T)^-1 (x_ref - D SR) on the reference frame's clear pixels, so that D of the result
 equals the reference there (to float rounding) and nothing is taken from its cloudy or padded pixels. The correction
 only moves SR within D's row space: the detail D cannot see is the network's alone.
@@ -118,6 +120,20 @@ def constrain(
     solved = torch.fft.irfft2(torch.fft.rfft2(mirrored) * inverse, s=mirrored.shape[-2:])
     correction = _blur(_up(solved, scale), blur.to(x.device))[..., :height, :width]
     return (x + correction).to(sr.dtype)
+
+
+def match_means(
+    sr: torch.Tensor, reference: torch.Tensor, clear: torch.Tensor, scale: int, sigma_px: float
+) -> torch.Tensor:
+    """(B, C, H, W) SR plus, per sample and band, the mean of (reference - D(SR)) over the (B, h, w) clear pixels.
+
+    D of a constant is that constant, so afterwards D(SR) has the reference's mean on its clear pixels exactly: no
+    bias, nothing else moved. A sample without a clear pixel is left as it is.
+    """
+    weight = clear[:, None].to(torch.float64)
+    gap = (reference.double() - degrade(sr.double(), scale, sigma_px)) * weight
+    shift = gap.sum((-2, -1)) / weight.sum((-2, -1)).clamp_min(1)
+    return (sr.double() + shift[..., None, None]).to(sr.dtype)
 
 
 def latest_frame(lr: torch.Tensor, lr_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

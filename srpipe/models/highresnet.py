@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from srpipe.config import ModelConfig
-from srpipe.models.consistency import constrain, latest_frame
+from srpipe.models.consistency import constrain, latest_frame, match_means
 
 
 def conv(c_in: int, c_out: int, kernel_size: int, padding: str) -> nn.Conv2d:
@@ -141,10 +141,13 @@ class HighResNet(nn.Module):
         out = self.decoder(self.fusion(features, alive))
         if self.residual_bicubic:
             out = out + bicubic(reference, self.scale)
-        if self.consistency:
+        if self.consistency != "off":
             frame, clear = latest_frame(raw, mask)
             frame = frame * self.lr_gain[:, None, None] + self.lr_offset[:, None, None]
-            out = constrain(out, frame, clear, self.scale, self.psf_sigma_px, self.regularisation)
+            if self.consistency == "mean":
+                out = match_means(out, frame, clear, self.scale, self.psf_sigma_px)
+            else:
+                out = constrain(out, frame, clear, self.scale, self.psf_sigma_px, self.regularisation)
         return out
 
 

@@ -105,7 +105,7 @@ def _load_model_file(path: str, inode: int, mtime_ns: int) -> TrainedModel:
     saved = torch.load(path, weights_only=False, map_location="cpu")
     torch.set_flush_denormal(True)  # as in training: denormals slow CPU convolutions many times over
     # models saved before `model.padding` were zero-padded, before `model.consistency` unconstrained
-    shape = {"padding": "zeros", "consistency": False, **saved["model_config"]}
+    shape = {"padding": "zeros", "consistency": "off", **saved["model_config"]}
     net = build_model(ModelConfig(**shape), saved["scale"])
     net.load_state_dict({k: v.float() for k, v in saved["model"].items()})  # packaged weights are float16
     lr_scale, hr_scale = BandScale.from_json(saved["lr_scale"]), BandScale.from_json(saved["hr_scale"])

@@ -14,6 +14,7 @@ from srpipe.evaluation import plots
 from srpipe.evaluation.context import Context, Patches
 from srpipe.evaluation.html import Figure, Section, Table, write_html
 from srpipe.evaluation.scores import METRICS
+from srpipe.evaluation.trust import trust_maps
 
 NAMES = {
     "sr": "SR (8-view ensemble)",
@@ -97,6 +98,24 @@ def _trust_png(ctx: Context, patches: Patches) -> bytes | None:
     return plots.trust_map(views.clamp(0, 1).numpy(), "self-ensemble of the first test sample")
 
 
+def _spread_figure(ctx: Context, metrics: dict, patches: Patches) -> Figure | None:
+    """The spread against the error (metrics.json's "trust"), when evaluate computed it (infer.self_ensemble)."""
+    trust = metrics.get("trust")
+    if trust is None:
+        return None
+    error, spread = trust_maps(patches, ctx.border)
+    png = plots.spread_vs_error(
+        patches.array("sr"), error, spread, trust["mean_spread"], trust["mean_abs_error"], trust["spearman"]
+    )
+    caption = (
+        f"trust: SR's error rises with the self-ensemble's spread (Spearman {trust['spearman']:.2f} over "
+        f"{trust['n_pixels']} test pixels); the spread mosaics (.std.tif) show where not to trust SR"
+        if trust["spearman"] is not None
+        else "trust: the spread against the error (constant here: no correlation to measure)"
+    )
+    return Figure(png, caption)
+
+
 def _figures(ctx: Context, metrics: dict, patches: Patches) -> list[Figure]:
     base = metrics["strongest_baseline"]
     n = len(patches.array("hr"))
@@ -130,7 +149,8 @@ def _figures(ctx: Context, metrics: dict, patches: Patches) -> list[Figure]:
     trust = _trust_png(ctx, patches)
     if trust is not None:
         figures.append(Figure(trust, "trust map: where the eight views of the self-ensemble disagree"))
-    return figures
+    spread = _spread_figure(ctx, metrics, patches)
+    return figures if spread is None else [*figures, spread]
 
 
 def _model_section(ctx: Context) -> Section:

@@ -149,4 +149,4 @@ def test_with_the_self_ensemble_metrics_json_has_the_trust_numbers_and_the_repor
     assert -1 <= trust["spearman"] <= 1 and len(trust["mean_abs_error"]) == len(trust["mean_spread"]) == 10
     assert trust["mean_spread"] == sorted(trust["mean_spread"])  # deciles ranked by spread
     html = (cfg.layout.reports / "index.html").read_text()
-    assert f"Spearman {trust['spearman']:.2f} over {trust['n_pixels']} test pixels" in html
+    assert f"Spearman {trust['spearman']:+.2f} over {trust['n_pixels']} test pixels" in html

@@ -107,11 +107,10 @@ def _spread_figure(ctx: Context, metrics: dict, patches: Patches) -> Figure | No
     png = plots.spread_vs_error(
         patches.array("sr"), error, spread, trust["mean_spread"], trust["mean_abs_error"], trust["spearman"]
     )
+    rho = "undefined (a constant)" if trust["spearman"] is None else f"{trust['spearman']:+.2f}"
     caption = (
-        f"trust: SR's error rises with the self-ensemble's spread (Spearman {trust['spearman']:.2f} over "
-        f"{trust['n_pixels']} test pixels); the spread mosaics (.std.tif) show where not to trust SR"
-        if trust["spearman"] is not None
-        else "trust: the spread against the error (constant here: no correlation to measure)"
+        f"trust: where the 8 views disagree (spread, the .std.tif mosaics) against where SR is wrong; Spearman "
+        f"{rho} over {trust['n_pixels']} test pixels (1: the spread ranks the errors perfectly, 0: no relation)"
     )
     return Figure(png, caption)
 

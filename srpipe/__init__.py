@@ -5,6 +5,7 @@ import warnings as _warnings
 __version__ = "0.1.0"
 
 BANDS = ("B02", "B03", "B04", "B08")  # band order of every array: blue, green, red, NIR
+STD_BANDS = tuple(f"{b}_std" for b in BANDS)  # the self-ensemble spread's bands (`infer.uncertainty`), same order
 
 # eo-learn 1.5.7 -> fs -> pkg_resources warns on every import; it is known and harmless (setuptools<81 is pinned)
 _warnings.filterwarnings("ignore", message=".*pkg_resources.*")

@@ -217,7 +217,7 @@ def _final_words(cfg: Config, seconds: float) -> None:
     layout = cfg.layout
     print(f"\nsrpipe run finished in {seconds:.0f} s. Results in {cfg.run_path}:")
     for m in sorted(layout.mosaics.glob("*.tif")):
-        print(f"  mosaic: {m}")
+        print(f"  {'spread (ensemble std)' if m.name.endswith('.std.tif') else 'mosaic'}: {m}")
     for v in sorted(p for p in layout.mosaics.glob("*.vrt") if p.suffixes == [".vrt"]):
         print(f"  per date over the zones: {v}")
     if layout.stac.exists():

@@ -2,7 +2,8 @@
 
 Scores per test sample (patches, inside the training loss's border crop) and per block of the test tiles' cores (SR of
 whole tiles, as `srpipe infer` makes them); cluster-bootstrap intervals by tile; the PROBA-V Kelvins score;
-consistency with S2, opensr-test's correctness shares, perceptual distances; the downstream delineation test. Writes
+consistency with S2, opensr-test's correctness shares, perceptual distances; the downstream delineation test; with
+the self-ensemble, how well its spread ranks SR's errors (`evaluation/trust.py`). Writes
 `reports/metrics.json`, `samples.csv`, `tile_cores.csv`, `report.md` and the self-contained `index.html`.
 """
 
@@ -20,6 +21,7 @@ from srpipe.evaluation import report, summary
 from srpipe.evaluation.context import Context, Patches, baseline_images, batches, load_context
 from srpipe.evaluation.scores import cpsnr_score
 from srpipe.evaluation.tiles import core_blocks, score_tile, shadowed_dates, tile_images, trusted_blocks
+from srpipe.evaluation.trust import trust_of
 from srpipe.grid import tiles_by_id
 from srpipe.models.consistency import latest_frame
 
@@ -137,6 +139,8 @@ def evaluate(cfg: Config) -> dict:
     if metrics["tile_cores"]:
         metrics["tile_cores"]["filtered"] = counts
     metrics |= summary.extras(ctx, patches)
+    if ctx.cfg.infer.self_ensemble:  # the views' spread is kept: does it point at SR's errors?
+        metrics["trust"] = trust_of(patches, ctx.border).as_json()
     report.write_all(ctx, metrics, patches, cores)
     main = metrics["sr_one_pass"]
     return {

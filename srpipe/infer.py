@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from rasterio.transform import from_bounds
 
-from srpipe import BANDS
+from srpipe import STD_BANDS
 from srpipe.cog import write_cog
 from srpipe.config import Config, InferConfig, SourceConfig
 from srpipe.errors import StageError, TileError
@@ -313,4 +313,4 @@ def _write_window(cfg: Config, model: TrainedModel, job: _Job, j: int, sr: np.nd
         std[:, hole] = np.nan
         tags = {**tags, "quantification_value": 1, "content": "std of the 8 self-ensemble views, label units"}
         path = cfg.layout.prediction_std(cfg.prediction_model, w.tile_id, date)
-        write_cog(path, std, transform, w.epsg, cfg.mosaic, tags, descriptions=tuple(f"{b}_std" for b in BANDS))
+        write_cog(path, std, transform, w.epsg, cfg.mosaic, tags, descriptions=STD_BANDS)

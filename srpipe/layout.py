@@ -77,21 +77,22 @@ class RunLayout:
         """`mosaics/`: country COGs and VRTs."""
         return self.root / "mosaics"
 
-    def zone_mosaic(self, region: str, date: str, epsg: int | str) -> Path:
-        """`mosaics/<region>_<date>_<epsg>.tif`: one UTM zone's mosaic of one date (COG, the zone's 2.5 m grid)."""
-        return self.mosaics / f"{region}_{date}_{epsg}.tif"
+    # each mosaic product has its spread twin (`spread=True`): the ensemble's std, `.std` before the suffix
+    def zone_mosaic(self, region: str, date: str, epsg: int | str, spread: bool = False) -> Path:
+        """`mosaics/<region>_<date>_<epsg>[.std].tif`: one UTM zone's mosaic of one date (COG, the zone's grid)."""
+        return self.mosaics / f"{region}_{date}_{epsg}{_std(spread)}.tif"
 
-    def date_vrt(self, region: str, date: str) -> Path:
-        """`mosaics/<region>_<date>.vrt`: one date over every zone's mosaic."""
-        return self.mosaics / f"{region}_{date}.vrt"
+    def date_vrt(self, region: str, date: str, spread: bool = False) -> Path:
+        """`mosaics/<region>_<date>[.std].vrt`: one date over every zone's mosaic."""
+        return self.mosaics / f"{region}_{date}{_std(spread)}.vrt"
 
-    def warped_zone_vrt(self, region: str, date: str, epsg: int | str, crs: str) -> Path:
-        """`mosaics/<region>_<date>_<epsg>.<crs>.vrt`: one zone's mosaic warped into another CRS (GDAL's warped VRT)."""
-        return self.mosaics / f"{region}_{date}_{epsg}.{crs.replace(':', '')}.vrt"
+    def warped_zone_vrt(self, region: str, date: str, epsg: int | str, crs: str, spread: bool = False) -> Path:
+        """`mosaics/<region>_<date>_<epsg>.<crs>[.std].vrt`: one zone's mosaic warped into another CRS (GDAL's VRT)."""
+        return self.mosaics / f"{region}_{date}_{epsg}.{crs.replace(':', '')}{_std(spread)}.vrt"
 
-    def reprojected_mosaic(self, region: str, date: str, crs: str) -> Path:
-        """`mosaics/<region>_<date>_<crs>.tif` (e.g. `LTU_2016-10-31_EPSG3346.tif`): one date in `mosaic.crs`."""
-        return self.mosaics / f"{region}_{date}_{crs.replace(':', '')}.tif"
+    def reprojected_mosaic(self, region: str, date: str, crs: str, spread: bool = False) -> Path:
+        """`mosaics/<region>_<date>_<crs>[.std].tif` (e.g. `LTU_2016-10-31_EPSG3346.tif`): one date in `mosaic.crs`."""
+        return self.mosaics / f"{region}_{date}_{crs.replace(':', '')}{_std(spread)}.tif"
 
     @property
     def stac(self) -> Path:
@@ -117,3 +118,8 @@ class RunLayout:
     def submissions(self) -> Path:
         """`_slurm/submissions.jsonl`: one JSON line per Slurm submission."""
         return self.slurm() / "submissions.jsonl"
+
+
+def _std(spread: bool) -> str:
+    """The spread twin's infix: '.std' (as infer's `<date>.std.tif`), else ''."""
+    return ".std" if spread else ""

@@ -1,5 +1,6 @@
 """Mosaic: SR tiles' cores merged block by block into one COG per UTM zone and date; per date a VRT over the zones
-and optionally one mosaic reprojected into `mosaic.crs`; the STAC collection of them all (`srpipe.stac`).
+and optionally one mosaic reprojected into `mosaic.crs`; the STAC collection of them all (`srpipe.stac`). With
+`infer.uncertainty` each product has a spread twin (`.std`): the tiles' self-ensemble std, mosaicked the same way.
 
 Memory stays flat whatever the country's size: a zone mosaic is written one `mosaic.blocksize` block at a time, each
 block read from the few tile cores it overlaps (an STRtree of the cores) and masked by the AOI clipped to the block;
@@ -32,7 +33,7 @@ from rasterio.windows import bounds as window_bounds
 from rasterio.windows import transform as window_transform
 from rio_cogeo.cogeo import cog_validate
 
-from srpipe import BANDS, state
+from srpipe import BANDS, STD_BANDS, state
 from srpipe.cog import cog_writer
 from srpipe.config import Config
 from srpipe.errors import StageError
@@ -46,6 +47,7 @@ RESAMPLING = Resampling.bilinear  # zones warped into another CRS (the date VRT,
 _OPEN_PREDICTIONS = 8  # a block overlaps <= 4 cores, the next block 2 of them: each tile opens once per block row
 _METRES_PER_DEGREE = 111_320.0  # of latitude: a geographic target CRS gets the same pixel size north-south
 _AOI_SEGMENT_DEG = 0.001  # AOI edges are straight in lon/lat: densified (~100 m) before reprojection
+SPREAD_CONTENT = "std of the 8 self-ensemble views, label (reflectance) units"
 
 
 def mosaic_unit(cfg: Config, unit: str) -> dict:
@@ -75,7 +77,8 @@ def mosaic_zone(
 
     `records`: infer's done records of the tiles with an output on `date`; `aoi` (EPSG:4326) or None: nodata outside
     it. Tiles of the zone without a prediction stay nodata and are listed. Returns the mosaic's info (path, grid,
-    dtype, offset, tiles, missing, input dates, footprint in EPSG:4326, COG warnings, MB/s).
+    dtype, offset, tiles, missing, input dates, footprint in EPSG:4326, COG warnings, MB/s; with `infer.uncertainty`
+    the spread twin's path and warnings).
     """
     start = time.perf_counter()
     name = f"{epsg}_{date}"
@@ -87,22 +90,16 @@ def mosaic_zone(
     with rasterio.open(paths[present[0].tile_id]) as first:
         dtype, res = first.dtypes[0], first.res[0]
     offset_dn = _zone_offset(name, date, {t.tile_id: records[t.tile_id] for t in present})
-    transform, width, height = _zone_grid(zone, res)
+    grid = _zone_grid(zone, res)
+    transform, width, height = grid
     aoi_zone = None if aoi is None else _aoi_in(aoi, epsg)
     out = cfg.layout.zone_mosaic(cfg.plan.region, date, epsg)
     tags = {"date": date, "model": cfg.prediction_model, "tiles": len(present), "missing_tiles": ",".join(missing)}
-    with (
-        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
-        _Predictions(name, {t.tile_id: paths[t.tile_id] for t in present}, dtype, res) as predictions,
-        cog_writer(out, width, height, transform, epsg, cfg.mosaic, tags, dtype, offset_dn) as dst,
-    ):
-        cores = shapely.STRtree([shapely.box(*t.core) for t in present])
-        for window in _blocks(width, height, cfg.mosaic.blocksize):
-            block = _block(window, transform, present, cores, predictions, aoi_zone)
-            dst.write(block, window=window)
-    warnings = validate_cog(out)
+    predictions = _Predictions(name, {t.tile_id: paths[t.tile_id] for t in present}, dtype, res)
+    warnings = _write_zone(cfg, out, predictions, present, grid, epsg, aoi_zone, tags, offset_dn, BANDS)
     seconds = time.perf_counter() - start
-    return {
+    spread = _spread_zone(cfg, name, date, epsg, present, grid, aoi_zone, tags) if cfg.infer.uncertainty else {}
+    return spread | {
         "date": date,
         "epsg": epsg,
         "path": str(out),
@@ -119,6 +116,62 @@ def mosaic_zone(
         "seconds": round(seconds, 2),
         "mb_per_s": round(out.stat().st_size / 1e6 / seconds, 2),
     }
+
+
+def _write_zone(
+    cfg: Config,
+    out: Path,
+    sources: _Predictions,
+    present: list[Tile],
+    grid: tuple[Affine, int, int],
+    epsg: int,
+    aoi_zone: shapely.Geometry | None,
+    tags: dict,
+    offset_dn: int,
+    descriptions: tuple[str, ...],
+) -> list[str]:
+    """Stream `present` tiles' cores (read from `sources`) block by block into the COG `out` on the zone's `grid`
+    ((transform, width, height)), nodata outside `aoi_zone`; its COG warnings."""
+    transform, width, height = grid
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+        sources,
+        cog_writer(
+            out, width, height, transform, epsg, cfg.mosaic, tags, sources.dtype, offset_dn, descriptions
+        ) as dst,
+    ):
+        cores = shapely.STRtree([shapely.box(*t.core) for t in present])
+        for window in _blocks(width, height, cfg.mosaic.blocksize):
+            dst.write(_block(window, transform, present, cores, sources, aoi_zone), window=window)
+    return validate_cog(out)
+
+
+def _spread_zone(
+    cfg: Config,
+    name: str,
+    date: str,
+    epsg: int,
+    present: list[Tile],
+    grid: tuple[Affine, int, int],
+    aoi_zone: shapely.Geometry | None,
+    tags: dict,
+) -> dict:
+    """Write the spread twin of a zone mosaic: `present` tiles' `<date>.std.tif` (float32, NaN nodata) on the SR
+    mosaic's grid, cores and AOI mask; {"spread": its path, "spread_cog_warnings"}."""
+    paths = {t.tile_id: cfg.layout.prediction_std(cfg.prediction_model, t.tile_id, date) for t in present}
+    lacking = sorted(t for t, path in paths.items() if not path.exists())
+    if lacking:
+        raise StageError(
+            f"mosaic {name}: infer.uncertainty is on but {len(lacking)} tiles have no {date}.std.tif "
+            f"({', '.join(lacking[:5])}); re-run `srpipe infer --tiles {' '.join(lacking[:5])}`"
+        )
+    out = cfg.layout.zone_mosaic(cfg.plan.region, date, epsg, spread=True)
+    sources = _Predictions(name, paths, "float32", grid[0].a)
+    # cog_writer's average overviews suit a std: a zoomed-out pixel shows the mean spread under it (a hot spot fades,
+    # never moves), where nearest would show one arbitrary pixel's
+    tags = {**tags, "content": SPREAD_CONTENT}
+    warnings = _write_zone(cfg, out, sources, present, grid, epsg, aoi_zone, tags, 0, STD_BANDS)
+    return {"spread": str(out), "spread_cog_warnings": warnings}
 
 
 def validate_cog(path: Path) -> list[str]:
@@ -261,8 +314,20 @@ def catalog(cfg: Config) -> dict:
         dates[date] = {"vrt": str(vrt)}
         if cfg.mosaic.crs:
             dates[date] |= reproject(cfg, date, vrt)
+        if all("spread" in m for m in zones):
+            dates[date] |= _date_spread(cfg, date, zones)
     stac = write_collection(cfg, mosaics, dates)
     return {"dates": dates, "stac": str(stac), "items": len(mosaics)}
+
+
+def _date_spread(cfg: Config, date: str, zones: list[dict]) -> dict:
+    """The spread twins of one date's VRT and reprojected mosaic: {"spread_vrt", "spread_reprojected", ...}."""
+    spreads = [{**m, "path": m["spread"], "dtype": "float32", "offset_dn": 0} for m in zones]
+    vrt = date_vrt(cfg, date, spreads, spread=True)
+    out = {"spread_vrt": str(vrt)}
+    if cfg.mosaic.crs:
+        out |= {f"spread_{k}": v for k, v in reproject(cfg, date, vrt, spread=True).items()}
+    return out
 
 
 def _target_crs(cfg: Config, zones: list[dict]) -> CRS:
@@ -273,8 +338,9 @@ def _target_crs(cfg: Config, zones: list[dict]) -> CRS:
     return CRS.from_epsg(biggest["epsg"])
 
 
-def date_vrt(cfg: Config, date: str, zones: list[dict]) -> Path:
-    """Write `layout.date_vrt`: one date's zone mosaics in one CRS (other zones warped by VRTs of their own)."""
+def date_vrt(cfg: Config, date: str, zones: list[dict], spread: bool = False) -> Path:
+    """Write `layout.date_vrt`: one date's zone mosaics in one CRS (other zones warped by VRTs of their own);
+    `spread`: the spread twins' (`zones`' "path" then names them)."""
     crs = _target_crs(cfg, zones)
     sources = []  # (path, transform, width, height) on the date's grid, the biggest zone last: it wins overlaps
     for m in sorted(zones, key=lambda m: m["shape"][0] * m["shape"][1]):
@@ -282,7 +348,7 @@ def date_vrt(cfg: Config, date: str, zones: list[dict]) -> Path:
             if CRS.from_user_input(src.crs.to_wkt()) == crs:
                 sources.append((Path(m["path"]), src.transform, src.width, src.height))
             else:
-                sources.append(_warped_vrt(src, crs, _warped_path(cfg, date, m["epsg"], crs)))
+                sources.append(_warped_vrt(src, crs, _warped_path(cfg, date, m["epsg"], crs, spread)))
     res = sources[-1][1].a
     minx = min(t.c for _, t, _, _ in sources)
     maxy = max(t.f for _, t, _, _ in sources)
@@ -290,14 +356,15 @@ def date_vrt(cfg: Config, date: str, zones: list[dict]) -> Path:
     miny = min(t.f + h * t.e for _, t, _, h in sources)
     transform = Affine(res, 0.0, minx, 0.0, -res, maxy)
     width, height = round((maxx - minx) / res), round((maxy - miny) / res)
-    path = cfg.layout.date_vrt(cfg.plan.region, date)
-    _write_vrt(path, crs, transform, width, height, sources, zones[0]["dtype"], zones[0]["offset_dn"])
+    path = cfg.layout.date_vrt(cfg.plan.region, date, spread)
+    bands = STD_BANDS if spread else BANDS
+    _write_vrt(path, crs, transform, width, height, sources, zones[0]["dtype"], zones[0]["offset_dn"], bands)
     return path
 
 
-def _warped_path(cfg: Config, date: str, epsg: int, crs: CRS) -> Path:
-    """`mosaics/<region>_<date>_<epsg>.<CRS>.vrt`: one zone's mosaic warped into the date VRT's CRS."""
-    return cfg.layout.warped_zone_vrt(cfg.plan.region, date, epsg, crs.to_string())
+def _warped_path(cfg: Config, date: str, epsg: int, crs: CRS, spread: bool) -> Path:
+    """`mosaics/<region>_<date>_<epsg>.<CRS>[.std].vrt`: one zone's mosaic warped into the date VRT's CRS."""
+    return cfg.layout.warped_zone_vrt(cfg.plan.region, date, epsg, crs.to_string(), spread)
 
 
 def _warped_vrt(src: DatasetReader, crs: CRS, path: Path) -> tuple[Path, Affine, int, int]:
@@ -326,13 +393,14 @@ def _write_vrt(
     sources: list[tuple[Path, Affine, int, int]],
     dtype: str,
     offset_dn: int,
+    descriptions: tuple[str, ...] = BANDS,
 ) -> None:
     """A VRT mosaic of `sources` on one grid, nodata transparent (hand-written XML: rasterio has no VRT builder)."""
     root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
     ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = crs.to_wkt()
     ET.SubElement(root, "GeoTransform").text = ", ".join(repr(v) for v in transform.to_gdal())
     nodata = "0" if dtype == "uint16" else "nan"
-    for b, name in enumerate(BANDS, start=1):
+    for b, name in enumerate(descriptions, start=1):
         band = ET.SubElement(root, "VRTRasterBand", dataType="UInt16" if dtype == "uint16" else "Float32", band=str(b))
         ET.SubElement(band, "Description").text = name
         ET.SubElement(band, "NoDataValue").text = nodata
@@ -352,15 +420,25 @@ def _write_vrt(
     state.write_text(path, ET.tostring(root, encoding="unicode"))
 
 
-def reproject(cfg: Config, date: str, vrt: Path) -> dict:
-    """Write `layout.reprojected_mosaic`: the date VRT (in `mosaic.crs`) as one COG, warped block by block."""
-    out = cfg.layout.reprojected_mosaic(cfg.plan.region, date, cfg.mosaic.crs)
+def reproject(cfg: Config, date: str, vrt: Path, spread: bool = False) -> dict:
+    """Write `layout.reprojected_mosaic`: the date VRT (in `mosaic.crs`) as one COG, warped block by block
+    (`spread`: the spread twin's, from the spread VRT)."""
+    out = cfg.layout.reprojected_mosaic(cfg.plan.region, date, cfg.mosaic.crs, spread)
     start = time.perf_counter()
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(vrt) as src:
         dtype, offset_dn = src.dtypes[0], round((src.offsets[0] or 0) * QUANTIFICATION_VALUE)
-        tags = {"date": date, "model": cfg.prediction_model}
+        tags = {"date": date, "model": cfg.prediction_model} | ({"content": SPREAD_CONTENT} if spread else {})
         with cog_writer(
-            out, src.width, src.height, src.transform, src.crs.to_wkt(), cfg.mosaic, tags, dtype, offset_dn
+            out,
+            src.width,
+            src.height,
+            src.transform,
+            src.crs.to_wkt(),
+            cfg.mosaic,
+            tags,
+            dtype,
+            offset_dn,
+            tuple(src.descriptions),
         ) as dst:
             for window in _blocks(src.width, src.height, cfg.mosaic.blocksize):
                 dst.write(src.read(window=window), window=window)

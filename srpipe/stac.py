@@ -3,6 +3,8 @@
 Items carry STAC 1.1 `bands` (name, eo:common_name, nodata, data_type, raster:scale/offset and the 2.5 m
 raster:spatial_resolution: `gsd` describes a sensor, not a product), the projection extension, processing:software
 (srpipe and the model's content hash), derived_from links to the S2 acquisitions read, and the AOI-clipped footprint.
+With `infer.uncertainty` an item has a second asset, "spread": the self-ensemble's per-pixel std (roles data and
+uncertainty, float32 reflectance units, NaN nodata), so a user can mask the SR pixels not to trust.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shapely.geometry
 from pystac.extensions.projection import ProjectionExtension
 
 import srpipe
-from srpipe import BANDS, state
+from srpipe import BANDS, STD_BANDS, state
 from srpipe.config import Config
 from srpipe.s2units import QUANTIFICATION_VALUE
 from srpipe.weights import inference_weights
@@ -27,6 +29,7 @@ EXTENSIONS = {  # the STAC 1.1 versions of the extensions used
     "processing": "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
 }
 COMMON_NAMES = {"B02": ("blue", 0.492), "B03": ("green", 0.560), "B04": ("red", 0.665), "B08": ("nir", 0.833)}
+SPREAD_ROLES = ["data", "uncertainty"]  # no best-practice role names an uncertainty layer: "data" plus the plain word
 S2_ITEMS = "https://stac.dataspace.copernicus.eu/v1/collections/sentinel-2-{level}/items"  # Copernicus Data Space
 
 
@@ -63,6 +66,7 @@ def write_collection(cfg: Config, mosaics: list[dict], dates: dict[str, dict]) -
         if "reprojected" in outputs:
             href, title = f"../{Path(outputs['reprojected']).name}", f"{date} in {cfg.mosaic.crs}"
             collection.add_asset(f"{cfg.mosaic.crs}-{date}", pystac.Asset(href, title, media_type=pystac.MediaType.COG))
+        _add_date_spread(collection, cfg, date, outputs)
     for item in items:
         collection.add_item(item)
     with state.atomic_path(cfg.layout.stac) as tmp:  # self-contained (relative links): the folder renames whole
@@ -70,6 +74,18 @@ def write_collection(cfg: Config, mosaics: list[dict], dates: dict[str, dict]) -
         collection.make_all_asset_hrefs_relative()  # tmp lies beside stac/: the links hold after the rename
         collection.save(pystac.CatalogType.SELF_CONTAINED)
     return cfg.layout.stac / "collection.json"
+
+
+def _add_date_spread(collection: pystac.Collection, cfg: Config, date: str, outputs: dict) -> None:
+    """Add one date's spread VRT and reprojected spread COG (when catalog wrote them) as collection assets."""
+    if "spread_vrt" in outputs:
+        href, title = f"../{Path(outputs['spread_vrt']).name}", f"{date}, every zone: ensemble spread"
+        asset = pystac.Asset(href, title, media_type="application/xml", roles=SPREAD_ROLES)
+        collection.add_asset(f"spread-vrt-{date}", asset)
+    if "spread_reprojected" in outputs:
+        href, title = f"../{Path(outputs['spread_reprojected']).name}", f"{date} in {cfg.mosaic.crs}: ensemble spread"
+        asset = pystac.Asset(href, title, media_type=pystac.MediaType.COG, roles=SPREAD_ROLES)
+        collection.add_asset(f"spread-{cfg.mosaic.crs}-{date}", asset)
 
 
 def _item(cfg: Config, m: dict, software: dict[str, str]) -> pystac.Item:
@@ -105,6 +121,8 @@ def _item(cfg: Config, m: dict, software: dict[str, str]) -> pystac.Item:
     asset.roles = ["data"]
     asset.extra_fields["bands"] = _bands(m)
     item.add_asset("data", asset)
+    if "spread" in m:
+        item.add_asset("spread", _spread_asset(m))
     level = "l2a" if cfg.source.s2_collection == "l2a" else "l1c"
     for d in m["input_dates"]:
         query = f"?datetime={d}T00:00:00Z/{d}T23:59:59Z&bbox={','.join(f'{v:.5f}' for v in geometry.bounds)}"
@@ -135,6 +153,28 @@ def _bands(m: dict) -> list[dict]:
             }
         )
     return bands
+
+
+def _spread_asset(m: dict) -> pystac.Asset:
+    """The asset of a zone mosaic's spread twin: per band the std of the 8 self-ensemble views (float32, NaN nodata)."""
+    title = f"{m['date']}, EPSG:{m['epsg']}: self-ensemble spread"
+    asset = pystac.Asset(str(Path(m["spread"]).resolve()), title, media_type=pystac.MediaType.COG, roles=SPREAD_ROLES)
+    asset.description = (
+        "Per-pixel standard deviation of the 8 self-ensemble views (flips and rotations) of the SR, in reflectance "
+        "units: high where the SR is less certain (edges, texture, clouds); mask SR pixels above a threshold"
+    )
+    asset.extra_fields["bands"] = [
+        {
+            "name": name,
+            "description": f"std of the 8 self-ensemble views of {band}, reflectance",
+            "unit": "1",  # reflectance is dimensionless (UCUM "1"), as the SR it describes
+            "nodata": "nan",
+            "data_type": "float32",
+            "raster:spatial_resolution": m["resolution_m"],
+        }
+        for name, band in zip(STD_BANDS, BANDS, strict=True)
+    ]
+    return asset
 
 
 def _proj_bbox(m: dict) -> list[float]:

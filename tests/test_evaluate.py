@@ -1,5 +1,6 @@
 """Evaluation: masked scores of SR and bicubic per test sample, metrics.json's keys, the report and its plots."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from srpipe import evaluate as ev
-from srpipe.config import Config, EvaluateConfig, ModelConfig
+from srpipe.config import Config, EvaluateConfig, InferConfig, ModelConfig
 from srpipe.curate.normalise import BandScale
 from srpipe.evaluation import context
 from srpipe.models import build_model
@@ -134,3 +135,18 @@ def test_the_html_report_renders_in_a_real_browser_with_every_image(run):
     page = browser.render(cfg.layout.reports / "index.html", timeout_s=120)  # a busy 2-core CI machine is slow
     assert page.images >= 4 and page.images_loaded == page.images and page.errors == []
     assert not browser.is_blank(page.screenshot_png)
+
+
+def test_with_the_self_ensemble_metrics_json_has_the_trust_numbers_and_the_report_their_plot(run):
+    cfg, samples, _ = run
+    cfg = dataclasses.replace(cfg, infer=InferConfig(self_ensemble=True))
+    ev.evaluate(cfg)
+    trust = json.loads((cfg.layout.reports / "metrics.json").read_text())["trust"]
+    b = cfg.loss.crop_border_px
+    assert (
+        trust["n_pixels"] == samples[0]["hr_mask"][:, b : 64 - b, b : 64 - b].sum()
+    )  # clear, inside the crop and sum(trust["pixels"]) == trust["n_pixels"]
+    assert -1 <= trust["spearman"] <= 1 and len(trust["mean_abs_error"]) == len(trust["mean_spread"]) == 10
+    assert trust["mean_spread"] == sorted(trust["mean_spread"])  # deciles ranked by spread
+    html = (cfg.layout.reports / "index.html").read_text()
+    assert f"Spearman {trust['spearman']:+.2f} over {trust['n_pixels']} test pixels" in html

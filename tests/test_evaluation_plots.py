@@ -81,6 +81,20 @@ def test_score_histograms_scatter_band_distributions_and_trust_map_are_pngs_of_t
     assert png_size(plots.trust_map(views, "sample 0")) == (round(8.4 * DPI), round(3.8 * DPI))
 
 
+def test_spread_vs_error_has_a_row_per_picked_sample_and_the_decile_panel(samples):
+    error = np.abs(samples["sr"] - samples["label"]).mean(axis=1)
+    error[:, :2] = np.nan  # off the scored pixels
+    deciles = np.linspace(0.01, 0.1, 10)
+    png = plots.spread_vs_error(samples["sr"], error, error * 0.5, deciles, deciles * 2, 0.87)
+    assert png_size(png) == (round(13.0 * DPI), round(3 * 3.0 * DPI))
+    assert png_size(plots.spread_vs_error(samples["sr"][:2], error[:2], error[:2], deciles, deciles, None)) == (
+        round(13.0 * DPI),
+        round(2 * 3.0 * DPI),  # two samples: the highest and the lowest spread
+    )
+    with pytest.raises(ValueError, match=r"expected \(N, 4, H, W\) SR and \(N, H, W\) maps"):
+        plots.spread_vs_error(samples["sr"], error, error[:, :8], deciles, deciles, 0.5)
+
+
 def test_training_curves_plot_every_numeric_key_three_per_row_and_need_one():
     history = [{"epoch": e, "train_loss": 1 / (e + 1), "val_cpsnr": 20.0 + e, "note": "warm-up"} for e in range(4)]
     assert png_size(plots.training_curves(history)) == (round(2 * 4.2 * DPI), round(3.2 * DPI))

@@ -22,11 +22,11 @@ from pyproj import Transformer
 from rasterio.transform import from_bounds
 from rio_cogeo.cogeo import cog_validate
 
+from srpipe import STD_BANDS, state
 from srpipe import mosaic as mosaic_module
-from srpipe import state
 from srpipe.chain import STAGES, ChainState, fingerprint, pending_units, run_unit, stage_units
 from srpipe.cog import write_cog
-from srpipe.config import Config, MosaicConfig, PlanConfig
+from srpipe.config import Config, InferConfig, MosaicConfig, PlanConfig
 from srpipe.errors import StageError
 from srpipe.grid import Tile, split_aoi, write_grid
 from srpipe.infer_record import InferRecord
@@ -89,9 +89,33 @@ def run(tmp_path: Path) -> tuple[Config, list[Tile]]:
 
 def pixel(path: Path, x: float, y: float, crs: int | str = 4326) -> int:
     """Band 1 of the raster at `path` at (x, y) in `crs`."""
+    return int(sample(path, x, y, crs))
+
+
+def sample(path: Path, x: float, y: float, crs: int | str = 4326) -> float:
+    """Band 1 of the raster at `path` at (x, y) in `crs`, in its own dtype."""
     with rasterio.open(path) as src:
         px, py = Transformer.from_crs(crs, src.crs, always_xy=True).transform(x, y)
-        return int(next(src.sample([(px, py)], indexes=1))[0])
+        return next(src.sample([(px, py)], indexes=1))[0]
+
+
+def predict_spread(cfg: Config, t: Tile, core: np.ndarray) -> None:
+    """Infer's `<date>.std.tif` of `t`: (4, c, c) float32 `core` on its core, 9 in the buffer (a leak shows)."""
+    n = round((t.bounds[2] - t.bounds[0]) / RES_M)
+    buffer = round((t.core[0] - t.bounds[0]) / RES_M)
+    image = np.full((4, n, n), 9, np.float32)
+    image[:, buffer : n - buffer, buffer : n - buffer] = core
+    path = cfg.layout.prediction_std(cfg.prediction_model, t.tile_id, DATE)
+    write_cog(path, image, from_bounds(*t.bounds, n, n), t.epsg, cfg.mosaic, {"tile_id": t.tile_id}, 0, STD_BANDS)
+
+
+def with_spread(cfg: Config, tiles: list[Tile], cores: dict[str, np.ndarray]) -> Config:
+    """`cfg` with infer.uncertainty on; each of `tiles[:-1]` re-inferred with its spread `cores[tile_id]`."""
+    cfg = dataclasses.replace(cfg, infer=InferConfig(self_ensemble=True, uncertainty=True))
+    for t in tiles[:-1]:
+        predict_spread(cfg, t, cores[t.tile_id])
+        record(cfg, t, [DATE])  # infer's inputs changed (uncertainty): a new record, as a re-run writes
+    return cfg
 
 
 def core_lonlat(t: Tile) -> shapely.Geometry:
@@ -253,3 +277,79 @@ def test_mosaic_does_not_import_torch_or_the_training_and_inference_modules():
     heavy = "('torch', 'srpipe.infer', 'srpipe.train')"
     code = f"import sys, srpipe.mosaic, srpipe.stac; print(sorted(m for m in {heavy} if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_the_spread_mosaic_equals_each_tiles_std_on_its_core_and_is_nan_elsewhere(run):
+    cfg, tiles = run
+    cfg = dataclasses.replace(cfg, mosaic=dataclasses.replace(cfg.mosaic, mask_aoi=False))
+    rng = np.random.default_rng(0)
+    n = round((tiles[0].core[2] - tiles[0].core[0]) / RES_M)
+    cores = {t.tile_id: rng.random((4, n, n), dtype=np.float32) / 20 for t in tiles}
+    cfg = with_spread(cfg, tiles, cores)
+    assert run_stage(cfg, "mosaic") == {"32634_2016-10-31": None, "32635_2016-10-31": None}
+    for epsg in (32634, 32635):
+        info = state.done_info(cfg.run_path, "mosaic", f"{epsg}_{DATE}")["mosaics"][0]
+        path = cfg.layout.zone_mosaic("t", DATE, epsg, spread=True)
+        assert info["spread"] == str(path) and info["spread_cog_warnings"] == []
+        assert cog_validate(str(path), quiet=True)[0]
+        with rasterio.open(path) as src:
+            data, transform = src.read(), src.transform
+            assert src.dtypes[0] == "float32" and np.isnan(src.nodata) and src.descriptions == STD_BANDS
+            assert src.block_shapes[0] == (64, 64) and src.overviews(1)
+        covered = np.zeros(data.shape[1:], bool)
+        for t in (t for t in tiles if t.epsg == epsg):
+            window = rasterio.windows.from_bounds(*t.core, transform).round_offsets().round_lengths()
+            rows, cols = window.toslices()
+            expected = cores[t.tile_id] if t != tiles[-1] else np.full((4, n, n), np.nan, np.float32)  # no infer
+            np.testing.assert_array_equal(data[:, rows, cols], expected, err_msg=t.tile_id)
+            covered[rows, cols] = True
+        assert covered.all()  # the zone's grid is its cores: every pixel was compared
+
+
+def test_the_spread_is_in_the_date_vrt_the_reprojected_cog_and_stac_with_its_role_and_units(run):
+    cfg, tiles = run
+    n = round((tiles[0].core[2] - tiles[0].core[0]) / RES_M)
+    spread = {t.tile_id: tile_value(t.tile_id, tiles) / 1e5 for t in tiles}  # a known value per tile
+    cfg = with_spread(cfg, tiles, {t: np.full((4, n, n), v, np.float32) for t, v in spread.items()})
+    cfg = dataclasses.replace(cfg, mosaic=dataclasses.replace(cfg.mosaic, crs="EPSG:3346"))
+    run_stage(cfg, "mosaic")
+    assert run_stage(cfg, "catalog") == {"all": None}
+    vrt = cfg.layout.date_vrt("t", DATE, spread=True)
+    lks = cfg.layout.reprojected_mosaic("t", DATE, "EPSG:3346", spread=True)
+    assert cog_validate(str(lks), quiet=True)[0]
+    checked = 0
+    for t in tiles[:-1]:  # a point of the core inside the AOI, off the zones' overlap and 2 px off any edge
+        others = shapely.union_all([core_lonlat(o) for o in tiles if o.epsg != t.epsg])
+        region = core_lonlat(t).intersection(AOI).difference(others).buffer(-0.0006)
+        if not region.is_empty:
+            point = region.representative_point()
+            expected = np.float32(spread[t.tile_id])
+            assert sample(vrt, point.x, point.y) == sample(lks, point.x, point.y) == pytest.approx(expected), t
+            checked += 1
+    assert checked >= 6
+    assert np.isnan(sample(vrt, 23.95, 55.02)) and np.isnan(sample(lks, 23.95, 55.02))  # west of the AOI
+    with rasterio.open(lks) as src:
+        assert src.dtypes[0] == "float32" and src.descriptions == STD_BANDS and src.crs.to_epsg() == 3346
+    pystac.validation.set_validator(_offline_validator())
+    try:
+        collection = pystac.Collection.from_file(str(cfg.layout.stac / "collection.json"))
+        assert collection.validate_all() == 2
+    finally:
+        pystac.validation.set_validator(pystac.validation.JsonSchemaSTACValidator())
+    asset = collection.get_item("t_2016-10-31_32634", recursive=True).assets["spread"]
+    assert asset.roles == ["data", "uncertainty"] and "8 self-ensemble views" in asset.description
+    assert asset.get_absolute_href() == str(cfg.layout.zone_mosaic("t", DATE, 32634, spread=True))
+    band = asset.extra_fields["bands"][2]
+    assert band["name"] == "B04_std" and band["unit"] == "1" and band["data_type"] == "float32"
+    assert band["nodata"] == "nan" and band["raster:spatial_resolution"] == RES_M
+    assert collection.assets[f"spread-vrt-{DATE}"].get_absolute_href() == str(vrt)
+    assert collection.assets[f"spread-EPSG:3346-{DATE}"].get_absolute_href() == str(lks)
+
+
+def test_a_tile_without_its_std_raster_is_an_error_naming_it_when_uncertainty_is_on(run):
+    cfg, tiles = run
+    n = round((tiles[0].core[2] - tiles[0].core[0]) / RES_M)
+    cfg = with_spread(cfg, tiles, {t.tile_id: np.zeros((4, n, n), np.float32) for t in tiles})
+    cfg.layout.prediction_std(cfg.prediction_model, tiles[0].tile_id, DATE).unlink()
+    with pytest.raises(StageError, match=rf"no {DATE}.std.tif \({tiles[0].tile_id}\)"):
+        mosaic_module.mosaic_unit(cfg, f"{tiles[0].epsg}_{DATE}")

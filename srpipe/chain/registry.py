@@ -196,6 +196,7 @@ STAGES: dict[str, Stage] = {
                 "plan.aoi",  # the mask's file; `files` hashes its content
                 "train.name",
                 "infer.model",
+                "infer.uncertainty",  # also mosaics the spread (`<date>.std.tif`)
                 "mosaic.blocksize",
                 "mosaic.compress",
                 "mosaic.min_overview_px",

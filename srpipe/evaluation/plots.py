@@ -1,4 +1,5 @@
-"""Evaluation plots as PNG bytes: score histograms and scatter, band distributions, sample grids, curves, trust maps."""
+"""Evaluation plots as PNG bytes: score histograms and scatter, band distributions, sample grids, curves, trust maps
+and the spread against the error."""
 
 from __future__ import annotations
 
@@ -244,4 +245,51 @@ def trust_map(views: np.ndarray, title: str = "") -> bytes:
         _no_ticks(ax)
     if title:
         fig.suptitle(title)
+    return _png(fig)
+
+
+def _map_panel(fig: Figure, ax: Axes, image: np.ndarray, vmax: float, title: str) -> None:
+    """One (H, W) map in magma from 0 to `vmax` (NaN grey), titled, with its colour bar."""
+    cmap = colormaps["magma"].with_extremes(bad="0.6")
+    shown = ax.imshow(np.ma.masked_invalid(image), cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
+    fig.colorbar(shown, ax=ax, shrink=0.8)
+    ax.set_title(title, fontsize="small")
+    _no_ticks(ax)
+
+
+def spread_vs_error(
+    sr: np.ndarray,
+    error: np.ndarray,
+    spread: np.ndarray,
+    decile_spread: Sequence[float],
+    decile_error: Sequence[float],
+    spearman: float | None,
+) -> bytes:
+    """Rows: the samples of highest, median and lowest mean spread; cols: SR (N, 4, H, W), |SR - label| and spread
+    ((N, H, W), NaN off the scored pixels); right: mean |error| per spread decile with Spearman's rho on it."""
+    if np.shape(error) != np.shape(spread) or np.shape(sr) != (len(error), len(BANDS), *np.shape(error)[1:]):
+        raise ValueError(f"spread_vs_error: expected (N, 4, H, W) SR and (N, H, W) maps, got {np.shape(sr)}, "
+                         f"{np.shape(error)}, {np.shape(spread)}")  # fmt: skip
+    per_sample = np.nanmean(np.where(np.isfinite(error), spread, np.nan).reshape(len(spread), -1), axis=1)
+    rows = ranked_indices(per_sample)
+    names = {"best": "highest spread", "median": "median spread", "worst": "lowest spread"}
+    fig = Figure(figsize=(13.0, 3.0 * len(rows)), layout="constrained")
+    grid = fig.add_gridspec(len(rows), 4)
+    vmax = {"error": np.nanpercentile(error[[i for _, i in rows]], 99), "spread": np.nanpercentile(spread, 99)}
+    for r, (rank, i) in enumerate(rows):
+        left = fig.add_subplot(grid[r, 0])
+        left.imshow(true_colour(sr[i]), interpolation="nearest")
+        left.set_title("SR (8-view mean)", fontsize="small")
+        left.set_ylabel(f"{names[rank]} (#{i})", fontsize="small")
+        _no_ticks(left)
+        _map_panel(fig, fig.add_subplot(grid[r, 1]), error[i], vmax["error"], "|SR - label|")
+        _map_panel(fig, fig.add_subplot(grid[r, 2]), spread[i], vmax["spread"], "spread (std of 8 views)")
+    ax = fig.add_subplot(grid[:, 3])
+    ax.plot(decile_spread, decile_error, marker="o", color=_SR)
+    ax.set_xlabel("mean spread in the decile (curated units)")
+    ax.set_ylabel("mean |SR - label| (curated units)")
+    rho = "undefined (constant)" if spearman is None else f"{spearman:.3f}"
+    ax.set_title(f"error by spread decile\nSpearman rho = {rho}")
+    ax.grid(alpha=0.3)
+    fig.suptitle("Trust: where the self-ensemble's views disagree against where SR is wrong (band means)")
     return _png(fig)

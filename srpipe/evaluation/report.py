@@ -14,6 +14,7 @@ from srpipe.evaluation import plots
 from srpipe.evaluation.context import Context, Patches
 from srpipe.evaluation.html import Figure, Section, Table, write_html
 from srpipe.evaluation.scores import METRICS
+from srpipe.evaluation.trust import trust_maps
 
 NAMES = {
     "sr": "SR (8-view ensemble)",
@@ -98,6 +99,23 @@ def _trust_png(ctx: Context, patches: Patches) -> bytes | None:
     return plots.trust_map(views.clamp(0, 1).numpy(), "self-ensemble of the first test sample")
 
 
+def _spread_figure(ctx: Context, metrics: dict, patches: Patches) -> Figure | None:
+    """The spread against the error (metrics.json's "trust"), when evaluate computed it (infer.self_ensemble)."""
+    trust = metrics.get("trust")
+    if trust is None:
+        return None
+    error, spread = trust_maps(patches, ctx.border)
+    png = plots.spread_vs_error(
+        patches.array("sr"), error, spread, trust["mean_spread"], trust["mean_abs_error"], trust["spearman"]
+    )
+    rho = "undefined (a constant)" if trust["spearman"] is None else f"{trust['spearman']:+.2f}"
+    caption = (
+        f"trust: where the 8 views disagree (spread, the .std.tif mosaics) against where SR is wrong; Spearman "
+        f"{rho} over {trust['n_pixels']} test pixels (1: the spread ranks the errors perfectly, 0: no relation)"
+    )
+    return Figure(png, caption)
+
+
 def _figures(ctx: Context, metrics: dict, patches: Patches) -> list[Figure]:
     base = metrics["strongest_baseline"]
     n = len(patches.array("hr"))
@@ -131,7 +149,8 @@ def _figures(ctx: Context, metrics: dict, patches: Patches) -> list[Figure]:
     trust = _trust_png(ctx, patches)
     if trust is not None:
         figures.append(Figure(trust, "trust map: where the eight views of the self-ensemble disagree"))
-    return figures
+    spread = _spread_figure(ctx, metrics, patches)
+    return figures if spread is None else [*figures, spread]
 
 
 def _model_section(ctx: Context) -> Section:

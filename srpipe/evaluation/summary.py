@@ -118,7 +118,7 @@ def _consistency(ctx: Context, patches: Patches, base: str) -> dict:
     lr_frame, lr_mask = patches.array("lr_frame"), patches.array("lr_frame_mask").astype(bool)
     gain, offset = (v.numpy()[None, :, None, None] for v in ctx.lr_to_hr)
     frame_up = bicubic(torch.from_numpy(lr_frame * gain + offset), ctx.model.scale).numpy()
-    psf = ctx.model.net.psf_sigma_px
+    psf = ctx.cfg.model.psf_sigma_lr_px * ctx.model.scale
     out = {"reference": "the latest clear S2 frame of each stack", "psf_sigma_label_px": psf, "claims": FRAME_BICUBIC}
     groups = np.array([r["tile_id"] for r in patches.rows[: len(lr_frame)]])
     for name in (*SR_METHODS, base, FRAME_BICUBIC):

@@ -136,6 +136,7 @@ class SentinelHubSource(EOPatchSource):
 
     has_labels = True
     paid = True
+    remote = True
 
     def __init__(self, cfg: SourceConfig, cache_dir: str | Path | None = None, run_dir: Path | None = None) -> None:
         if not cfg.lr_resolution_m:  # 0: the source's own S2 pixels

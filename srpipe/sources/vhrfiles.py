@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import shapely
+from pyproj import Geod, Transformer
 from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
 from rasterio.vrt import WarpedVRT
@@ -26,7 +26,6 @@ from srpipe.grid import Tile
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
 _PATTERN_CODES = {"%Y": r"\d{4}", "%m": r"\d{2}", "%d": r"\d{2}", "%j": r"\d{3}", "%H": r"\d{2}", "%M": r"\d{2}"}
-_METRES_PER_DEGREE = 111_320.0  # at the equator; a geographic file's pixel size is checked with this
 
 
 @dataclass(frozen=True)
@@ -76,12 +75,12 @@ def file_date(path: Path, tags: dict[str, str], pattern: str) -> dt.date:
 
 
 def _pixel_m(src: rasterio.DatasetReader) -> float:
-    """The coarser pixel side of `src` in metres (geographic CRS: degrees at the file's latitude)."""
-    size = max(abs(src.res[0]), abs(src.res[1]))
-    if src.crs.is_geographic:
-        lat = (src.bounds.bottom + src.bounds.top) / 2
-        return size * _METRES_PER_DEGREE * max(math.cos(math.radians(lat)), 1e-6)
-    return size * src.crs.linear_units_factor[1]
+    """The coarser side on the ground, in metres, of `src`'s centre pixel (geodesic: any CRS, Web Mercator too)."""
+    cx, cy = (src.bounds.left + src.bounds.right) / 2, (src.bounds.bottom + src.bounds.top) / 2
+    dx, dy = abs(src.res[0]), abs(src.res[1])
+    lon, lat = Transformer.from_crs(src.crs, 4326, always_xy=True).transform([cx, cx + dx, cx], [cy, cy, cy + dy])
+    geod = Geod(ellps="WGS84")
+    return max(geod.inv(lon[0], lat[0], lon[1], lat[1])[2], geod.inv(lon[0], lat[0], lon[2], lat[2])[2])
 
 
 def describe_file(path: Path, pattern: str) -> VhrFile:

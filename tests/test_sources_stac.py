@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ import shapely
 from pyproj import Transformer
 
 from srpipe import eopatch as ep
-from srpipe.config import ConfigError, SourceConfig
+from srpipe.config import ConfigError, SourceConfig, load_config
 from srpipe.grid import Tile
 from srpipe.sources.stac import StacSource, dark_object_outliers
 from tests import stacfixtures as fx
+from tests.conftest import aoi_geojson, srpipe, tiny_settings, write_config
 from tests.stacserver import Archive, StacServer
 
 TILE = Tile(
@@ -176,3 +178,61 @@ def test_settings_name_their_key(archive, tmp_path):
         StacSource(SourceConfig(name="stac"))
     with pytest.raises(Exception, match=r"no asset \['B02', .*'source.stac_assets'"):
         StacSource(stac_cfg(archive, tmp_path, stac_assets=("B02", "B03", "B04", "B08", "SCL"))).fetch(TILE)
+
+
+def chain_settings(tmp_path: Path, name: str, source: dict) -> Path:
+    """The tiny run (tests/conftest.py) over the archive's interval, with `source` settings; its config file."""
+    aoi = aoi_geojson(tmp_path / "aoi.geojson", 440100, 4164100, 443900, 4169900)
+    settings = tiny_settings(tmp_path / name, aoi)
+    settings["source"] |= {"time_interval": list(fx.INTERVAL)} | source
+    settings["train"]["epochs"] = 2
+    return write_config(tmp_path / f"{name}.toml", settings)
+
+
+@pytest.mark.slow
+def test_the_tiny_chain_runs_to_a_mosaic_on_stac_and_label_files_and_curates_as_the_sample(archive, patch, tmp_path):
+    """S2 from the local archive and the labels as EPSG:3857 orthophotos reach the sample's curation counts: the
+    same frames and clouds (exactly), the same samples after the shadow and noise filters within 10 %; then train
+    (2 epochs), infer, mosaic and catalog run unchanged (evaluate is the sample's, left out for time)."""
+    fx.write_orthophotos(patch, tmp_path / "ortho")
+    stac = chain_settings(
+        tmp_path,
+        "stac",
+        {
+            "name": "stac",
+            "stac_api": archive.url,
+            "s2_max_cloud_cover": 1.0,
+            "vhr_files": str(tmp_path / "ortho"),
+            "vhr_date_pattern": "%Y-%m-%d",
+            "vhr_gain": [1e-4] * 4,
+        },
+    )
+    srpipe("plan", str(stac))
+    estimate = srpipe("download", str(stac), "--estimate").stdout
+    assert re.search(r"stac estimate: 6 tiles x 16.0 items x 5 assets x \d+ range requests", estimate), estimate
+    for stage in ("download", "curate", "train-delineation", "train", "infer", "mosaic", "catalog"):
+        srpipe(stage, str(stac))
+    sample = chain_settings(tmp_path, "sample", {})
+    srpipe("plan", str(sample))
+    srpipe("download", str(sample))
+    srpipe("curate", str(sample))
+    got, want = (
+        json.loads((tmp_path / n / "curation" / "stats.json").read_text())["filters"] for n in ("stac", "sample")
+    )
+    assert got["s2_clouds"] == want["s2_clouds"] and got["vhr_clouds"] == want["vhr_clouds"], (got, want)
+    for step in ("shadows", "noise"):
+        assert abs(got[step]["kept"] - want[step]["kept"]) <= 0.1 * want[step]["kept"], (step, got, want)
+    mosaics = sorted((tmp_path / "stac" / "mosaics").glob("tiny_*.tif"))
+    assert mosaics, "no mosaic"
+    with rasterio.open(mosaics[0]) as src:
+        assert src.crs.to_epsg() == 32618 and src.res == (10.0, 10.0)
+    assert (tmp_path / "stac" / "mosaics" / "stac" / "collection.json").exists()
+    patch0 = ep.load_patch(tmp_path / "stac", "32618_440_4164", 4)
+    assert patch0.meta_info["s2_offsets"][0] == [0.0] and patch0.meta_info["s2_offsets"][-1] == [-0.1]
+
+
+def test_the_lithuania_example_config_loads_and_names_its_archive(tmp_path):
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "lithuania-stac.toml")
+    source = StacSource(cfg.source)
+    assert cfg.source.vhr_files.endswith("configs/orthophotos") and source.has_labels
+    assert "earth-search.aws.element84.com/v1 (sentinel-2-l2a)" in source.describe()

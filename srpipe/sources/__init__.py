@@ -1,5 +1,6 @@
-"""Sources: `sample` (offline, simulated from one real S2 scene), `sentinelhub` (S2 + BYOC labels) and `synthetic`
-(seeded S2 stacks anywhere, no labels), each behind the one `Source` protocol.
+"""Sources: `sample` (offline, simulated from one real S2 scene), `sentinelhub` (S2 + BYOC labels), `stac` (free S2
+COGs from a STAC archive + the user's own label rasters) and `synthetic` (seeded S2 stacks anywhere, no labels), each
+behind the one `Source` protocol.
 
 Nothing outside this package asks a source's name: plan asks its coverage, download its EOPatch (or record), inference
 its S2 stacks, the chain whether it has labels, infer the radiometric offset of its values.
@@ -23,11 +24,12 @@ from srpipe.sources.stack import S2Stack
 class Source(Protocol):
     """What every source answers. `cfg`: its settings with the source's own defaults resolved (e.g. the sample's
     `lr_resolution_m` from its scene's pixels); `has_labels`: it delivers VHR labels (curate, train and evaluate need
-    them); `paid`: its requests cost (download prints the estimate first)."""
+    them); `paid`: its requests cost; `remote`: it reads over the network (download prints the estimate first)."""
 
     cfg: SourceConfig
     has_labels: bool
     paid: bool
+    remote: bool
 
     def describe(self) -> str:
         """The source in a few words, for messages (e.g. "the sample scene /path")."""
@@ -62,6 +64,10 @@ def make_source(cfg: SourceConfig, run_dir: str | Path | None = None) -> Source:
         from srpipe.sources.sentinelhub import SentinelHubSource
 
         return SentinelHubSource(cfg, RunLayout(run).download_cache(cfg.name) if run else None, run)
+    if cfg.name == "stac":
+        from srpipe.sources.stac import StacSource
+
+        return StacSource(cfg, RunLayout(run).download_cache(cfg.name) if run else None, run)
     if cfg.name == "synthetic":
         from srpipe.sources.synthetic import SyntheticSource
 

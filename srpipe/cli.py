@@ -189,14 +189,33 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 0 when every unit finished, 1 when some failed, 2 on a configuration or stage error."""
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("status", "resubmit"):
-            return _cluster_command(args)
-        if args.command == "evaluate" and args.scene:
-            return _scene_command(args)
-        return _chain_command(args)
+        if not _takes_lock(args):
+            return _command(args)
+        from srpipe.runlock import run_lock
+
+        command = "srpipe " + " ".join(sys.argv[1:] if argv is None else argv)
+        with run_lock(load_config(args.config, args.run_dir).layout.lock, command):
+            return _command(args)
     except SrpipeError as exc:
         print(f"srpipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run the parsed command."""
+    if args.command in ("status", "resubmit"):
+        return _cluster_command(args)
+    if args.command == "evaluate" and args.scene:
+        return _scene_command(args)
+    return _chain_command(args)
+
+
+def _takes_lock(args: argparse.Namespace) -> bool:
+    """Whether the command holds the run directory's lock: all but `status`, an sbatch array task's `--chunk` share
+    and the ranks of one launch (`mpirun`, `srun`), which share a run directory on purpose."""
+    from srpipe.launch import launcher_size
+
+    return args.command != "status" and not getattr(args, "chunk", None) and launcher_size() == 1
 
 
 def _chunk_tiles(cfg: Config, chunk: str, stage: str = "download") -> list[str]:

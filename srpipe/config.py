@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import tomllib
 import types
 import typing
@@ -304,6 +305,10 @@ def _convert(value: Any, hint: Any, key: str, kind: str) -> Any:
     ok = isinstance(value, hint) or (hint is float and isinstance(value, int))
     if not ok or (hint is not bool and isinstance(value, bool)):
         raise ConfigError(f"{kind} key '{key}' must be {expected}, got {value!r}")
+    if hint is float and not math.isfinite(value):  # TOML has nan and inf; no setting means either
+        raise ConfigError(f"{kind} key '{key}' must be a finite number, got {value!r}")
+    if hint is str and "\x00" in value:  # a NUL ends a path or an argument early in every C library below
+        raise ConfigError(f"{kind} key '{key}' holds a NUL character: {value!r}")
     return float(value) if hint is float else value
 
 
@@ -358,6 +363,11 @@ def _check(cfg: Config) -> None:
             f"config key 'model.consistency_regularisation' must be >= 0, got {cfg.model.consistency_regularisation}"
         )
     _check_dates(cfg.infer.dates)
+    _check_interval(cfg.source.time_interval, "source.time_interval")
+    if cfg.source.vhr_time_interval != ("", ""):
+        _check_interval(cfg.source.vhr_time_interval, "source.vhr_time_interval")
+    if cfg.infer.date:
+        _check_interval((cfg.infer.date, cfg.infer.date), "infer.date")
     if cfg.infer.uncertainty and not cfg.infer.self_ensemble:
         raise ConfigError(
             "config key 'infer.uncertainty' = true needs 'infer.self_ensemble' = true: the std is over its 8 views"
@@ -374,6 +384,16 @@ def _check(cfg: Config) -> None:
         )
 
 
+def _check_interval(interval: tuple[str, str], key: str) -> None:
+    """ConfigError unless `interval` is two ISO dates (YYYY-MM-DD), the first not after the second."""
+    try:
+        start, end = (dt.date.fromisoformat(v) for v in interval)
+    except ValueError as exc:
+        raise ConfigError(f"config key '{key}' = {list(interval)} must hold YYYY-MM-DD dates ({exc})") from exc
+    if start > end:
+        raise ConfigError(f"config key '{key}' = {list(interval)} ends before it starts")
+
+
 def _check_dates(dates: str | tuple[str, ...]) -> None:
     """ConfigError unless `infer.dates` is "latest", "all" or a list of ISO dates."""
     if isinstance(dates, str):
@@ -387,6 +407,16 @@ def _check_dates(dates: str | tuple[str, ...]) -> None:
             raise ConfigError(f"config key 'infer.dates[{i}]' = {value!r} is not a YYYY-MM-DD date") from exc
 
 
+def read_toml(path: Path, kind: str) -> dict[str, Any]:
+    """The TOML table of `path`; ConfigError naming the `kind` file when it cannot be read, is not UTF-8 or not TOML."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{kind} file {path} is not valid TOML (UTF-8): {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{kind} file {path} cannot be read: {exc.strerror}") from exc
+
+
 def load_config(path: str | Path, run_dir: str | None = None) -> Config:
     """Load a config file, or `<dir>/config.toml` when `path` is a run directory; resolve its paths."""
     path = Path(path)
@@ -394,11 +424,7 @@ def load_config(path: str | Path, run_dir: str | None = None) -> Config:
         path = path / "config.toml"
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist; copy configs/demo.toml to start one")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    cfg = build_dataclass(Config, data)
+    cfg = build_dataclass(Config, read_toml(path, "config"))
     base = path.parent.resolve()
     plan = cfg.plan
     if plan.aoi:

@@ -41,6 +41,40 @@ def vhr_dates(patch: EOPatch) -> list[dt.datetime]:
     return [dt.datetime.fromisoformat(s) for s in patch.meta_info[VHR_TIMESTAMPS]]
 
 
+def _check_stamps(patch: EOPatch, tile_id: str, fix: str) -> None:
+    """TileError unless meta_info/vhr_timestamps is a list of ISO dates, one per label frame."""
+    stamps = patch.meta_info[VHR_TIMESTAMPS]
+    if not isinstance(stamps, list | tuple) or not all(isinstance(s, str) for s in stamps):
+        raise TileError(tile_id, f"meta_info/{VHR_TIMESTAMPS} = {stamps!r} is not a list of ISO dates; {fix}")
+    for stamp in stamps:
+        try:
+            dt.datetime.fromisoformat(stamp)
+        except ValueError:
+            raise TileError(tile_id, f"meta_info/{VHR_TIMESTAMPS} holds {stamp!r}, not an ISO date; {fix}") from None
+    if len(stamps) != patch[VHR_BANDS].shape[0]:
+        raise TileError(tile_id, f"{patch[VHR_BANDS].shape[0]} label frames but {len(stamps)} dates; {fix}")
+
+
+def _check_arrays(patch: EOPatch, tile_id: str, fix: str) -> None:
+    """TileError unless the bands are real numbers (T, h, w, 4) and each mask is bool (T, h, w, 1) on its bands."""
+    for name, feature in (("S2_BANDS", S2_BANDS), ("VHR_BANDS", VHR_BANDS)):
+        array = patch[feature]
+        if array.dtype.kind not in "fiu":
+            raise TileError(tile_id, f"{name} has dtype {array.dtype}, expected float32 reflectance; {fix}")
+        if array.ndim != 4 or array.shape[-1] != 4:
+            raise TileError(
+                tile_id, f"{name} has shape {array.shape}, expected (T, h, w, 4) (B02, B03, B04, B08); {fix}"
+            )
+    for name, mask, bands in (("S2_CLM", S2_CLOUDS, S2_BANDS), ("S2_DATA", S2_VALID, S2_BANDS),
+                              ("VHR_DATA", VHR_VALID, VHR_BANDS)):  # fmt: skip
+        if patch[mask].dtype != bool or patch[mask].shape != (*patch[bands].shape[:3], 1):
+            raise TileError(
+                tile_id,
+                f"{name} is {patch[mask].dtype} {patch[mask].shape}, expected bool {(*patch[bands].shape[:3], 1)}; "
+                f"{fix}",
+            )
+
+
 def check_patch(patch: EOPatch, tile_id: str, scale: int) -> None:
     """Raise TileError naming the tile and the fix when `patch` breaks the contract above."""
     fix = "delete it and re-run `srpipe download`"
@@ -49,15 +83,11 @@ def check_patch(patch: EOPatch, tile_id: str, scale: int) -> None:
             raise TileError(tile_id, f"EOPatch lacks {feature[0].value}/{feature[1]}; {fix}")
     if VHR_TIMESTAMPS not in patch.meta_info:
         raise TileError(tile_id, f"EOPatch lacks meta_info/{VHR_TIMESTAMPS}; {fix}")
+    _check_arrays(patch, tile_id, fix)
     s2, vhr = patch[S2_BANDS], patch[VHR_BANDS]
-    if s2.ndim != 4 or s2.shape[-1] != 4:
-        raise TileError(tile_id, f"S2_BANDS has shape {s2.shape}, expected (T, h, w, 4) with B02, B03, B04, B08; {fix}")
-    if vhr.ndim != 4 or vhr.shape[-1] != 4:
-        raise TileError(tile_id, f"VHR_BANDS has shape {vhr.shape}, expected (T', H, W, 4); {fix}")
     if len(patch.timestamps or []) != s2.shape[0]:
         raise TileError(tile_id, f"{s2.shape[0]} S2 frames but {len(patch.timestamps or [])} timestamps; {fix}")
-    if len(patch.meta_info[VHR_TIMESTAMPS]) != vhr.shape[0]:
-        raise TileError(tile_id, f"{vhr.shape[0]} label frames but {len(patch.meta_info[VHR_TIMESTAMPS])} dates; {fix}")
+    _check_stamps(patch, tile_id, fix)
     if vhr.shape[1:3] != (s2.shape[1] * scale, s2.shape[2] * scale):
         raise TileError(tile_id, f"label {vhr.shape[1:3]} is not {scale}x the S2 grid {s2.shape[1:3]}; {fix}")
     for name, array, valid in (("S2_BANDS", s2, patch[S2_VALID]), ("VHR_BANDS", vhr, patch[VHR_VALID])):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from srpipe.errors import ConfigError, StageError
 from srpipe.layout import RunLayout
 
 _SIDES = ("minx", "miny", "maxx", "maxy")  # the order of a box tuple
+MAX_TILES = 500_000  # tiles one run plans at most (Lithuania: 16k at 2 km); more is a wrong CRS or a typo'd size
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,12 @@ def load_aoi(path: str | Path) -> shapely.Geometry:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"AOI file {path} (config key 'plan.aoi') does not exist")
-    frame = gpd.read_file(path)
+    frame = _read_aoi(path)
     if frame.empty or frame.geometry.is_empty.all():
         raise ConfigError(f"AOI file {path} holds no geometry; draw a polygon inside the area of interest")
     if frame.crs is None:
         raise ConfigError(f"AOI file {path} has no CRS; save it with one (GeoJSON is EPSG:4326 by definition)")
-    frame = frame.to_crs(4326)
+    frame = _in_wgs84(frame, path)
     invalid = frame[~frame.geometry.is_valid]
     if not invalid.empty:  # e.g. a self-intersecting ring: a polygon meant as one, drawn crossing itself
         reasons = "; ".join(shapely.is_valid_reason(invalid.geometry.to_numpy()).tolist())
@@ -65,6 +67,51 @@ def load_aoi(path: str | Path) -> shapely.Geometry:
     return geometry
 
 
+def _read_aoi(path: Path) -> gpd.GeoDataFrame:
+    """The AOI file as a GeoDataFrame; ConfigError naming the file when GDAL cannot read it (format, CRS, bytes)."""
+    try:
+        return gpd.read_file(path)
+    except Exception as exc:  # pyogrio, GDAL and pyproj raise their own kinds for a bad file
+        raise ConfigError(
+            f"AOI file {path} (config key 'plan.aoi') cannot be read ({type(exc).__name__}: {exc}); "
+            "save it as GeoJSON or GPKG polygons with a CRS"
+        ) from exc
+
+
+def _in_wgs84(frame: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
+    """`frame` in EPSG:4326; ConfigError when its coordinates do not fit its CRS or cross the antimeridian."""
+    try:
+        frame = frame.to_crs(4326)
+    except Exception as exc:  # pyproj raises its own kinds for a CRS it cannot transform
+        raise ConfigError(f"AOI file {path}: its CRS {frame.crs} cannot be turned into lon/lat ({exc})") from exc
+    bounds = frame.geometry.bounds.to_numpy(dtype=float)
+    rows = ~frame.geometry.is_empty.to_numpy()
+    if not np.isfinite(bounds[rows]).all():
+        raise ConfigError(f"AOI file {path}: coordinates are not finite in lon/lat; are they in its CRS {frame.crs}?")
+    lon0, lat0, lon1, lat1 = bounds[rows, 0].min(), bounds[rows, 1].min(), bounds[rows, 2].max(), bounds[rows, 3].max()
+    if lon0 < -180 or lon1 > 180 or lat0 < -80 or lat1 > 84:
+        raise ConfigError(
+            f"AOI file {path}: lon/lat bounds ({lon0:.3f}, {lat0:.3f}, {lon1:.3f}, {lat1:.3f}) leave UTM's range "
+            "(lon -180..180, lat -80..84): check its CRS, and split a polygon across the antimeridian in two (RFC 7946)"
+        )
+    return frame
+
+
+def check_tile_count(aoi: shapely.Geometry, tile_size_m: float, path: str = "", max_tiles: int = MAX_TILES) -> None:
+    """ConfigError when `aoi`'s bounding box would need over `max_tiles` tiles of `tile_size_m` (a hang, not a run)."""
+    lon0, lat0, lon1, lat1 = aoi.bounds
+    width_m = (lon1 - lon0) * 111_320 * max(math.cos(math.radians(lat0)), math.cos(math.radians(lat1)), 0.05)
+    if lat0 <= 0 <= lat1:
+        width_m = (lon1 - lon0) * 111_320
+    estimate = (width_m / tile_size_m + 2) * ((lat1 - lat0) * 110_574 / tile_size_m + 2)
+    if estimate > max_tiles:
+        where = f"AOI {path}" if path else "the AOI"
+        raise ConfigError(
+            f"{where} spans about {estimate:,.0f} tiles of {tile_size_m:g} m (its bounds {aoi.bounds}); "
+            f"a run plans at most {max_tiles:,}: split the AOI into several runs, or raise 'plan.tile_size_m'"
+        )
+
+
 def tile_id_of(epsg: int, core: tuple[float, float, float, float]) -> str:
     """Stable id from the zone and the core's lower-left corner in km, e.g. '32618_436_4162'."""
     return f"{epsg}_{core[0] / 1000:.0f}_{core[1] / 1000:.0f}"
@@ -75,8 +122,12 @@ def tile_seed(tile_id: str) -> int:
     return zlib.crc32(tile_id.encode())
 
 
-def split_aoi(aoi: shapely.Geometry, tile_size_m: float, tile_buffer: float, region: str) -> list[Tile]:
-    """Tiles whose cores cover `aoi` (EPSG:4326), each buffered by `tile_buffer` of its size, neighbours filled in."""
+def split_aoi(
+    aoi: shapely.Geometry, tile_size_m: float, tile_buffer: float, region: str, max_tiles: int = MAX_TILES
+) -> list[Tile]:
+    """Tiles whose cores cover `aoi` (EPSG:4326), each buffered by `tile_buffer` of its size, neighbours filled in;
+    ConfigError when that would be over `max_tiles`."""
+    check_tile_count(aoi, tile_size_m, max_tiles=max_tiles)
     splitter = UtmZoneSplitter([aoi], CRS.WGS84, tile_size_m)  # ~1 s for Lithuania's 16k tiles: not the slow part
     tiles = []
     for bbox in splitter.get_bbox_list():

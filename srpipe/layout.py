@@ -110,6 +110,11 @@ class RunLayout:
         """`_state/<stage>/`: completion markers (`<unit>.done`, `.failed`, `.started`)."""
         return self.root / "_state" / stage
 
+    @property
+    def lock(self) -> Path:
+        """`_state/run.lock`: the owner (host, pid) of the srpipe command running on this directory now."""
+        return self.root / "_state" / "run.lock"
+
     def slurm(self, stage: str = "") -> Path:
         """`_slurm/[<stage>/]`: submitit folders and ledgers."""
         return self.root / "_slurm" / stage if stage else self.root / "_slurm"

@@ -16,7 +16,7 @@ import shapely
 from srpipe import state
 from srpipe.config import Config, config_to_dict, dump_config
 from srpipe.errors import ConfigError
-from srpipe.grid import Tile, load_aoi, read_grid, split_aoi, write_grid
+from srpipe.grid import Tile, check_tile_count, load_aoi, read_grid, split_aoi, write_grid
 from srpipe.sources import Source, make_source
 from srpipe.sources.coverage import check_coverage
 
@@ -62,6 +62,7 @@ def _new_grid(cfg: Config, source: Source) -> tuple[shapely.Geometry, list[Tile]
     if not cfg.plan.aoi:
         raise ConfigError("config key 'plan.aoi' is empty; set it to a GeoJSON/GPKG polygon of the area")
     aoi = load_aoi(cfg.plan.aoi)
+    check_tile_count(aoi, cfg.plan.tile_size_m, cfg.plan.aoi)
     tiles = split_aoi(aoi, cfg.plan.tile_size_m, cfg.plan.tile_buffer, cfg.plan.region)
     if tiles:
         covered, report = check_coverage(source, tiles, aoi)

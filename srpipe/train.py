@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from srpipe import state
 from srpipe.augment import dihedral
+from srpipe.checkpoint import load_checkpoint, save_checkpoint
 from srpipe.config import Config, LossConfig, config_to_dict
 from srpipe.curate.dataset import ShardDataset, shard_paths
 from srpipe.curate.reduce import load_stats, scales
@@ -232,10 +233,7 @@ def _setup(cfg: Config) -> _Setup:
 
 def _resume(run: _Setup) -> _Progress:
     """Rank 0's checkpoint (end of epoch or mid-epoch), loaded by rank 0 and sent to every rank; else a fresh start."""
-    checkpoint = run.folder / "checkpoint.pt"
-    saved = None
-    if run.lead and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False, map_location="cpu")
+    saved = load_checkpoint(run.folder) if run.lead else None
     saved = run.ranks.broadcast_object(saved, name="checkpoint")
     if saved is None:
         if run.cfg.train.init_from:
@@ -263,7 +261,7 @@ def _distribute(run: _Setup) -> None:
 
 
 def _save_checkpoint(run: _Setup, progress: _Progress) -> None:
-    """checkpoint.pt: weights, optimiser, counters, history and the RNG state (rank 0)."""
+    """checkpoint.pt (the one before kept): weights, optimiser, counters, history and the RNG state (rank 0)."""
     payload = {
         "model": run.model.state_dict(),
         "shiftnet": run.shiftnet.state_dict(),
@@ -272,7 +270,7 @@ def _save_checkpoint(run: _Setup, progress: _Progress) -> None:
         "elapsed_s": time.perf_counter() - progress.start,
         "rng": torch.get_rng_state(),
     }
-    _save(run.folder / "checkpoint.pt", payload)
+    save_checkpoint(run.folder, payload)
 
 
 def _epoch_loader(run: _Setup, progress: _Progress) -> DataLoader:

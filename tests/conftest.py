@@ -90,10 +90,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """In CI (CI=true) a cluster, MPI or container test must run: its skip counts as a failure."""
+    """In CI (CI=true) a cluster, MPI, container or fault test must run: its skip counts as a failure."""
     outcome = yield
     report = outcome.get_result()
-    needs_ci = any(item.get_closest_marker(m) for m in ("slurm", "mpi", "container"))
+    needs_ci = any(item.get_closest_marker(m) for m in ("slurm", "mpi", "container", "faults"))
     if os.environ.get("CI") == "true" and report.skipped and needs_ci:
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where it must run: {report.longrepr}"

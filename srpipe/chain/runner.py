@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 import traceback
 from collections.abc import Callable
@@ -117,20 +118,38 @@ def record_outcome(
 ) -> tuple[str, str | None]:
     """Record `pending`'s unit done (with its fingerprint and `result`'s info) or failed (`result` an exception)."""
     unit, fp = pending.unit, fingerprint(pending.inputs)
-    if isinstance(result, Exception):
-        message = f"{type(result).__name__}: {result}"
-        trace = "".join(traceback.format_exception(result))
+    try:
+        if not isinstance(result, Exception):
+            if rank == 0:
+                record = {**result, "inputs": fp, "version": _version(cfg, stage, fp), "inputs_detail": pending.inputs}
+                state.mark_done(cfg.run_path, stage.name, unit, record)
+            else:  # the other ranks' results beside rank 0's marker (e.g. their parameter checksums)
+                state.write_json(cfg.layout.state(stage.name) / f"{unit}.rank{rank}.json", {**result, "error": None})
+            return unit, None
+    except OSError as exc:  # the done marker itself could not be written (e.g. a full disk): the unit is not done
+        result = exc
+    message = error_line(cfg, result)
+    trace = "".join(traceback.format_exception(result))
+    try:
         if rank == 0:
             state.mark_failed(cfg.run_path, stage.name, unit, message, trace, log_path=log_path)
         else:
             state.write_json(cfg.layout.state(stage.name) / f"{unit}.rank{rank}.json", {"error": message})
-        return unit, message
-    if rank == 0:
-        record = {**result, "inputs": fp, "version": _version(cfg, stage, fp), "inputs_detail": pending.inputs}
-        state.mark_done(cfg.run_path, stage.name, unit, record)
-    else:  # the other ranks' results beside rank 0's marker (e.g. their parameter checksums)
-        state.write_json(cfg.layout.state(stage.name) / f"{unit}.rank{rank}.json", {**result, "error": None})
-    return unit, None
+    except OSError:  # no room even for the failure record: the summary still names the unit and the reason
+        pass
+    return unit, message
+
+
+def error_line(cfg: Config, exc: BaseException) -> str:
+    """`Type: message` of a unit's failure; a full disk (ENOSPC, EDQUOT) says so, with the path and the fix."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = exc.filename or cfg.run_path
+        free = shutil.disk_usage(cfg.run_path).free if cfg.run_path.exists() else 0
+        return (
+            f"DiskFullError: the disk is full writing {where} ({exc.strerror}; {free / 2**20:.1f} MiB free under "
+            f"{cfg.run_path}): free space there and re-run (finished units are kept)"
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 def run_shard(

@@ -9,13 +9,12 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from srpipe.cluster.container import container_argv
-from srpipe.config import build_dataclass
+from srpipe.config import build_dataclass, read_toml
 from srpipe.errors import ConfigError
 
 PROFILES_DIR = Path(__file__).resolve().parent / "site_profiles"
@@ -97,10 +96,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.toml")))
         raise ConfigError(f"profile {name_or_path!r} not found ({path}); known profiles: {known}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"profile {path} is not valid TOML: {exc}") from exc
+    data = read_toml(path, "profile")
     data.setdefault("name", path.stem if path.resolve().parent == PROFILES_DIR else str(path.resolve()))
     defaults = data.get("defaults", {})
     stages = data.get("stages", {})

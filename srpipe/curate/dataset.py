@@ -7,7 +7,8 @@ Shards are chunked per sample and LZF-compressed: fast to decode, so the loader 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from srpipe.errors import StageError
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,9 @@ class ShardWriter:
                 if part.dtype.kind in "US":
                     f.create_dataset(key, data=part.astype("S"))
                 else:
-                    f.create_dataset(key, data=part, chunks=(1, *part.shape[1:]), compression="lzf")
+                    # fletcher32: a checksum per chunk, so a flipped bit fails the read instead of training on it
+                    chunks = (1, *part.shape[1:])
+                    f.create_dataset(key, data=part, chunks=chunks, compression="lzf", fletcher32=True)
             f.attrs.update(self.attrs)
         self.buffer = {k: [v[n:]] for k, v in joined.items()}
         self.pending -= n
@@ -134,11 +139,24 @@ class ShardWriter:
         self.shards += 1
 
 
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn h5py's errors on a truncated or corrupt shard (OSError, KeyError) into one naming it and the fix."""
+    try:
+        yield
+    except (OSError, KeyError) as exc:
+        raise StageError(
+            f"HDF5 shard {path} is corrupt or truncated ({type(exc).__name__}: {exc}); rebuild the shards: delete "
+            "_state/curate-reduce/all.done and re-run `srpipe curate --reduce-only`"
+        ) from exc
+
+
 def iter_samples(paths: Iterable[Path]) -> Iterable[dict[str, np.ndarray]]:
     """Whole shards as dicts of arrays (for evaluation and tests)."""
     for path in paths:
-        with h5py.File(path, "r") as f:
-            yield {k: f[k][()] for k in KEYS}
+        with _reading(path), h5py.File(path, "r") as f:
+            samples = {k: f[k][()] for k in KEYS}
+        yield samples
 
 
 class ShardDataset(Dataset):
@@ -148,7 +166,7 @@ class ShardDataset(Dataset):
         self.paths = list(paths)
         self.index: list[tuple[int, int]] = []
         for i, path in enumerate(self.paths):
-            with h5py.File(path, "r") as f:
+            with _reading(path), h5py.File(path, "r") as f:
                 self.index += [(i, j) for j in range(len(f["lr"]))]
         self._files: dict[int, h5py.File] = {}
 
@@ -162,13 +180,9 @@ class ShardDataset(Dataset):
 
     def __getitem__(self, n: int) -> dict[str, torch.Tensor]:
         i, j = self.index[n]
-        f = self._file(i)
-        return {
-            "lr": torch.from_numpy(f["lr"][j]),
-            "lr_mask": torch.from_numpy(f["lr_mask"][j]),
-            "hr": torch.from_numpy(f["hr"][j]),
-            "hr_mask": torch.from_numpy(f["hr_mask"][j]),
-        }
+        with _reading(self.paths[i]):
+            f = self._file(i)
+            return {key: torch.from_numpy(f[key][j]) for key in ("lr", "lr_mask", "hr", "hr_mask")}
 
     def __getstate__(self) -> dict:
         return {"paths": self.paths, "index": self.index, "_files": {}}

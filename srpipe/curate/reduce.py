@@ -117,11 +117,11 @@ def _counts(per_tile: dict[str, dict], rows: list[dict], flags: dict) -> dict:
 
 def curate_reduce(cfg: Config) -> dict:
     """Filter, normalise and shard the samples of every curated tile; write stats.json, samples.csv, plots, report."""
-    layout, curate = cfg.layout, cfg.curate
+    curate = cfg.curate
     grid = {t.tile_id: t for t in read_grid(cfg.run_path)}
     split = split_tiles(list(grid), curate.split, cfg.train.seed)
     curated, failed = _curated_tiles(cfg, grid, split)
-    per_tile = {t: json.loads(layout.curated_tile(t)[0].read_text()) for t in curated}
+    per_tile = {t: _read_stats(cfg, t) for t in curated}
     # shadows: a cloudy label date of one tile flags its neighbours' same date (needs every tile: reduce side)
     covers = {t: dict(zip(s["vhr"]["dates"], s["vhr"]["cloud_cover"], strict=True)) for t, s in per_tile.items()}
     flags = shadow_flags(covers, {t: grid[t].neighbours for t in curated}, curate.shadow_cloud_cover)
@@ -152,10 +152,31 @@ def _curated_tiles(cfg: Config, grid: dict[str, Tile], split: dict[str, str]) ->
     return curated, failed
 
 
+def _corrupt_tile(path: Path, tile_id: str, exc: Exception) -> StageError:
+    """The error for a curated tile file that cannot be read: the file, and the command that rebuilds it."""
+    return StageError(
+        f"curated tile file {path} is corrupt or truncated ({type(exc).__name__}: {exc}); rebuild it: delete "
+        f"_state/curate/{tile_id}.done and re-run `srpipe curate`"
+    )
+
+
+def _read_stats(cfg: Config, tile_id: str) -> dict:
+    """A curated tile's stats (curation/tiles/<tile>.json); StageError naming the file when it cannot be read."""
+    path = cfg.layout.curated_tile(tile_id)[0]
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise _corrupt_tile(path, tile_id, exc) from exc
+
+
 def _read_tile(cfg: Config, tile_id: str, keys: Iterable[str], rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Datasets `keys` (dataset.TILE_FIELDS) of a tile's raw samples file, opened once; only samples `rows` if given."""
-    with h5py.File(cfg.layout.curated_tile(tile_id)[1], "r") as f:
-        values = {key: f[key][()] for key in keys}
+    path = cfg.layout.curated_tile(tile_id)[1]
+    try:
+        with h5py.File(path, "r") as f:
+            values = {key: f[key][()] for key in keys}
+    except (OSError, KeyError) as exc:  # h5py's errors on a truncated or altered file
+        raise _corrupt_tile(path, tile_id, exc) from exc
     return values if rows is None else {key: value[rows] for key, value in values.items()}
 
 

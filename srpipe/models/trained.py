@@ -102,7 +102,13 @@ def load_model(path: str | Path) -> TrainedModel:
 @functools.lru_cache(maxsize=2)
 def _load_model_file(path: str, inode: int, mtime_ns: int) -> TrainedModel:
     """The TrainedModel in one version of a model.pt; inode and mtime key the cache: a retrained model is reloaded."""
-    saved = torch.load(path, weights_only=False, map_location="cpu")
+    try:
+        saved = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # torch, pickle and zipfile raise their own kinds for a truncated or altered file
+        raise StageError(
+            f"model file {path} is corrupt ({type(exc).__name__}: {exc}); rebuild it: delete it and re-run "
+            "`srpipe train` (for a run's own model, also delete _state/train/all.done)"
+        ) from exc
     torch.set_flush_denormal(True)  # as in training: denormals slow CPU convolutions many times over
     # models saved before `model.padding` were zero-padded, before `model.consistency` unconstrained
     shape = {"padding": "zeros", "consistency": "off", **saved["model_config"]}

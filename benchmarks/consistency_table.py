@@ -1,11 +1,11 @@
-"""The consistency table of the README: SR with and without `model.consistency`, on the demo and the native run.
+"""The consistency table of the README: SR per `model.consistency` setting, on the demo and the native run.
 
-Reads two finished demo runs (the same curated data, trained once with the constraint and once without; their
-reports/metrics.json) and two native-resolution results (benchmarks/native_resolution.py with the constraint on and
-off), and writes benchmarks/results/consistency.json and consistency.md: per setting, one-pass cPSNR gain over the
-strongest baseline [95 % CI] and share of samples won, the Kelvins score, opensr-test's shares, and consistency with
-S2 (MAE, per-band bias, spectral angle) next to bicubic of the very frame it is measured against.
-Usage: python benchmarks/consistency_table.py DEMO_ON DEMO_OFF NATIVE_ON.json NATIVE_OFF.json
+Reads finished demo runs (the same curated data, fine-tuned once per setting; their reports/metrics.json) and
+native-resolution results (benchmarks/native_resolution.py per setting), and writes benchmarks/results/consistency.json
+and consistency.md: per setting, one-pass cPSNR gain over the strongest baseline [95 % CI] and share of samples won,
+the Kelvins score, opensr-test's shares, and consistency with S2 (MAE, per-band bias, spectral angle) next to bicubic
+of the very frame it is measured against.
+Usage: python benchmarks/consistency_table.py --demo mean=RUN --demo off=RUN ... --native full=JSON --native off=JSON
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def demo_rows(run: Path, setting: str) -> list[dict]:
     shares = corr.get("sr_one_pass", {})
     sr = {
         "run": "demo",
-        "method": f"SR one pass, constraint {setting}",
+        "method": f"SR one pass, consistency {setting}",
         "cpsnr_gain_db": one["cpsnr_gain"],
         "cpsnr_gain_ci": one["cpsnr_gain_ci"],
         "won": one["cpsnr_win_share"],
@@ -51,7 +51,7 @@ def native_rows(path: Path, setting: str) -> list[dict]:
         mae = sum(entry["mae"].values()) / len(BANDS)
         return {"run": "native 10 m", "method": name, "mae": mae, "bias": entry["bias"], "sam": entry["sam_deg"]}
 
-    return [row(f"SR, constraint {setting}", c["sr"]), row("bicubic of the frame", c["bicubic"])]
+    return [row(f"SR, consistency {setting}", c["sr"]), row("bicubic of the frame", c["bicubic"])]
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -83,19 +83,21 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pairs(values: list[str]) -> list[tuple[str, Path]]:
+    """["LABEL=PATH", ...] -> [(label, path), ...]."""
+    return [(v.split("=", 1)[0], Path(v.split("=", 1)[1])) for v in values]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("demo_on", type=Path)
-    parser.add_argument("demo_off", type=Path)
-    parser.add_argument("native_on", type=Path)
-    parser.add_argument("native_off", type=Path)
+    parser.add_argument("--demo", action="append", default=[], help="SETTING=RUN_DIR, e.g. mean=runs/demo")
+    parser.add_argument("--native", action="append", default=[], help="SETTING=native_resolution JSON")
     args = parser.parse_args()
-    rows = [
-        *demo_rows(args.demo_on, "on"),
-        demo_rows(args.demo_off, "off")[0],
-        *native_rows(args.native_on, "on"),
-        native_rows(args.native_off, "off")[0],
-    ]
+    rows = []
+    for i, (setting, run) in enumerate(_pairs(args.demo)):
+        rows += demo_rows(run, setting)[: 2 if i == 0 else 1]
+    for i, (setting, path) in enumerate(_pairs(args.native)):
+        rows += native_rows(path, setting)[: 2 if i == 0 else 1]
     OUT.mkdir(exist_ok=True)
     (OUT / "consistency.json").write_text(json.dumps(rows, indent=1) + "\n")
     (OUT / "consistency.md").write_text(markdown(rows))

@@ -114,6 +114,17 @@ def test_sr_equal_to_the_label_wins_every_sample_against_the_strongest_baseline(
     )
 
 
+def test_consistency_claims_are_against_bicubic_of_the_frame_compared_with(run):
+    cfg, _, _ = run
+    ev.evaluate(cfg)
+    cons = json.loads((cfg.layout.reports / "metrics.json").read_text())["consistency"]
+    assert cons["claims"] == "bicubic_frame" and {"sr", "sr_one_pass", "bicubic_frame"} <= set(cons)
+    frame = cons["bicubic_frame"]  # bicubic preserves a band's mean: degraded back, no bias against its own frame
+    assert max(abs(b) for b in frame["bias_per_band"]) < 2e-3 and frame["mae"] > 0
+    html = (cfg.layout.reports / "index.html").read_text()
+    assert "bicubic of the frame compared with" in html and "than bicubic of the frame" in html
+
+
 def test_patch_scores_give_evaluates_patch_figures_on_the_split_asked(run, monkeypatch):
     cfg, _, _ = run
     ev.evaluate(cfg)

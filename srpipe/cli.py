@@ -194,11 +194,21 @@ def main(argv: list[str] | None = None) -> int:
         from srpipe.runlock import run_lock
 
         command = "srpipe " + " ".join(sys.argv[1:] if argv is None else argv)
-        with run_lock(load_config(args.config, args.run_dir).layout.lock, command):
+        layout = load_config(args.config, args.run_dir).layout
+        with run_lock(layout.lock, command):
+            _sweep(layout.root)
             return _command(args)
     except SrpipeError as exc:
         print(f"srpipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _sweep(root: Path) -> None:
+    """Remove the temporaries that killed srpipe writers on this host left in the run directory, saying which."""
+    from srpipe.state import sweep_temporaries
+
+    for path in sweep_temporaries(root) if root.exists() else []:
+        print(f"removed {path.relative_to(root)}: a temporary left by a killed writer", file=sys.stderr)
 
 
 def _command(args: argparse.Namespace) -> int:

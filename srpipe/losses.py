@@ -5,6 +5,8 @@ Images are (B, bands, H, W) float in label-scaled units ([0, 1] after curation),
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -66,6 +68,15 @@ def mean_match(
     if delta > 0:  # an L1 gradient never fades: under Adam it keeps crowding out the pixel term's updates
         gap = torch.where(gap < delta, 0.5 * gap**2 / delta, gap - 0.5 * delta)
     return gap.mean()
+
+
+def as_trained(loss: LossConfig, consistency: str) -> LossConfig:
+    """The loss terms a model with `model.consistency` trains on: under a constraint the mean term is dropped.
+
+    The constraint matches the means by construction, so the term's gap is float rounding, and |gap| turns that into
+    gradients of +-weight at random: noise that Adam amplifies and that differs with the world size.
+    """
+    return loss if consistency == "off" else dataclasses.replace(loss, mean_match_weight=0.0)
 
 
 def lr_to_hr_map(lr_scale: BandScale, hr_scale: BandScale, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

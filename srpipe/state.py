@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -96,9 +98,42 @@ def done_records(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
     return records
 
 
+_TMP = re.compile(r"^\..*\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}(\.[^.]*)?$")
+
+
 def _tmp_name(path: Path) -> Path:
-    """A hidden sibling of `path` that keeps its suffix (GDAL and fiona pick formats by it)."""
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+    """A hidden sibling of `path` that keeps its suffix (GDAL and fiona pick formats by it) and names its writer."""
+    return path.with_name(f".{path.stem}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_temporaries(run_dir: str | Path) -> list[Path]:
+    """Remove the temporaries that killed writers on this host left under `run_dir`; return them.
+
+    Only files and folders named by `atomic_path` whose writer (host, pid) is this host's and gone are removed: a
+    writer alive here, or on another node of a shared file system, keeps its temporary.
+    """
+    host, removed = socket.gethostname(), []
+    for folder, dirs, files in os.walk(run_dir):
+        for name in [*dirs, *files]:
+            found = _TMP.match(name)
+            if not found or found["host"] != host or _alive(int(found["pid"])):
+                continue
+            path = Path(folder) / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+        dirs[:] = [d for d in dirs if not _TMP.match(d)]
+    return removed
 
 
 @contextmanager

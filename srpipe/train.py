@@ -31,7 +31,7 @@ from srpipe.curate.reduce import load_stats, scales
 from srpipe.delineation import load_delineation
 from srpipe.errors import StageError
 from srpipe.evaluation.scores import score
-from srpipe.losses import autocast_supported, low_precision, lr_to_hr_map, sr_losses
+from srpipe.losses import as_trained, autocast_supported, low_precision, lr_to_hr_map, sr_losses
 from srpipe.models import HighResNet, build_model
 from srpipe.models.highresnet import bicubic, masked_median
 from srpipe.models.pretrained import init_weights
@@ -121,6 +121,7 @@ class _Setup:
     """What the training loop reads: the world, data, networks, optimiser and budgets (fixed for the whole run)."""
 
     cfg: Config
+    loss: LossConfig  # cfg.loss as trained (`losses.as_trained`)
     ranks: World
     device: torch.device
     folder: Path
@@ -211,6 +212,7 @@ def _setup(cfg: Config) -> _Setup:
     lr = t.lr * (ranks.size if t.scale_lr_with_ranks else 1)
     return _Setup(
         cfg=cfg,
+        loss=as_trained(cfg.loss, cfg.model.consistency),
         ranks=ranks,
         device=device,
         folder=model_dir(cfg),
@@ -301,7 +303,7 @@ def _train_step(run: _Setup, progress: _Progress, batch: dict[str, torch.Tensor]
     with low_precision(batch["lr"], run.amp):
         sr = run.step_model(batch["lr"], batch["lr_mask"])
     shiftnet = run.step_shiftnet
-    loss, terms = sr_losses(run.cfg.loss, sr.float(), batch, shiftnet, run.delineation, run.lr_to_hr, run.amp)
+    loss, terms = sr_losses(run.loss, sr.float(), batch, shiftnet, run.delineation, run.lr_to_hr, run.amp)
     run.optimizer.zero_grad()  # Horovod's wrapper takes no set_to_none (it is the default)
     loss.backward()
     run.optimizer.step()
@@ -327,7 +329,7 @@ def _end_epoch(run: _Setup, progress: _Progress, tracker) -> None:
     """Validate, log, keep the best weights and checkpoint (rank 0 writes); the next epoch starts at batch 0."""
     averaged = run.ranks.average({k: v / max(progress.batch_done, 1) for k, v in progress.sums.items()})
     row = {"epoch": progress.epoch + 1, "step": progress.step, **averaged}
-    row.update(validate(run.model, run.val_loader, run.ranks, run.device, run.cfg.loss))
+    row.update(validate(run.model, run.val_loader, run.ranks, run.device, run.loss))
     row["seconds"] = round(time.perf_counter() - progress.start, 1)
     progress.epoch, progress.batch_done, progress.sums = progress.epoch + 1, 0, {}
     progress.history.append(row)

@@ -1,6 +1,7 @@
-"""The chaos run (local mode, a process pool): seeded SIGKILLs of `srpipe download` and `srpipe curate` at random
-moments, each followed by a re-run, until the run completes; then its outputs equal an unbroken run's, no unit ran
-twice after it was done, and nothing temporary is left. The counts go to benchmarks/results/faults.json."""
+"""The chaos run (local mode, a process pool): seeded SIGKILLs of `srpipe download` and `srpipe curate` inside their
+work (a seeded delay after each run's first finished unit), each followed by a re-run, until the run completes; then
+its outputs equal an unbroken run's, no unit ran twice after it was done, and nothing temporary is left (a re-run
+sweeps what its killed predecessors left). The counts go to benchmarks/results/faults.json."""
 
 from __future__ import annotations
 
@@ -49,19 +50,31 @@ def _command(config: Path, name: str) -> subprocess.Popen:
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
+def _kill_after_progress(proc: subprocess.Popen, run: Path, before: dict, delay_s: float) -> str | None:
+    """SIGKILL the command's process group `delay_s` after its first new done marker; return the stage that made
+    it (None when the command ended first). Progress, not wall time, sets the moment: it lands inside the work on
+    a fast machine and a slow one alike."""
+    while proc.poll() is None:
+        new = [stage for (stage, unit), t in _finished(run).items() if before.get((stage, unit)) != t]
+        if new:
+            time.sleep(delay_s)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return new[0] if proc.wait() == -signal.SIGKILL else None
+        time.sleep(0.02)
+    return None
+
+
 def _chaos(config: Path, run: Path, rng: random.Random) -> dict:
-    """Run each command, killing it (whole process group) at seeded random moments, then re-run it to the end."""
+    """Run each command, killing it (whole process group) at seeded moments in its work, then re-run it to the end."""
     counts = {"kills_injected": 0, "stages_hit": {}, "reruns_needed": 0, "units_duplicated": 0}
-    for name, stages in STAGES.items():
+    for name in STAGES:
         for _ in range(KILLS_PER_STAGE):
             before = _finished(run)
-            proc = _command(config, name)
-            try:
-                proc.wait(timeout=rng.uniform(3.0, 12.0))  # imports take ~3 s: kill inside the stage's work
-            except subprocess.TimeoutExpired:
-                hit = next((s for s in stages if not state.done_units(run, s) or s == stages[-1]), stages[0])
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            hit = _kill_after_progress(_command(config, name), run, before, rng.uniform(0.0, 0.4))
+            if hit:
                 counts["kills_injected"] += 1
                 counts["stages_hit"][hit] = counts["stages_hit"].get(hit, 0) + 1
             after = _finished(run)
@@ -92,7 +105,7 @@ def test_seeded_kills_across_download_and_curate_lose_duplicate_and_alter_nothin
     print(f"chaos: {json.dumps(counts)}")
     _write_result(counts)
     assert counts["kills_injected"] >= len(STAGES) * 2, counts
-    assert (lost, differing, left, counts["units_duplicated"]) == ([], [], [], 0), counts
+    assert (lost, differing, left, counts["units_duplicated"]) == ([], [], [], 0), (counts, left)
 
 
 def _write_result(counts: dict) -> None:

@@ -32,7 +32,7 @@ FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCh
 _scalars = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False),
     st.text(max_size=12),
     st.sampled_from(["", "latest", "all", "2016-05-01", "2016-13-45", "EPSG:4326", "slurm", "local", "\x00"]),
     st.dates(),
@@ -142,7 +142,7 @@ def test_fuzzed_profiles_load_or_name_the_key(tmp_path, changes):
 
 
 # AOIs: boxes anywhere (across the antimeridian, UTM zone borders, the poles), tiny to huge, in a right or wrong CRS
-_lon, _lat = st.floats(-400, 400, allow_nan=False), st.floats(-100, 100, allow_nan=False)
+_lon, _lat = st.floats(-400, 400, allow_nan=False, allow_subnormal=False), st.floats(-100, 100, allow_nan=False, allow_subnormal=False)
 _size = st.sampled_from([0.0, 1e-9, 1e-5, 0.01, 0.05, 1.0, 30.0, 200.0, 400.0])
 _crs = st.sampled_from([None, "EPSG:4326", "EPSG:32618", "EPSG:3857", "EPSG:3346", "EPSG:99999", "not a crs"])
 
@@ -160,7 +160,7 @@ def _rings(draw) -> list[list[float]]:
     if kind == "bowtie":
         corners = [[x, y], [x + w, y + h], [x + w, y], [x, y + h]]
     if kind == "points":
-        coords = st.one_of(st.floats(allow_nan=True, allow_infinity=True), _lon)
+        coords = st.one_of(st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False), _lon)
         corners = draw(st.lists(st.lists(coords, min_size=2, max_size=3), min_size=0, max_size=5))
     return [*corners, corners[0]] if corners else []
 

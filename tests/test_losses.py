@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from srpipe.config import LossConfig, ModelConfig
-from srpipe.losses import cpsnr, latest_frame, mean_match, perceptual, pixel_loss, shift_regulariser, sr_losses, ssim
+from srpipe.losses import as_trained, cpsnr, latest_frame, mean_match, perceptual, pixel_loss, shift_regulariser, sr_losses, ssim
 from srpipe.models import build_model
 from srpipe.models.delineation import DelineationNet
 from srpipe.models.lanczos import lanczos_shift
@@ -83,7 +83,9 @@ def test_mean_matching_and_perceptual_terms_send_gradient_into_highresnet():
     identity = (torch.ones(4), torch.zeros(4))
     delineation = DelineationNet(channels=4, depth=2).eval().requires_grad_(False)
     for term in ("mean_match", "perceptual"):
-        model = build_model(ModelConfig(channels=8, encoder_layers=1), scale=4)
+        # the mean term is for a model without the mean constraint (which zeroes its slope by construction)
+        consistency = "off" if term == "mean_match" else "mean"
+        model = build_model(ModelConfig(channels=8, encoder_layers=1, consistency=consistency), scale=4)
         sr = model(batch["lr"], batch["lr_mask"]) + 0.05  # away from the optimum so the mean term has a slope
         if term == "mean_match":
             loss = mean_match(sr, batch["lr"], batch["lr_mask"], identity)
@@ -153,3 +155,9 @@ def test_shiftnet_learns_from_the_pixel_loss_alone_while_perceptual_and_ssim_sti
         grads[name] = (torch.cat([p.grad.flatten() for p in shiftnet.parameters()]), sr.grad)
     torch.testing.assert_close(grads["pixel"][0], grads["with_extras"][0])
     assert grads["pixel"][0].abs().sum() > 0 and not torch.allclose(grads["pixel"][1], grads["with_extras"][1])
+
+
+def test_a_constrained_model_trains_without_the_mean_term_which_its_constraint_makes_moot():
+    loss = LossConfig(mean_match_weight=10.0)
+    assert as_trained(loss, "off") == loss
+    assert [as_trained(loss, mode).mean_match_weight for mode in ("mean", "full")] == [0.0, 0.0]

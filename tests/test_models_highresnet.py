@@ -8,17 +8,22 @@ from srpipe.models import build_model
 from srpipe.models.highresnet import masked_median
 
 
-@pytest.mark.parametrize("k", range(1, 9))
+@pytest.mark.parametrize("consistency", ["off", "mean", "full"])
+@pytest.mark.parametrize("k", [1, 2, 3, 8])
 @pytest.mark.parametrize("upscaler", ["pixel_shuffle", "transposed"])
-def test_output_is_4x_and_every_parameter_gets_gradient(k, upscaler):
+def test_output_is_4x_and_every_trained_parameter_gets_gradient(k, upscaler, consistency):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(channels=8, encoder_layers=1, upscaler=upscaler), scale=4)
+    cfg = ModelConfig(channels=8, encoder_layers=1, upscaler=upscaler, consistency=consistency)
+    model = build_model(cfg, scale=4)
     lr = torch.rand(2, k, 4, 8, 8)
     mask = torch.ones(2, k, 8, 8, dtype=torch.bool)
     out = model(lr, mask)
     assert out.shape == (2, 4, 32, 32)
-    out.mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    (out * torch.rand_like(out)).sum().backward()  # a loss that is not constant under mean matching
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    last = f"decoder.net.{len(model.decoder.net) - 1}.bias"
+    assert frozen == ([last] if consistency == "mean" else [])  # mean matching cancels it
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and not (p.grad is not None and p.grad.any())]
     if k == 1:  # one frame: nothing to fuse
         missing = [n for n in missing if not n.startswith("fusion.")]
     assert missing == []

@@ -1,5 +1,10 @@
 """Atomic writes and completion markers."""
 
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from srpipe import state
@@ -32,3 +37,22 @@ def test_done_clears_an_earlier_failure(tmp_path):
     assert state.failures(tmp_path, "download") == {}
     assert state.is_done(tmp_path, "download", "t1")
     assert state.done_info(tmp_path, "download", "t1")["n"] == 1
+
+
+def test_sweep_removes_only_the_temporaries_of_dead_writers_on_this_host(tmp_path):
+    writer = (
+        "import sys, time; from srpipe import state\n"
+        "with state.atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.mkdir(); (tmp / 'half').write_text('x'); print(tmp, flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path / "patch")], stdout=subprocess.PIPE, text=True)
+    killed = Path(proc.stdout.readline().strip())
+    proc.kill()
+    proc.wait()
+    live = state._tmp_name(tmp_path / "tile.tif")
+    live.write_text("being written by this process")
+    elsewhere = tmp_path / f".tile.tmp-{socket.gethostname()}x-{proc.pid}-0123abcd.tif"
+    elsewhere.write_text("another node's writer")
+    assert killed.exists()
+    assert state.sweep_temporaries(tmp_path) == [killed]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, elsewhere.name])

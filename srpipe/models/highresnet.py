@@ -120,6 +120,8 @@ class HighResNet(nn.Module):
         self.consistency = cfg.consistency
         self.psf_sigma_px = cfg.psf_sigma_lr_px * scale
         self.regularisation = cfg.consistency_regularisation
+        if cfg.consistency == "mean":  # mean matching cancels the last bias: frozen, or Adam chases float noise in it
+            self.decoder.net[-1].bias.requires_grad_(False)
         # LR-scaled -> label-scaled values per band (losses.lr_to_hr_map), set by whoever knows the data's scales
         self.register_buffer("lr_gain", torch.ones(bands), persistent=False)
         self.register_buffer("lr_offset", torch.zeros(bands), persistent=False)

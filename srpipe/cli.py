@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         layout = load_config(args.config, args.run_dir).layout
         with run_lock(layout.lock, command):
             _sweep(layout.root)
+            if args.command != "resubmit":
+                _refuse_while_queued(layout.root)
             return _command(args)
     except SrpipeError as exc:
         print(f"srpipe {args.command}: error: {exc}", file=sys.stderr)
@@ -209,6 +211,20 @@ def _sweep(root: Path) -> None:
 
     for path in sweep_temporaries(root) if root.exists() else []:
         print(f"removed {path.relative_to(root)}: a temporary left by a killed writer", file=sys.stderr)
+
+
+def _refuse_while_queued(root: Path) -> None:
+    """RunLockedError when Slurm tasks of the run are queued or running: a second start would do their units twice."""
+    from srpipe.cluster.status import active_tasks
+    from srpipe.runlock import RunLockedError
+
+    active = active_tasks(root) if root.exists() else {}
+    if active:
+        jobs = ", ".join(f"{t} {s}" for t, s in sorted(active.items())[:6]) + (", ..." if len(active) > 6 else "")
+        raise RunLockedError(
+            f"run directory {root} has Slurm tasks queued or running ({jobs}); a second start would run their units "
+            f"twice. Follow them with `srpipe status {root}`, then `srpipe resubmit` what failed; or scancel them first"
+        )
 
 
 def _command(args: argparse.Namespace) -> int:

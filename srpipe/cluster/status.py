@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from srpipe import state
 from srpipe.chain import CHAIN, STAGES, ChainState, run_chain
@@ -61,6 +62,36 @@ def parse_job_states(text: str) -> dict[str, str]:
     return states
 
 
+# what slurmstepd writes into a task's log when it kills the task at a limit (cgroup OOM, OverMemoryKill, time)
+_MEMORY = re.compile(r"exceeded (job )?memory limit|oom[-_ ]kill|out of memory", re.IGNORECASE)
+_TIME = re.compile(r"DUE TO TIME LIMIT")
+
+
+def _log_tail(log: str, n_bytes: int = 65536) -> str:
+    """The last `n_bytes` of a task's stdout and stderr logs (submitit's `<id>_log.out` and `.err`), '' if absent."""
+    text = ""
+    for path in (Path(log), Path(log).with_suffix(".err")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - n_bytes))
+                text += f.read().decode(errors="replace")
+    return text
+
+
+def limit_cause(stage: str, job_state: str, log: str) -> str:
+    """': over its memory limit; raise ...' when Slurm killed the task at its memory or time limit, else ''.
+
+    sacct says OUT_OF_MEMORY or TIMEOUT where the site enforces limits with cgroups; where slurmstepd polls memory
+    (OverMemoryKill) the state is FAILED or CANCELLED, and only the task's log says why."""
+    tail = _log_tail(log) if job_state not in ("OUT_OF_MEMORY", "TIMEOUT") else ""
+    fix = "in the profile ([stages.{s}] or [defaults]), then `srpipe resubmit RUN {s} --profile PROFILE`"
+    if job_state == "OUT_OF_MEMORY" or _MEMORY.search(tail):
+        return ": killed over its memory limit; raise mem_gb " + fix.format(s=stage)
+    if job_state == "TIMEOUT" or _TIME.search(tail):
+        return ": killed at its time limit; raise time_min " + fix.format(s=stage)
+    return ""
+
+
 def job_states(job_ids: list[str]) -> dict[str, str]:
     """{task id: state} of `job_ids` (array ids expand to their tasks): sacct, then squeue for the live ones."""
     if not job_ids:  # a local run: no Slurm client needed
@@ -71,6 +102,12 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
         ["squeue", "-h", "-r", "-t", "all", "-j", ids, "-o", "%i|%T"], capture_output=True, text=True
     )
     return {**parse_job_states(sacct.stdout), **parse_job_states(squeue.stdout)}
+
+
+def active_tasks(run_dir: Path) -> dict[str, str]:
+    """{task id: state} of the run's Slurm tasks that are queued or running now ({} without a submission, no query)."""
+    tasks = sorted({t for sub in submissions(run_dir) for t in sub["tasks"]})
+    return {task: s for task, s in job_states(tasks).items() if s in ACTIVE} if tasks else {}
 
 
 def _latest_tasks(cfg: Config, stage: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -114,7 +151,8 @@ def stage_progress(
             record = records[unit]
             progress.failed[unit] = f"{record['error']} (log: {record.get('log_path') or logs.get(task, '?')})"
         elif job_state and job_state != "COMPLETED":
-            progress.failed[unit] = f"job {task} {job_state} before the unit finished (log: {logs.get(task, '?')})"
+            log, cause = logs.get(task, "?"), limit_cause(stage, job_state, logs.get(task, "?"))
+            progress.failed[unit] = f"job {task} {job_state} before the unit finished{cause} (log: {log})"
         elif task and not job_state:  # neither sacct nor squeue knows it: an array task cancelled while queued
             progress.failed[unit] = f"job {task} CANCELLED before the unit finished (it never started; no log)"
         else:

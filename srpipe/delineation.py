@@ -144,7 +144,7 @@ def train_delineation(cfg: Config) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     payload = {"model": net.state_dict(), "config": dataclasses.asdict(d), "bands": x.shape[1]}
     with state.atomic_path(folder / "model.pt") as tmp:
-        torch.save(payload, tmp)
+        state.save_torch(payload, tmp)
     state.write_json(folder / "history.json", history)
     source = "parcels" if d.parcels else "felzenszwalb proxy segments"
     print(f"train-delineation: {epoch} epochs on {len(x)} patches ({source}), loss {history[-1]['loss']:.4f}")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from rasterio.transform import from_bounds
 
-from srpipe import STD_BANDS
+from srpipe import STD_BANDS, state
 from srpipe.cog import write_cog
 from srpipe.config import Config, InferConfig, SourceConfig
 from srpipe.errors import StageError, TileError
@@ -275,7 +275,15 @@ def _info(cfg: Config, job: _Job) -> dict:
         model=cfg.prediction_model,
         output_dtype=cfg.infer.output_dtype,
         timing_s={k: round(v, 4) for k, v in job.seconds.items()},
+        sha256=_digests(cfg, w.tile_id, w.dates),
     ).info()
+
+
+def _digests(cfg: Config, tile_id: str, dates: list[str]) -> dict[str, str]:
+    """{file name: SHA-256} of the tile's prediction COGs (and spread twins) written for `dates`."""
+    model, layout = cfg.prediction_model, cfg.layout
+    paths = [p(model, tile_id, d) for d in dates for p in (layout.prediction, layout.prediction_std)]
+    return {p.name: state.file_sha256(p) for p in paths if p.exists()}
 
 
 @functools.lru_cache(maxsize=64)

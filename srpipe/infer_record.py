@@ -18,7 +18,8 @@ VERSION = 1  # bump when a field's meaning changes; older records are refused, n
 @dataclass(frozen=True)
 class InferRecord:
     """One inferred tile: its UTM zone, the ISO dates written, per date the ISO frame dates used and the DN offset
-    (S2's own units), the dates skipped and why, the model and output dtype, and seconds per part."""
+    (S2's own units), the dates skipped and why, the model and output dtype, seconds per part, and the SHA-256 of
+    each COG written (a COG has no checksum of its own: a flipped bit in it would be read silently)."""
 
     tile_id: str
     epsg: int
@@ -29,6 +30,7 @@ class InferRecord:
     model: str = ""
     output_dtype: str = "uint16"
     timing_s: dict[str, float] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)  # {file name: SHA-256} of the COGs written (mosaic checks)
 
     def info(self) -> dict[str, Any]:
         """The done-marker fields of this record (with `infer_record`: its version)."""

@@ -95,10 +95,13 @@ def mosaic_zone(
     aoi_zone = None if aoi is None else _aoi_in(aoi, epsg)
     out = cfg.layout.zone_mosaic(cfg.plan.region, date, epsg)
     tags = {"date": date, "model": cfg.prediction_model, "tiles": len(present), "missing_tiles": ",".join(missing)}
-    predictions = _Predictions(name, {t.tile_id: paths[t.tile_id] for t in present}, dtype, res)
+    digests = {t.tile_id: records[t.tile_id].sha256 for t in present}
+    predictions = _Predictions(name, {t.tile_id: paths[t.tile_id] for t in present}, dtype, res, digests)
     warnings = _write_zone(cfg, out, predictions, present, grid, epsg, aoi_zone, tags, offset_dn, BANDS)
     seconds = time.perf_counter() - start
-    spread = _spread_zone(cfg, name, date, epsg, present, grid, aoi_zone, tags) if cfg.infer.uncertainty else {}
+    spread = {}
+    if cfg.infer.uncertainty:
+        spread = _spread_zone(cfg, name, date, epsg, present, grid, aoi_zone, tags, digests)
     return spread | {
         "date": date,
         "epsg": epsg,
@@ -155,6 +158,7 @@ def _spread_zone(
     grid: tuple[Affine, int, int],
     aoi_zone: shapely.Geometry | None,
     tags: dict,
+    digests: dict[str, dict[str, str]],
 ) -> dict:
     """Write the spread twin of a zone mosaic: `present` tiles' `<date>.std.tif` (float32, NaN nodata) on the SR
     mosaic's grid, cores and AOI mask; {"spread": its path, "spread_cog_warnings"}."""
@@ -166,7 +170,7 @@ def _spread_zone(
             f"({', '.join(lacking[:5])}); re-run `srpipe infer --tiles {' '.join(lacking[:5])}`"
         )
     out = cfg.layout.zone_mosaic(cfg.plan.region, date, epsg, spread=True)
-    sources = _Predictions(name, paths, "float32", grid[0].a)
+    sources = _Predictions(name, paths, "float32", grid[0].a, digests)
     # cog_writer's average overviews suit a std: a zoomed-out pixel shows the mean spread under it (a hot spot fades,
     # never moves), where nearest would show one arbitrary pixel's
     tags = {**tags, "content": SPREAD_CONTENT}
@@ -230,8 +234,10 @@ def _blocks(width: int, height: int, size: int) -> Iterator[Window]:
 class _Predictions:
     """The prediction COGs of one zone-date, opened on demand; the most recently used `_OPEN_PREDICTIONS` stay open."""
 
-    def __init__(self, name: str, paths: dict[str, Path], dtype: str, res: float) -> None:
-        self.name, self.paths, self.dtype, self.res = name, paths, dtype, res
+    def __init__(
+        self, name: str, paths: dict[str, Path], dtype: str, res: float, digests: dict[str, dict[str, str]]
+    ) -> None:
+        self.name, self.paths, self.dtype, self.res, self.digests = name, paths, dtype, res, digests
         self.open: collections.OrderedDict[str, DatasetReader] = collections.OrderedDict()
 
     def __enter__(self) -> _Predictions:
@@ -242,11 +248,22 @@ class _Predictions:
             src.close()
         self.open.clear()
 
+    def _check(self, tile_id: str) -> None:
+        """StageError naming the file and the fix when a COG's content is not what infer recorded writing."""
+        path = self.paths[tile_id]
+        expected = self.digests.get(tile_id, {}).get(path.name)
+        if expected and state.file_sha256(path) != expected:
+            raise StageError(
+                f"mosaic {self.name}: {path} is corrupt (its SHA-256 differs from the one infer recorded writing it); "
+                f"rebuild it: delete _state/infer/{tile_id}.done, then `srpipe infer RUN --tiles {tile_id}`"
+            )
+
     def get(self, tile_id: str) -> DatasetReader:
         """The open prediction of `tile_id`; StageError when its dtype or pixel size differs from the zone's."""
         if tile_id in self.open:
             self.open.move_to_end(tile_id)
             return self.open[tile_id]
+        self._check(tile_id)
         src = rasterio.open(self.paths[tile_id])
         if src.dtypes[0] != self.dtype or not math.isclose(src.res[0], self.res):
             src.close()

@@ -170,6 +170,15 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def save_torch(payload: object, path: str | Path) -> None:
+    """`torch.save` to a file object at `path`'s temporary: torch then names the archive inside `archive`, not after
+    the temporary, so equal payloads give equal bytes (and the SHA-256 a STAC item records stays the same)."""
+    import torch
+
+    with open(path, "wb") as f:
+        torch.save(payload, f)
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's content (read in 1 MiB blocks)."""
     digest = hashlib.sha256()

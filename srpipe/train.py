@@ -63,7 +63,7 @@ def validate(model: HighResNet, loader: DataLoader, ranks: World, device: torch.
 
 def _save(path: Path, payload: dict) -> None:
     with state.atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        state.save_torch(payload, tmp)
 
 
 def _write_history(folder: Path, history: list[dict]) -> None:

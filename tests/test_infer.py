@@ -10,7 +10,7 @@ import torch
 from rasterio.transform import from_bounds
 from rio_cogeo.cogeo import cog_validate
 
-from srpipe import BANDS, infer, infer_data
+from srpipe import BANDS, infer, infer_data, state
 from srpipe.config import Config, InferConfig, ModelConfig, SourceConfig
 from srpipe.curate.normalise import BandScale
 from srpipe.errors import StageError, TileError
@@ -80,6 +80,7 @@ def test_sr_tile_is_a_uint16_dn_cog_on_the_label_grid_from_the_latest_clear_fram
     assert info["frames"] == {"2016-10-05": ["2016-10-02", "2016-10-04", "2016-10-05"]}
     assert info["dates"] == ["2016-10-05"] and info["epsg"] == 32618 and info["offset_dn"] == {"2016-10-05": 0}
     path = cfg.layout.prediction(cfg.train.name, "t1", "2016-10-05")
+    assert info["sha256"] == {path.name: state.file_sha256(path)}  # what mosaic checks before it reads the COG
     assert cog_validate(path, quiet=True)[0]
     with rasterio.open(path) as src:
         assert (src.width, src.height) == (240, 240) and src.crs.to_epsg() == 32618

@@ -54,12 +54,15 @@ def predict(cfg: Config, t: Tile, value: float, date: str = DATE, dtype: str = "
 
 
 def record(cfg: Config, t: Tile, dates: list[str], version: str = "v1", offset_dn: int = 0) -> None:
-    """Infer's done record of `t`: its zone, output dates, offset and input frames (what mosaic reads), current."""
+    """Infer's done record of `t`: its zone, output dates, offset, input frames and the SHA-256 of its COGs (what
+    mosaic reads), current."""
     frames = {d: ["2016-10-20", "2016-10-25"] for d in dates}
     inputs = ChainState(cfg).inputs(STAGES["infer"], t.tile_id)
     current = {"inputs": fingerprint(inputs), "inputs_detail": inputs, "version": version}
     offsets = {d: offset_dn for d in dates}  # as infer records it: per date
-    info = {**InferRecord(t.tile_id, t.epsg, tuple(dates), frames, offsets).info(), **current}
+    paths = [cfg.layout.prediction(cfg.prediction_model, t.tile_id, d) for d in dates]
+    digests = {p.name: state.file_sha256(p) for p in paths if p.exists()}
+    info = {**InferRecord(t.tile_id, t.epsg, tuple(dates), frames, offsets, sha256=digests).info(), **current}
     state.mark_done(cfg.run_path, "infer", t.tile_id, info)
 
 
@@ -224,11 +227,28 @@ def test_tiles_that_disagree_on_the_offset_are_an_error_naming_them(run):
         mosaic_module.mosaic_unit(cfg, f"{tiles[0].epsg}_{DATE}")
 
 
+@pytest.mark.faults
+@pytest.mark.parametrize("fault", ["one bit flipped", "truncated"])
+def test_a_corrupt_prediction_cog_is_an_error_naming_the_file_and_the_command_that_rebuilds_it(run, fault):
+    cfg, tiles = run
+    path = cfg.layout.prediction(cfg.prediction_model, tiles[0].tile_id, DATE)
+    data = bytearray(path.read_bytes())
+    if fault == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[-100] ^= 0x01  # inside the last block's data: GDAL itself may read it without complaint
+    path.write_bytes(bytes(data))
+    fix = rf"{path} is corrupt .* delete _state/infer/{tiles[0].tile_id}.done, then `srpipe infer RUN --tiles"
+    with pytest.raises(StageError, match=fix):
+        mosaic_module.mosaic_unit(cfg, f"{tiles[0].epsg}_{DATE}")
+
+
 def test_float32_predictions_give_a_float32_mosaic_with_nan_nodata(run):
     cfg, tiles = run
     zone = [t for t in tiles if t.epsg == 32634]
     for t in zone:
         predict(cfg, t, 0.25, dtype="float32")
+        record(cfg, t, [DATE])  # infer records what it wrote
     info = mosaic_module.mosaic_unit(cfg, f"32634_{DATE}")["mosaics"][0]
     with rasterio.open(info["path"]) as src:
         data = src.read(1)

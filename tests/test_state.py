@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from srpipe import state
 
@@ -56,3 +57,10 @@ def test_sweep_removes_only_the_temporaries_of_dead_writers_on_this_host(tmp_pat
     assert killed.exists()
     assert state.sweep_temporaries(tmp_path) == [killed]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, elsewhere.name])
+
+
+def test_equal_torch_payloads_saved_through_temporaries_have_equal_bytes(tmp_path):
+    for name in ("a.pt", "b.pt"):  # two atomic writes: two different temporaries
+        with state.atomic_path(tmp_path / name) as tmp:
+            state.save_torch({"w": torch.arange(6.0)}, tmp)
+    assert state.file_sha256(tmp_path / "a.pt") == state.file_sha256(tmp_path / "b.pt")  # provenance hashes agree

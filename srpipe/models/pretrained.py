@@ -34,7 +34,7 @@ def export_weights(model_pt: Path, checkpoint_pt: Path, out: Path, record: dict)
         **{k: saved[k] for k in ("model_config", "scale", "n_frames", "lr_scale", "hr_scale")},
     }
     with state.atomic_path(out) as tmp:
-        torch.save(payload, tmp)
+        state.save_torch(payload, tmp)
     state.write_text(out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
     return out
 

@@ -29,6 +29,7 @@ from srpipe.grid import Tile
 from srpipe.sources.cogread import CogReadError, read_item
 from srpipe.sources.stack import EOPatchSource
 from srpipe.sources.stacsearch import S2Item, search_items
+from srpipe.sources.stacsign import Signer, check_sign_settings, signer_for
 from srpipe.sources.vhrfiles import VhrFiles
 
 S2_RESOLUTION_M = 10.0
@@ -99,6 +100,7 @@ def check_settings(cfg: SourceConfig) -> None:
         raise ConfigError(f"config key 'source.s2_max_cloud_cover' must be in [0, 1], got {cfg.s2_max_cloud_cover}")
     if cfg.max_retries < 0 or cfg.timeout_s <= 0 or cfg.retry_base_s <= 0:
         raise ConfigError("config keys 'source.max_retries' (>= 0), 'source.timeout_s' and 'retry_base_s' (> 0)")
+    check_sign_settings(cfg)
 
 
 def tile_box_wgs84(tile: Tile) -> tuple[float, float, float, float]:
@@ -118,6 +120,11 @@ class StacSource(EOPatchSource):
         check_settings(cfg)
         self.cfg, self.cache_dir, self.run_dir = cfg, cache_dir, run_dir
         self.has_labels = bool(cfg.vhr_files)
+
+    @cached_property
+    def signer(self) -> Signer:
+        """What every S2 asset href goes through before it is read (`source.stac_sign`)."""
+        return signer_for(self.cfg)
 
     @cached_property
     def labels(self) -> VhrFiles:
@@ -220,7 +227,7 @@ class StacSource(EOPatchSource):
         for item in group:
             cache = self.cache_dir / "reads" / tile.tile_id / f"{item.id}.npz" if self.cache_dir else None
             try:
-                dn, scl = read_item(item.hrefs, tile, self.cfg, cache)
+                dn, scl = read_item(item.hrefs, tile, self.cfg, cache, self.signer)
             except CogReadError as exc:
                 warnings.warn(f"{exc}; item {item.id} left out", stacklevel=2)
                 skipped.append(item.id)

@@ -81,6 +81,11 @@ class SourceConfig:
     vhr_stac: str = ""
     vhr_stac_asset: str = "image"  # the items' asset key of the label raster
 
+    @property
+    def label_rasters(self) -> str:
+        """Where the user's own label rasters are: `vhr_files` or `vhr_stac` ("" = none: BYOC or no labels)."""
+        return self.vhr_files or self.vhr_stac
+
 
 @dataclass(frozen=True)
 class CurateConfig:
@@ -369,6 +374,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.consistency_regularisation' must be >= 0, got {cfg.model.consistency_regularisation}"
         )
+    if cfg.source.vhr_files and cfg.source.vhr_stac:
+        raise ConfigError("config keys 'source.vhr_files' and 'source.vhr_stac' both name the labels; set only one")
     _check_dates(cfg.infer.dates)
     _check_interval(cfg.source.time_interval, "source.time_interval")
     if cfg.source.vhr_time_interval != ("", ""):

@@ -331,3 +331,46 @@ def test_429_and_503_from_the_token_endpoint_are_retried_and_bounded(archive, tm
     ):
         StacSource(other, tmp_path / "other").signer.sign("http://x/y.tif")
     assert archive.requests[f"{TOKEN_PATH}sentinel-2-l2a-other"] == 3
+
+
+def test_vhr_stac_labels_over_http_equal_the_vhr_files_labels_of_the_same_orthophotos(archive, patch, tmp_path):
+    """The orthophotos as a static STAC collection (pystac, relative asset hrefs) served with range requests: plan's
+    coverage comes from the items without opening a raster, and the EOPatch's labels equal those of `vhr_files`
+    over the same files, value for value."""
+    paths = fx.write_orthophotos(patch, archive.root / "ortho")
+    fx.write_label_collection(paths, archive.root / "labels")
+    labels = dict(vhr_gain=(1e-4,) * 4, vhr_time_interval=fx.INTERVAL)
+    files_cfg = stac_cfg(
+        archive, tmp_path, vhr_files=str(archive.root / "ortho"), vhr_date_pattern="%Y-%m-%d", **labels
+    )
+    stac = stac_cfg(archive, tmp_path, vhr_stac=f"{archive.url}/files/labels/collection.json", **labels)
+    aoi = shapely.box(*Transformer.from_crs(32618, 4326, always_xy=True).transform_bounds(*fx.S2_BOX))
+    covered = StacSource(stac, tmp_path / "plan").coverage(aoi).iloc[0]
+    assert not any(p.startswith("/files/ortho/") for p in archive.requests)  # plan read the catalog, no raster
+    assert covered.equals_exact(StacSource(files_cfg, tmp_path / "plan-files").coverage(aoi).iloc[0], 1e-4)
+    want = StacSource(files_cfg, tmp_path / "a").fetch(TILE)
+    got = StacSource(stac, tmp_path / "b").fetch(TILE)
+    assert len(got.meta_info[ep.VHR_TIMESTAMPS]) == 2 and got[ep.VHR_VALID].mean() > 0.9
+    assert got.meta_info[ep.VHR_TIMESTAMPS] == want.meta_info[ep.VHR_TIMESTAMPS]
+    assert np.array_equal(got[ep.VHR_BANDS], want[ep.VHR_BANDS]) and np.array_equal(
+        got[ep.VHR_VALID], want[ep.VHR_VALID]
+    )
+    assert got.meta_info["vhr_files"] == [f"{archive.url}/files/ortho/{p.name}" for p in paths]
+    assert all(archive.range_requests[f"/files/ortho/{p.name}"] > 0 for p in paths)  # read by range over HTTP
+
+
+def test_vhr_stac_settings_name_their_key_and_the_item_at_plan(archive, patch, tmp_path):
+    aoi = shapely.box(*Transformer.from_crs(32618, 4326, always_xy=True).transform_bounds(*TILE.bounds))
+    paths = fx.write_orthophotos(patch, tmp_path / "ortho")
+    collection = fx.write_label_collection(paths[:1], tmp_path / "labels")
+    day = paths[0].stem.removeprefix("ortho_")
+    bad = stac_cfg(archive, tmp_path, vhr_stac=str(collection), vhr_stac_asset="visual")
+    with pytest.raises(
+        ConfigError, match=rf"STAC item ortho-{day} .*no asset 'visual' \(it has: image\).*'source.vhr_stac_asset'"
+    ):
+        StacSource(bad).coverage(aoi)
+    both = stac_cfg(archive, tmp_path, vhr_stac=str(collection), vhr_files=str(tmp_path / "ortho"))
+    with pytest.raises(ConfigError, match=r"'source.vhr_files' and 'source.vhr_stac' both name the labels"):
+        StacSource(both).coverage(aoi)
+    with pytest.raises(ConfigError, match=r"'source.vhr_stac' = .*nothing.json.* not a readable STAC"):
+        StacSource(stac_cfg(archive, tmp_path, vhr_stac=str(tmp_path / "nothing.json"))).coverage(aoi)

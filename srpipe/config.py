@@ -77,7 +77,7 @@ class SourceConfig:
     vhr_file_bands: tuple[int, ...] = (1, 2, 3, 4)  # 1-based band indexes of blue, green, red, NIR in each file
     vhr_date_pattern: str = ""  # strptime pattern found in file names ("%Y-%m-%d"); "" = the TIFF's DATETIME tag
     # or the labels as the items of a STAC collection of your own (one raster asset and a datetime each): a static
-    # catalog/collection JSON (path or URL; relative paths: to the config file)
+    # catalog/collection JSON (path or URL; relative paths: to the config file) or "<STAC API root>/collections/<id>"
     vhr_stac: str = ""
     vhr_stac_asset: str = "image"  # the items' asset key of the label raster
 

@@ -51,6 +51,7 @@ class Archive:
         self.tokens: dict[str, tuple[str, float]] = {}  # sig -> (the whole token, expiry in epoch seconds)
         self.signed_reads: Counter[str] = Counter()  # file reads per sig that was accepted
         self.refused: Counter[str] = Counter()  # file reads refused (403) per path
+        self.collections: dict[str, dict] = {}  # served at /collections/<id> (items at .../items), besides `collection`
 
     @property
     def token_api(self) -> str:
@@ -171,6 +172,13 @@ def make_handler(archive: Archive) -> type[BaseHTTPRequestHandler]:
                     "token": query.get("token"),
                 }
                 return self._search(params, "GET")
+            match = re.fullmatch(r"/collections/([^/]+)(/items)?", url.path)
+            if match and match.group(1) in archive.collections:
+                if not match.group(2):
+                    return self._json(archive.collections[match.group(1)])
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                params = {"collections": [match.group(1)], "limit": int(query.get("limit", 10))}
+                return self._search(params | {"token": query.get("token")}, "GET")
             return self._api(url.path)
 
         def do_POST(self) -> None:

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pystac
 import pytest
 import rasterio
 import shapely
@@ -336,7 +337,7 @@ def test_429_and_503_from_the_token_endpoint_are_retried_and_bounded(archive, tm
 def test_vhr_stac_labels_over_http_equal_the_vhr_files_labels_of_the_same_orthophotos(archive, patch, tmp_path):
     """The orthophotos as a static STAC collection (pystac, relative asset hrefs) served with range requests: plan's
     coverage comes from the items without opening a raster, and the EOPatch's labels equal those of `vhr_files`
-    over the same files, value for value."""
+    over the same files, value for value; the same items from a STAC API collection list the same rasters."""
     paths = fx.write_orthophotos(patch, archive.root / "ortho")
     fx.write_label_collection(paths, archive.root / "labels")
     labels = dict(vhr_gain=(1e-4,) * 4, vhr_time_interval=fx.INTERVAL)
@@ -357,6 +358,26 @@ def test_vhr_stac_labels_over_http_equal_the_vhr_files_labels_of_the_same_orthop
     )
     assert got.meta_info["vhr_files"] == [f"{archive.url}/files/ortho/{p.name}" for p in paths]
     assert all(archive.range_requests[f"/files/ortho/{p.name}"] > 0 for p in paths)  # read by range over HTTP
+    serve_as_api(archive, archive.root / "labels" / "collection.json")  # the same items from a STAC API
+    api = StacSource(stac_cfg(archive, tmp_path, vhr_stac=f"{archive.url}/collections/my-orthophotos", **labels))
+    assert api.labels.files == StacSource(stac).labels.files
+    assert archive.requests["/collections/my-orthophotos/items"] == 1
+
+
+def serve_as_api(archive: Archive, collection_json: Path) -> None:
+    """Serve the static collection at `collection_json` as `archive`'s STAC API collection, asset hrefs as URLs."""
+    collection = pystac.Collection.from_file(str(collection_json))
+    base = archive.url + "/collections/" + collection.id
+    for item in collection.get_items():
+        item.make_asset_hrefs_absolute()
+        raw = item.to_dict(include_self_link=False, transform_hrefs=False) | {"collection": collection.id, "links": []}
+        for asset in raw["assets"].values():
+            asset["href"] = asset["href"].replace(str(archive.root.resolve()), archive.url + "/files")
+        archive.items.append(raw)
+    links = [
+        {"rel": r, "href": h} for r, h in (("self", base), ("root", archive.url + "/"), ("items", base + "/items"))
+    ]
+    archive.collections[collection.id] = collection.to_dict(include_self_link=False) | {"links": links}
 
 
 def test_vhr_stac_settings_name_their_key_and_the_item_at_plan(archive, patch, tmp_path):

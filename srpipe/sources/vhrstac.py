@@ -1,13 +1,19 @@
-"""Label rasters listed by a STAC collection of the user's own (`source.vhr_stac`): each item's footprint (geometry,
-else bbox) and date (`datetime`, else `start_datetime`) come from the catalog, so plan opens no raster; the asset
-`source.vhr_stac_asset` of each item (a local path or an http(s) URL) is then read as a `vhr_files` file is."""
+"""Label rasters listed by a STAC collection of the user's own (`source.vhr_stac`): a static catalog or collection
+(pystac), or a STAC API collection `<api root>/collections/<id>` (pystac-client, retried). Each item's footprint
+(geometry, else bbox) and date (`datetime`, else `start_datetime`) come from the catalog, so plan opens no raster; the
+asset `source.vhr_stac_asset` of each item (a local path or an http(s) URL) is then read as a `vhr_files` file is."""
 
 from __future__ import annotations
+
+import re
 
 import shapely
 
 from srpipe.config import ConfigError, SourceConfig
+from srpipe.sources.stacsearch import api_io
 from srpipe.sources.vhrfiles import VhrFile, VhrFiles
+
+_API_COLLECTION = re.compile(r"^(https?://.+)/collections/([^/]+?)/?$")  # a STAC API's collection, not a .json file
 
 
 def label_rasters(cfg: SourceConfig) -> VhrFiles:
@@ -20,12 +26,17 @@ def label_rasters(cfg: SourceConfig) -> VhrFiles:
 
 
 def stac_files(cfg: SourceConfig) -> list[VhrFile]:
-    """One VhrFile per item of the static catalog or collection `cfg.vhr_stac` (pystac; sub-catalogs too)."""
+    """One VhrFile per item of `cfg.vhr_stac`: a STAC API collection's items (pystac-client, paged), or a static
+    catalog's or collection's (pystac; sub-catalogs too)."""
     import pystac
+    from pystac_client import Client
 
+    api = _API_COLLECTION.match(cfg.vhr_stac) if not cfg.vhr_stac.endswith(".json") else None
     try:
-        root = pystac.read_file(cfg.vhr_stac)
-        items = list(root.get_items(recursive=True))
+        if api:
+            items = list(Client.open(api.group(1), stac_io=api_io(cfg)).get_collection(api.group(2)).get_items())
+        else:
+            items = list(pystac.read_file(cfg.vhr_stac).get_items(recursive=True))
     except Exception as exc:
         raise ConfigError(
             f"config key 'source.vhr_stac' = {cfg.vhr_stac!r} is not a readable STAC catalog or collection "

@@ -51,7 +51,7 @@ class Archive:
         self.tokens: dict[str, tuple[str, float]] = {}  # sig -> (the whole token, expiry in epoch seconds)
         self.signed_reads: Counter[str] = Counter()  # file reads per sig that was accepted
         self.refused: Counter[str] = Counter()  # file reads refused (403) per path
-        self.collections: dict[str, dict] = {}  # served at /collections/<id> (items at .../items), besides `collection`
+        self.collections: dict[str, dict] = {}  # served at /collections/<id> and its /items, besides `collection`
 
     @property
     def token_api(self) -> str:

@@ -142,7 +142,10 @@ def test_fuzzed_profiles_load_or_name_the_key(tmp_path, changes):
 
 
 # AOIs: boxes anywhere (across the antimeridian, UTM zone borders, the poles), tiny to huge, in a right or wrong CRS
-_lon, _lat = st.floats(-400, 400, allow_nan=False, allow_subnormal=False), st.floats(-100, 100, allow_nan=False, allow_subnormal=False)
+_lon, _lat = (
+    st.floats(-400, 400, allow_nan=False, allow_subnormal=False),
+    st.floats(-100, 100, allow_nan=False, allow_subnormal=False),
+)
 _size = st.sampled_from([0.0, 1e-9, 1e-5, 0.01, 0.05, 1.0, 30.0, 200.0, 400.0])
 _crs = st.sampled_from([None, "EPSG:4326", "EPSG:32618", "EPSG:3857", "EPSG:3346", "EPSG:99999", "not a crs"])
 

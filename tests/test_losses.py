@@ -5,7 +5,17 @@ import torch
 import torch.nn.functional as F
 
 from srpipe.config import LossConfig, ModelConfig
-from srpipe.losses import as_trained, cpsnr, latest_frame, mean_match, perceptual, pixel_loss, shift_regulariser, sr_losses, ssim
+from srpipe.losses import (
+    as_trained,
+    cpsnr,
+    latest_frame,
+    mean_match,
+    perceptual,
+    pixel_loss,
+    shift_regulariser,
+    sr_losses,
+    ssim,
+)
 from srpipe.models import build_model
 from srpipe.models.delineation import DelineationNet
 from srpipe.models.lanczos import lanczos_shift

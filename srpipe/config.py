@@ -69,10 +69,22 @@ class SourceConfig:
     stac_collection: str = "sentinel-2-l2a"  # the S2 collection's id in that archive
     stac_assets: tuple[str, ...] = ("blue", "green", "red", "nir", "scl")  # asset keys of B02, B03, B04, B08, SCL
     stac_cloud_classes: tuple[int, ...] = (3, 8, 9, 10)  # SCL classes that are cloud (3 = shadow, 8-10 = clouds)
+    # "planetary-computer": append the collection's SAS token (GET <stac_token_api>/<stac_collection>) to each href read
+    stac_sign: Literal["", "planetary-computer"] = ""
+    stac_token_api: str = "https://planetarycomputer.microsoft.com/api/sas/v1/token"
     # VHR labels from the user's own rasters (with `stac`): GeoTIFF/COG/JP2 files, any CRS and pixel size <= the label's
     vhr_files: str = ""  # a folder or a glob ("ortho/*.tif"); relative paths: to the config file
     vhr_file_bands: tuple[int, ...] = (1, 2, 3, 4)  # 1-based band indexes of blue, green, red, NIR in each file
     vhr_date_pattern: str = ""  # strptime pattern found in file names ("%Y-%m-%d"); "" = the TIFF's DATETIME tag
+    # or the labels as the items of a STAC collection of your own (one raster asset and a datetime each): a static
+    # catalog/collection JSON (path or URL; relative paths: to the config file) or "<STAC API root>/collections/<id>"
+    vhr_stac: str = ""
+    vhr_stac_asset: str = "image"  # the items' asset key of the label raster
+
+    @property
+    def label_rasters(self) -> str:
+        """Where the user's own label rasters are: `vhr_files` or `vhr_stac` ("" = none: BYOC or no labels)."""
+        return self.vhr_files or self.vhr_stac
 
 
 @dataclass(frozen=True)
@@ -362,6 +374,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.consistency_regularisation' must be >= 0, got {cfg.model.consistency_regularisation}"
         )
+    if cfg.source.vhr_files and cfg.source.vhr_stac:
+        raise ConfigError("config keys 'source.vhr_files' and 'source.vhr_stac' both name the labels; set only one")
     _check_dates(cfg.infer.dates)
     _check_interval(cfg.source.time_interval, "source.time_interval")
     if cfg.source.vhr_time_interval != ("", ""):
@@ -437,6 +451,8 @@ def load_config(path: str | Path, run_dir: str | None = None) -> Config:
         source = dataclasses.replace(source, vhr_files=str(base / source.vhr_files))
     if source.stac_catalog and "://" not in source.stac_catalog:
         source = dataclasses.replace(source, stac_catalog=str((base / source.stac_catalog).resolve()))
+    if source.vhr_stac and "://" not in source.vhr_stac:
+        source = dataclasses.replace(source, vhr_stac=str((base / source.vhr_stac).resolve()))
     train = cfg.train
     if train.init_from and (train.init_from.endswith(".pt") or "/" in train.init_from):
         train = dataclasses.replace(train, init_from=str((base / train.init_from).resolve()))

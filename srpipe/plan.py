@@ -85,7 +85,7 @@ def _outside_message(cfg: Config, source: Source, aoi: shapely.Geometry, report:
         f"AOI {cfg.plan.aoi} (lon/lat {_bounds(aoi.bounds)}): {report}, so no tile is left. {source.describe()}"
         f"{where}. Draw the AOI inside it, or choose another source: source.name = 'sentinelhub' (S2 and the labels "
         "of your BYOC collection, source.vhr_collection_id), 'stac' (free S2 from a STAC archive, labels from your own "
-        "rasters, source.vhr_files) or 'synthetic' (generated S2 anywhere, no labels: "
+        "rasters, source.vhr_files or source.vhr_stac) or 'synthetic' (generated S2 anywhere, no labels: "
         "download, infer, mosaic and catalog with infer.model's weights)"
     )
 

@@ -3,7 +3,8 @@
 S2: the sample source's simulation (its degradation, clouds and dates) over one box around the tiny AOI, written per
 date as Earth-Search-like items (blue, green, red, nir, scl COGs, uint16 DN with the baseline's +1000 from 2022-01-25,
 raster:bands scale/offset, s2:processing_baseline, earthsearch:boa_offset_applied). Labels: the sample's label dates
-(the real 10 m scene, clouds planted) reprojected into EPSG:3857 at 6 m pixels, as a user's orthophotos would come.
+(the real 10 m scene, clouds planted) reprojected into EPSG:3857 at 6 m pixels, as a user's orthophotos would come,
+and a static STAC collection of them (one item per orthophoto, written by pystac).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
+import pystac
 import rasterio
 import shapely
 from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
-from rasterio.warp import calculate_default_transform, reproject, transform_geom
+from rasterio.warp import calculate_default_transform, reproject, transform_bounds, transform_geom
 
 from srpipe import eopatch as ep
 from srpipe.config import SourceConfig
@@ -132,3 +134,26 @@ def write_orthophotos(patch, folder: Path) -> list[Path]:
         bounds = rasterio.transform.array_bounds(height, width, transform)  # (west, south, east, north)
         paths.append(write_cog(path, np.clip(np.rint(out), 0, 65535), VHR_EPSG, bounds, "uint16"))
     return paths
+
+
+def write_label_collection(paths: list[Path], folder: Path, asset_key: str = "image") -> Path:
+    """A self-contained static STAC collection under `folder` of one item per orthophoto `paths` (dated by its
+    name's ortho_<date>, footprint from its header, its file as asset `asset_key` by a relative href); its path."""
+    items = []
+    for path in paths:
+        with rasterio.open(path) as src:
+            box = shapely.box(*transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21))
+        when = dt.datetime.fromisoformat(path.stem.removeprefix("ortho_") + "T10:30:00+00:00")
+        item = pystac.Item(f"ortho-{when:%Y-%m-%d}", shapely.geometry.mapping(box), list(box.bounds), when, {})
+        item.add_asset(asset_key, pystac.Asset(str(path.resolve()), media_type=pystac.MediaType.COG, roles=["data"]))
+        items.append(item)
+    extent = pystac.Extent(
+        pystac.SpatialExtent([list(shapely.union_all([shapely.box(*i.bbox) for i in items]).bounds)]),
+        pystac.TemporalExtent([[min(i.datetime for i in items), max(i.datetime for i in items)]]),
+    )
+    collection = pystac.Collection("my-orthophotos", "the user's own orthophotos", extent)
+    collection.add_items(items)
+    collection.normalize_hrefs(str(folder))
+    collection.make_all_asset_hrefs_relative()
+    collection.save(pystac.CatalogType.SELF_CONTAINED)
+    return folder / "collection.json"

@@ -1,13 +1,18 @@
 """A real STAC archive on 127.0.0.1 for the stac source's tests: a STAC API (landing page, conformance, collection,
 /search by GET and POST with paging, items as Earth Search serves them) and a static file server that honours HTTP
-Range requests, in one ThreadingHTTPServer; faults (429, 503, a dropped connection) are injected per path."""
+Range requests, in one ThreadingHTTPServer; faults (429, 503, a dropped connection) are injected per path. As
+Planetary Computer does, it can hand out SAS tokens (GET /api/sas/v1/token/<collection>: {"msft:expiry", "token"}) and
+refuse (403) file reads whose query string lacks a token that is still valid."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
+import secrets
 import threading
+import time
 from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,9 +30,13 @@ CONFORMS = [
 ]
 
 
+TOKEN_PATH = "/api/sas/v1/token/"  # Planetary Computer's per-collection SAS token endpoint
+
+
 class Archive:
     """What the server serves: `items` (STAC item dicts of one collection), files under `root` at /files/, the
-    faults still to inject per path (a list of 429, 503 or 'drop', used up in order) and the requests seen."""
+    faults still to inject per path (a list of 429, 503 or 'drop', used up in order) and the requests seen. With
+    `require_token`, a file read needs `sig` of a token from TOKEN_PATH that has not expired (`token_lifetime_s`)."""
 
     def __init__(self, root: Path, collection: str = "sentinel-2-l2a") -> None:
         self.root, self.collection = root, collection
@@ -37,6 +46,34 @@ class Archive:
         self.range_requests: Counter[str] = Counter()
         self.bytes_sent = 0
         self.url = ""
+        self.require_token = False
+        self.token_lifetime_s = 3600.0
+        self.tokens: dict[str, tuple[str, float]] = {}  # sig -> (the whole token, expiry in epoch seconds)
+        self.signed_reads: Counter[str] = Counter()  # file reads per sig that was accepted
+        self.refused: Counter[str] = Counter()  # file reads refused (403) per path
+        self.collections: dict[str, dict] = {}  # served at /collections/<id> and its /items, besides `collection`
+
+    @property
+    def token_api(self) -> str:
+        """The token endpoint's root (`source.stac_token_api`)."""
+        return self.url + TOKEN_PATH.rstrip("/")
+
+    def issue_token(self, collection: str) -> dict:
+        """A new SAS token for `collection` as Planetary Computer serves it, expiring `token_lifetime_s` from now
+        (rounded up to the second, the precision of `msft:expiry`)."""
+        now = time.time()
+        expiry = math.ceil(now + self.token_lifetime_s)
+        sig = secrets.token_urlsafe(24)
+        start, stamp = (dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for t in (now, expiry))
+        token = f"st={start}&se={stamp}&sp=rl&sv=2024-05-04&sr=c&skoid={collection}&sig={sig}"
+        self.tokens[sig] = (token, expiry)
+        return {"msft:expiry": stamp, "token": token}
+
+    def token_valid(self, query: str) -> str | None:
+        """The sig of `query` when it carries a token this server issued that has not expired, else None."""
+        sig = parse_qs(query).get("sig", [""])[0]
+        issued = self.tokens.get(sig)
+        return sig if issued is not None and time.time() < issued[1] else None
 
     def match(self, params: dict) -> list[dict]:
         """The items that a search's `params` (collections, bbox, datetime, query eo:cloud_cover) select."""
@@ -67,6 +104,13 @@ def _interval(value: str | None) -> tuple[dt.datetime, dt.datetime]:
     a, _, b = value.partition("/")
     parse = lambda s: dt.datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
     return (parse(a) if a.strip(".") else lo), (parse(b) if b.strip(".") else hi)
+
+
+AUTH_FAILED = (
+    b'<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthenticationFailed</Code><Message>Server failed to '
+    b"authenticate the request. Make sure the value of Authorization header is formed correctly including the "
+    b"signature.</Message></Error>"
+)  # Azure Blob Storage's answer to a read without a valid SAS token
 
 
 def make_handler(archive: Archive) -> type[BaseHTTPRequestHandler]:
@@ -114,7 +158,9 @@ def make_handler(archive: Archive) -> type[BaseHTTPRequestHandler]:
                 return
             url = urlparse(self.path)
             if url.path.startswith("/files/"):
-                return self._file(url.path)
+                return self._file(url.path, url.query)
+            if url.path.startswith(TOKEN_PATH):
+                return self._json(archive.issue_token(url.path.removeprefix(TOKEN_PATH)))
             if url.path == "/search":
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 params = {
@@ -126,6 +172,13 @@ def make_handler(archive: Archive) -> type[BaseHTTPRequestHandler]:
                     "token": query.get("token"),
                 }
                 return self._search(params, "GET")
+            match = re.fullmatch(r"/collections/([^/]+)(/items)?", url.path)
+            if match and match.group(1) in archive.collections:
+                if not match.group(2):
+                    return self._json(archive.collections[match.group(1)])
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                params = {"collections": [match.group(1)], "limit": int(query.get("limit", 10))}
+                return self._search(params | {"token": query.get("token")}, "GET")
             return self._api(url.path)
 
         def do_POST(self) -> None:
@@ -185,10 +238,16 @@ def make_handler(archive: Archive) -> type[BaseHTTPRequestHandler]:
                     links.append({"rel": "next", "href": f"{archive.url}/search?{q}", "method": "GET"})
             self._json({"type": "FeatureCollection", "features": page, "links": links, "numberReturned": len(page)})
 
-        def _file(self, path: str) -> None:
+        def _file(self, path: str, query: str) -> None:
             local = archive.root / path.removeprefix("/files/")
             if not local.is_file():
                 return self._send(404, b"not found", "text/plain")
+            if archive.require_token:
+                sig = archive.token_valid(query)
+                if sig is None:
+                    archive.refused[path] += 1
+                    return self._send(403, AUTH_FAILED, "application/xml")
+                archive.signed_reads[sig] += 1
             data = local.read_bytes()
             match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
             if not match:

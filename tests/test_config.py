@@ -90,3 +90,15 @@ def test_infer_dates_take_all_latest_or_a_list_of_dates(tmp_path, text, dates):
 def test_bad_infer_dates_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, f"[infer]\n{text}\n"))
+
+
+def test_stac_signing_and_label_collection_keys_are_checked_and_resolved_against_the_file(tmp_path):
+    cfg = load_config(write(tmp_path, '[source]\nname = "stac"\nvhr_stac = "labels/collection.json"\n'))
+    assert cfg.source.vhr_stac == str((tmp_path / "labels" / "collection.json").resolve())
+    assert cfg.source.label_rasters == cfg.source.vhr_stac and cfg.source.stac_sign == ""
+    url = "https://example.org/labels/collection.json"
+    assert load_config(write(tmp_path, f'[source]\nvhr_stac = "{url}"\n')).source.vhr_stac == url
+    with pytest.raises(ConfigError, match=r"'source.stac_sign' = 'pc'; allowed values: '', 'planetary-computer'"):
+        load_config(write(tmp_path, '[source]\nstac_sign = "pc"\n'))
+    with pytest.raises(ConfigError, match=r"'source.vhr_files' and 'source.vhr_stac' both name the labels"):
+        load_config(write(tmp_path, '[source]\nvhr_files = "ortho"\nvhr_stac = "c.json"\n'))

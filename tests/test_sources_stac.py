@@ -6,9 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pystac
 import pytest
 import rasterio
 import shapely
@@ -16,11 +19,14 @@ from pyproj import Transformer
 
 from srpipe import eopatch as ep
 from srpipe.config import ConfigError, SourceConfig, load_config
+from srpipe.errors import TileError
 from srpipe.grid import Tile
 from srpipe.sources.stac import StacSource, dark_object_outliers
+from srpipe.sources.staccost import asset_cost
+from srpipe.sources.stacsign import TokenError
 from tests import stacfixtures as fx
 from tests.conftest import aoi_geojson, srpipe, tiny_settings, write_config
-from tests.stacserver import Archive, StacServer
+from tests.stacserver import TOKEN_PATH, Archive, StacServer
 
 TILE = Tile(
     "32618_440_4164",
@@ -176,6 +182,8 @@ def test_a_wrong_offset_flag_is_caught_by_the_dark_object_check(archive, tmp_pat
 def test_settings_name_their_key(archive, tmp_path):
     with pytest.raises(ConfigError, match="exactly one of 'source.stac_api'"):
         StacSource(SourceConfig(name="stac"))
+    with pytest.raises(ConfigError, match=r"'source.stac_token_api' = 'planetarycomputer.*' must be an http\(s\) URL"):
+        StacSource(stac_cfg(archive, tmp_path, stac_sign="planetary-computer", stac_token_api="planetarycomputer"))
     with pytest.raises(Exception, match=r"no asset \['B02', .*'source.stac_assets'"):
         StacSource(stac_cfg(archive, tmp_path, stac_assets=("B02", "B03", "B04", "B08", "SCL"))).fetch(TILE)
 
@@ -261,3 +269,129 @@ def test_coverage_at_plan_is_where_items_and_label_files_both_lie(archive, tmp_p
     cfg = stac_cfg(archive, tmp_path, vhr_files=str(tmp_path / "o"), vhr_date_pattern="%Y-%m-%d")
     both = StacSource(cfg, tmp_path / "cache").coverage(aoi).iloc[0]
     assert both.contains(box4326(TILE)) and not both.contains(box4326(east))  # plan keeps whole tiles only
+
+
+def signed_cfg(archive: Archive, tmp_path: Path, **extra) -> SourceConfig:
+    """`stac_cfg` with Planetary Computer's signing against the archive's own token endpoint."""
+    return stac_cfg(archive, tmp_path, stac_sign="planetary-computer", stac_token_api=archive.token_api, **extra)
+
+
+def test_signed_reads_download_a_tile_and_unsigned_ones_fail_naming_source_stac_sign(archive, patch, tmp_path):
+    """The archive refuses reads without a valid SAS token (as Planetary Computer's blob storage does): unsigned,
+    the tile fails naming the key; signed, one token serves every read and the estimate, and the token is nowhere
+    in the EOPatch or in the warning of an unreadable item."""
+    archive.require_token = True
+    with pytest.raises(
+        TileError, match=r"refused .*blue.tif \(HTTP 403\).*'source.stac_sign' = \"planetary-computer\""
+    ):
+        StacSource(stac_cfg(archive, tmp_path), tmp_path / "unsigned").fetch(TILE)
+    truncated = archive.root / "S2B_18SVG_20220124_0_L2A" / "green.tif"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    source = StacSource(signed_cfg(archive, tmp_path), tmp_path / "cache")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = source.fetch(TILE)
+    assert [d.day for d in got.timestamps] == [12, 5, 17]  # the truncated item left out, the others read signed
+    assert archive.requests[f"{TOKEN_PATH}sentinel-2-l2a"] == 1 and len(archive.signed_reads) == 1
+    requests, size = asset_cost(source.items(TILE)[0].hrefs[0], TILE, 40.0, source.cfg, source.signer)
+    assert requests >= 2 and size > 16384 and archive.requests[f"{TOKEN_PATH}sentinel-2-l2a"] == 1
+    (token,) = [t for t, _ in archive.tokens.values()]
+    sig = token.rsplit("sig=", 1)[1]
+    said = json.dumps({k: got.meta_info[k] for k in got.meta_info}, default=str)
+    said += " ".join(str(w.message) for w in caught)
+    assert "green.tif could not be read" in said and sig not in said and "sig=" not in said
+
+
+def test_a_token_expiring_mid_run_is_fetched_again_before_the_archive_refuses_it(archive, tmp_path):
+    """Tokens live 2 s here: the process keeps one while fresh (one per collection, across the tiles' source
+    objects) and fetches the next before expiry; the archive refuses every expired token, and refused none."""
+    archive.require_token = True
+    archive.token_lifetime_s = 2.0
+    token_path = f"{TOKEN_PATH}sentinel-2-l2a"
+    StacSource(signed_cfg(archive, tmp_path), tmp_path / "a").fetch(TILE)
+    first = archive.requests[token_path]
+    time.sleep(max(t for _, t in archive.tokens.values()) - time.time() + 0.1)  # the last token has expired
+    got = StacSource(signed_cfg(archive, tmp_path), tmp_path / "b").fetch(TILE)
+    assert len(got.timestamps) == 4 and not archive.refused
+    assert archive.requests[token_path] > first >= 1 and set(archive.signed_reads) == set(archive.tokens)
+    archive.tokens.clear()  # the archive revokes every token: a 403 with signing on fetches a new one and reads on
+    got = StacSource(signed_cfg(archive, tmp_path), tmp_path / "c").fetch(TILE)
+    assert len(got.timestamps) == 4 and sum(archive.refused.values()) == 1
+
+
+def test_429_and_503_from_the_token_endpoint_are_retried_and_bounded(archive, tmp_path):
+    archive.require_token = True
+    token_path = f"{TOKEN_PATH}sentinel-2-l2a"
+    archive.faults[token_path] += [429, 503, "drop"]
+    got = StacSource(signed_cfg(archive, tmp_path), tmp_path / "cache").fetch(TILE)
+    assert len(got.timestamps) == 4 and not archive.faults[token_path] and archive.requests[token_path] == 4
+    other = signed_cfg(archive, tmp_path, stac_collection="sentinel-2-l2a-other", max_retries=2)
+    archive.faults[f"{TOKEN_PATH}sentinel-2-l2a-other"] += [429] * 10
+    with pytest.raises(
+        TokenError, match=r"no SAS token for collection 'sentinel-2-l2a-other'.*'source.stac_token_api'"
+    ):
+        StacSource(other, tmp_path / "other").signer.sign("http://x/y.tif")
+    assert archive.requests[f"{TOKEN_PATH}sentinel-2-l2a-other"] == 3
+
+
+def test_vhr_stac_labels_over_http_equal_the_vhr_files_labels_of_the_same_orthophotos(archive, patch, tmp_path):
+    """The orthophotos as a static STAC collection (pystac, relative asset hrefs) served with range requests: plan's
+    coverage comes from the items without opening a raster, and the EOPatch's labels equal those of `vhr_files`
+    over the same files, value for value; the same items from a STAC API collection list the same rasters."""
+    paths = fx.write_orthophotos(patch, archive.root / "ortho")
+    fx.write_label_collection(paths, archive.root / "labels")
+    labels = dict(vhr_gain=(1e-4,) * 4, vhr_time_interval=fx.INTERVAL)
+    files_cfg = stac_cfg(
+        archive, tmp_path, vhr_files=str(archive.root / "ortho"), vhr_date_pattern="%Y-%m-%d", **labels
+    )
+    stac = stac_cfg(archive, tmp_path, vhr_stac=f"{archive.url}/files/labels/collection.json", **labels)
+    aoi = shapely.box(*Transformer.from_crs(32618, 4326, always_xy=True).transform_bounds(*fx.S2_BOX))
+    covered = StacSource(stac, tmp_path / "plan").coverage(aoi).iloc[0]
+    assert not any(p.startswith("/files/ortho/") for p in archive.requests)  # plan read the catalog, no raster
+    assert covered.equals_exact(StacSource(files_cfg, tmp_path / "plan-files").coverage(aoi).iloc[0], 1e-4)
+    want = StacSource(files_cfg, tmp_path / "a").fetch(TILE)
+    got = StacSource(stac, tmp_path / "b").fetch(TILE)
+    assert len(got.meta_info[ep.VHR_TIMESTAMPS]) == 2 and got[ep.VHR_VALID].mean() > 0.9
+    assert got.meta_info[ep.VHR_TIMESTAMPS] == want.meta_info[ep.VHR_TIMESTAMPS]
+    assert np.array_equal(got[ep.VHR_BANDS], want[ep.VHR_BANDS]) and np.array_equal(
+        got[ep.VHR_VALID], want[ep.VHR_VALID]
+    )
+    assert got.meta_info["vhr_files"] == [f"{archive.url}/files/ortho/{p.name}" for p in paths]
+    assert all(archive.range_requests[f"/files/ortho/{p.name}"] > 0 for p in paths)  # read by range over HTTP
+    serve_as_api(archive, archive.root / "labels" / "collection.json")  # the same items from a STAC API
+    api = StacSource(stac_cfg(archive, tmp_path, vhr_stac=f"{archive.url}/collections/my-orthophotos", **labels))
+    assert api.labels.files == StacSource(stac).labels.files
+    assert archive.requests["/collections/my-orthophotos/items"] == 1
+
+
+def serve_as_api(archive: Archive, collection_json: Path) -> None:
+    """Serve the static collection at `collection_json` as `archive`'s STAC API collection, asset hrefs as URLs."""
+    collection = pystac.Collection.from_file(str(collection_json))
+    base = archive.url + "/collections/" + collection.id
+    for item in collection.get_items():
+        item.make_asset_hrefs_absolute()
+        raw = item.to_dict(include_self_link=False, transform_hrefs=False) | {"collection": collection.id, "links": []}
+        for asset in raw["assets"].values():
+            asset["href"] = asset["href"].replace(str(archive.root.resolve()), archive.url + "/files")
+        archive.items.append(raw)
+    links = [
+        {"rel": r, "href": h} for r, h in (("self", base), ("root", archive.url + "/"), ("items", base + "/items"))
+    ]
+    archive.collections[collection.id] = collection.to_dict(include_self_link=False) | {"links": links}
+
+
+def test_vhr_stac_settings_name_their_key_and_the_item_at_plan(archive, patch, tmp_path):
+    aoi = shapely.box(*Transformer.from_crs(32618, 4326, always_xy=True).transform_bounds(*TILE.bounds))
+    paths = fx.write_orthophotos(patch, tmp_path / "ortho")
+    collection = fx.write_label_collection(paths[:1], tmp_path / "labels")
+    day = paths[0].stem.removeprefix("ortho_")
+    bad = stac_cfg(archive, tmp_path, vhr_stac=str(collection), vhr_stac_asset="visual")
+    with pytest.raises(
+        ConfigError, match=rf"STAC item ortho-{day} .*no asset 'visual' \(it has: image\).*'source.vhr_stac_asset'"
+    ):
+        StacSource(bad).coverage(aoi)
+    both = stac_cfg(archive, tmp_path, vhr_stac=str(collection), vhr_files=str(tmp_path / "ortho"))
+    with pytest.raises(ConfigError, match=r"'source.vhr_files' and 'source.vhr_stac' both name the labels"):
+        StacSource(both).coverage(aoi)
+    with pytest.raises(ConfigError, match=r"'source.vhr_stac' = .*nothing.json.* not a readable STAC"):
+        StacSource(stac_cfg(archive, tmp_path, vhr_stac=str(tmp_path / "nothing.json"))).coverage(aoi)

@@ -40,7 +40,7 @@ def labelled_stages(cfg: Config, stages: Iterable[str]) -> list[str]:
         raise ConfigError(
             f"{', '.join(wanted)} need labels, and {source.describe()} has none; choose a source with labels "
             "(source.name = 'sample' without source.native, 'sentinelhub' with a BYOC label collection, or 'stac' with "
-            "source.vhr_files)"
+            "source.vhr_files or source.vhr_stac)"
         )
     if kept != wanted:
         print(f"{source.describe()} has no labels: the chain is {', '.join(kept)} (infer.model's weights)", flush=True)

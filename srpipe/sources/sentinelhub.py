@@ -36,6 +36,7 @@ from srpipe.grid import Tile
 from srpipe.sources.shclient import RobustClient, SentinelHubError, sh_config
 from srpipe.sources.stack import EOPatchSource
 from srpipe.sources.vhrfiles import VhrFiles
+from srpipe.sources.vhrstac import label_rasters
 
 S2_CLP = (FeatureType.DATA, "S2_CLP")  # (T, h, w, 1) float32 s2cloudless cloud probability in [0, 1]
 S2_BANDS_REQUESTED = ("B02", "B03", "B04", "B08", "CLM", "CLP", "dataMask")
@@ -159,8 +160,9 @@ class SentinelHubSource(EOPatchSource):
 
     @cached_property
     def label_files(self) -> VhrFiles | None:
-        """The label rasters of `source.vhr_files` (then they replace the BYOC collection), or None."""
-        return VhrFiles(self.cfg) if self.cfg.vhr_files else None
+        """The label rasters of `source.vhr_files` or `source.vhr_stac` (then they replace the BYOC collection), or
+        None."""
+        return label_rasters(self.cfg) if self.cfg.label_rasters else None
 
     @cached_property
     def vhr(self) -> DataCollection:
@@ -186,8 +188,8 @@ class SentinelHubSource(EOPatchSource):
 
     def describe(self) -> str:
         """The source in a few words."""
-        if self.cfg.vhr_files:
-            return f"Sentinel Hub with the labels of {self.cfg.vhr_files}"
+        if self.cfg.label_rasters:
+            return f"Sentinel Hub with the labels of {self.cfg.label_rasters}"
         return f"Sentinel Hub with the labels of BYOC collection {self.cfg.vhr_collection_id}"
 
     def coverage(self, aoi: shapely.Geometry) -> gpd.GeoSeries:
@@ -309,7 +311,8 @@ class SentinelHubSource(EOPatchSource):
         meta = {
             ep.VHR_TIMESTAMPS: [d.isoformat() for d in vhr_days],
             "tile_id": tile.tile_id,
-            "source": f"sentinelhub:{self.s2.api_id}+" + (self.cfg.vhr_files or f"byoc-{self.cfg.vhr_collection_id}"),
+            "source": f"sentinelhub:{self.s2.api_id}+"
+            + (self.cfg.label_rasters or f"byoc-{self.cfg.vhr_collection_id}"),
             "lr_resolution_m": self.cfg.lr_resolution_m,
             "hr_resolution_m": self.cfg.lr_resolution_m / self.cfg.scale,
             "s2_harmonize_values": self.cfg.harmonize_values,

@@ -69,7 +69,7 @@ def estimate(cfg: Config, tile_ids: list[str] | None = None) -> Estimate:
     sampled = spread(tiles, SAMPLE_TILES)
     counts = [tuple(map(len, source.dates(tile))) for tile in sampled]
     s2_dates = sum(c[0] for c in counts) / max(len(counts), 1)
-    vhr_dates = sum(c[1] for c in counts) / max(len(counts), 1) if not cfg.source.vhr_files else 0.0  # files: free
+    vhr_dates = sum(c[1] for c in counts) / max(len(counts), 1) if not cfg.source.label_rasters else 0.0  # files: free
     lr = cfg.source.lr_resolution_m
     bounds = tiles[0].bounds if tiles else (0.0, 0.0, 0.0, 0.0)
     s2_pu = request_pu(*grid_size(bounds, lr), len(S2_BANDS_REQUESTED) - 1, float32=False)

@@ -1,5 +1,6 @@
 """The `stac` source: Sentinel-2 L2A from STAC archives of COGs (Earth Search, Planetary Computer, CDSE, or a static
-catalog), no account needed; labels from the user's own rasters (`source.vhr_files`, see `vhrfiles`).
+catalog), no account needed; labels from the user's own rasters (`source.vhr_files` or the items of `source.vhr_stac`,
+see `vhrfiles` and `vhrstac`).
 
 Per tile: the items over its box in `time_interval` with cloud cover <= `s2_max_cloud_cover` (`stacsearch`); B02, B03,
 B04, B08 and SCL read as windowed COG reads onto its grid (`cogread`; reprojected when the item's UTM zone differs);
@@ -29,7 +30,9 @@ from srpipe.grid import Tile
 from srpipe.sources.cogread import CogReadError, read_item
 from srpipe.sources.stack import EOPatchSource
 from srpipe.sources.stacsearch import S2Item, search_items
+from srpipe.sources.stacsign import Signer, check_sign_settings, signer_for
 from srpipe.sources.vhrfiles import VhrFiles
+from srpipe.sources.vhrstac import label_rasters
 
 S2_RESOLUTION_M = 10.0
 QUANTIFICATION = 10000.0  # S2 DN per unit reflectance
@@ -99,6 +102,7 @@ def check_settings(cfg: SourceConfig) -> None:
         raise ConfigError(f"config key 'source.s2_max_cloud_cover' must be in [0, 1], got {cfg.s2_max_cloud_cover}")
     if cfg.max_retries < 0 or cfg.timeout_s <= 0 or cfg.retry_base_s <= 0:
         raise ConfigError("config keys 'source.max_retries' (>= 0), 'source.timeout_s' and 'retry_base_s' (> 0)")
+    check_sign_settings(cfg)
 
 
 def tile_box_wgs84(tile: Tile) -> tuple[float, float, float, float]:
@@ -117,17 +121,22 @@ class StacSource(EOPatchSource):
             cfg = dataclasses.replace(cfg, lr_resolution_m=S2_RESOLUTION_M)
         check_settings(cfg)
         self.cfg, self.cache_dir, self.run_dir = cfg, cache_dir, run_dir
-        self.has_labels = bool(cfg.vhr_files)
+        self.has_labels = bool(cfg.label_rasters)
+
+    @cached_property
+    def signer(self) -> Signer:
+        """What every S2 asset href goes through before it is read (`source.stac_sign`)."""
+        return signer_for(self.cfg)
 
     @cached_property
     def labels(self) -> VhrFiles:
-        """The label files (listed and dated once)."""
-        return VhrFiles(self.cfg)
+        """The label rasters of `vhr_files` or `vhr_stac` (listed and dated once)."""
+        return label_rasters(self.cfg)
 
     def describe(self) -> str:
         """The source in a few words."""
         where = self.cfg.stac_api or self.cfg.stac_catalog
-        labels = f" with the labels of {self.cfg.vhr_files}" if self.has_labels else ""
+        labels = f" with the labels of {self.cfg.label_rasters}" if self.has_labels else ""
         return f"the STAC archive {where} ({self.cfg.stac_collection}){labels}"
 
     def coverage(self, aoi: shapely.Geometry) -> gpd.GeoSeries:
@@ -188,7 +197,7 @@ class StacSource(EOPatchSource):
             "s2_offset_origins": [f[5] for f in frames],
             "s2_skipped_items": skipped,
             "s2_offset_suspects": suspects,
-            "vhr_files": [str(p) for d in vhr_days for p in self._label_paths(tile, d)],
+            "vhr_files": [h for d in vhr_days for h in self._label_hrefs(tile, d)],
             "vhr_gain": list(self.cfg.vhr_gain),
             "vhr_bias": list(self.cfg.vhr_bias),
         }
@@ -196,9 +205,9 @@ class StacSource(EOPatchSource):
             patch[FeatureType.META_INFO, key] = value
         return patch
 
-    def _label_paths(self, tile: Tile, day: dt.date) -> list[Path]:
-        """The label files of `day` over `tile`."""
-        return [f.path for f in self.labels.over(tile).get(day, [])]
+    def _label_hrefs(self, tile: Tile, day: dt.date) -> list[str]:
+        """The label rasters (paths or URLs) of `day` over `tile`."""
+        return [f.href for f in self.labels.over(tile).get(day, [])]
 
     def _frames(self, tile: Tile, items: list[S2Item]) -> tuple[list[dt.date], list[tuple], list[str]]:
         """(days, per day (bands (H, W, 4), clouds, valid, item ids, offsets, why), unreadable items' ids)."""
@@ -220,7 +229,7 @@ class StacSource(EOPatchSource):
         for item in group:
             cache = self.cache_dir / "reads" / tile.tile_id / f"{item.id}.npz" if self.cache_dir else None
             try:
-                dn, scl = read_item(item.hrefs, tile, self.cfg, cache)
+                dn, scl = read_item(item.hrefs, tile, self.cfg, cache, self.signer)
             except CogReadError as exc:
                 warnings.warn(f"{exc}; item {item.id} left out", stacklevel=2)
                 skipped.append(item.id)

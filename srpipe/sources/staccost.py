@@ -18,6 +18,7 @@ from srpipe.grid import Tile, read_grid
 from srpipe.sources.cogread import gdal_env
 from srpipe.sources.shcost import SAMPLE_TILES, spread
 from srpipe.sources.stac import StacSource
+from srpipe.sources.stacsign import Signer
 
 HEADER_BYTES = 16384  # GDAL_INGESTED_BYTES_AT_OPEN's default
 
@@ -54,9 +55,10 @@ class StacEstimate:
         )
 
 
-def asset_cost(href: str, tile: Tile, resolution_m: float, cfg) -> tuple[int, int]:
-    """(range requests, bytes) of reading `tile`'s window at `resolution_m` from the COG `href` (its header read)."""
-    with rasterio.Env(**gdal_env(cfg)), rasterio.open(href) as src:
+def asset_cost(href: str, tile: Tile, resolution_m: float, cfg, signer: Signer | None = None) -> tuple[int, int]:
+    """(range requests, bytes) of reading `tile`'s window at `resolution_m` from the COG `href` (its header read,
+    the href signed by `signer` when the archive needs it)."""
+    with rasterio.Env(**gdal_env(cfg)), rasterio.open((signer or Signer()).sign(href)) as src:
         block_h, block_w = src.block_shapes[0]
         size = np.dtype(src.dtypes[0]).itemsize
         span_px = (
@@ -78,6 +80,8 @@ def estimate(cfg: Config, tile_ids: list[str] | None = None) -> StacEstimate:
     items = sum(map(len, found)) / max(len(found), 1)
     first = next(((t, i[0]) for t, i in zip(sampled, found, strict=True) if i), None)
     requests, size = (
-        (0, 0) if first is None else asset_cost(first[1].hrefs[0], first[0], source.cfg.lr_resolution_m, source.cfg)
+        (0, 0)
+        if first is None
+        else asset_cost(first[1].hrefs[0], first[0], source.cfg.lr_resolution_m, source.cfg, source.signer)
     )
     return StacEstimate(len(tiles), len(sampled), items, len(cfg.source.stac_assets), requests, size)

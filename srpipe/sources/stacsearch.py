@@ -56,9 +56,8 @@ def to_item(raw: dict, assets: tuple[str, ...]) -> S2Item:
     )
 
 
-def _api_search(cfg: SourceConfig, bbox: tuple[float, ...], interval: str) -> list[dict]:
-    """Item dicts from the STAC API `cfg.stac_api` (pystac-client; 429/5xx and dropped connections retried)."""
-    from pystac_client import Client
+def api_io(cfg: SourceConfig):
+    """pystac-client's HTTP layer with urllib3's retries of 429/5xx and dropped connections (backoff, Retry-After)."""
     from pystac_client.stac_api_io import StacApiIO
     from urllib3 import Retry
 
@@ -70,9 +69,15 @@ def _api_search(cfg: SourceConfig, bbox: tuple[float, ...], interval: str) -> li
         allowed_methods=None,  # POST /search too: a search is safe to repeat
         respect_retry_after_header=True,
     )
-    io = StacApiIO(max_retries=retry, timeout=cfg.timeout_s)
+    return StacApiIO(max_retries=retry, timeout=cfg.timeout_s)
+
+
+def _api_search(cfg: SourceConfig, bbox: tuple[float, ...], interval: str) -> list[dict]:
+    """Item dicts from the STAC API `cfg.stac_api` (pystac-client; 429/5xx and dropped connections retried)."""
+    from pystac_client import Client
+
     try:
-        client = Client.open(cfg.stac_api, stac_io=io)
+        client = Client.open(cfg.stac_api, stac_io=api_io(cfg))
         search = client.search(
             collections=[cfg.stac_collection],
             bbox=bbox,

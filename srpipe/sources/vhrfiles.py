@@ -1,6 +1,7 @@
-"""VHR labels from the user's own rasters (`source.vhr_files`): GeoTIFF/COG/JP2 in any CRS and pixel size at or finer
-than the label grid, dated from a file-name pattern or the TIFF DATETIME tag, mosaicked per date and area-averaged
-onto a tile's label grid through GDAL's warper (rasterio WarpedVRT)."""
+"""VHR labels from the user's own rasters (`source.vhr_files`, or the items of `source.vhr_stac`, see `vhrstac`):
+GeoTIFF/COG/JP2 in any CRS and pixel size at or finer than the label grid, local or over HTTP (GDAL /vsicurl/), dated
+from a file-name pattern or the TIFF DATETIME tag (or the item's datetime), mosaicked per date and area-averaged onto a
+tile's label grid through GDAL's warper (rasterio WarpedVRT)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from rasterio.warp import transform_geom
 from srpipe.config import ConfigError, SourceConfig
 from srpipe.errors import TileError
 from srpipe.grid import Tile
+from srpipe.sources.cogread import gdal_env
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
 _PATTERN_CODES = {"%Y": r"\d{4}", "%m": r"\d{2}", "%d": r"\d{2}", "%j": r"\d{3}", "%H": r"\d{2}", "%M": r"\d{2}"}
@@ -30,12 +32,11 @@ _PATTERN_CODES = {"%Y": r"\d{4}", "%m": r"\d{2}", "%d": r"\d{2}", "%j": r"\d{3}"
 
 @dataclass(frozen=True)
 class VhrFile:
-    """One label raster: its path, acquisition date, footprint (EPSG:4326) and pixel size in metres."""
+    """One label raster: its href (a local path or an http(s) URL), acquisition date and footprint (EPSG:4326)."""
 
-    path: Path
+    href: str
     date: dt.date
     footprint: shapely.Geometry
-    pixel_m: float
 
 
 def matching_files(spec: str) -> list[Path]:
@@ -84,30 +85,33 @@ def _pixel_m(src: rasterio.DatasetReader) -> float:
 
 
 def describe_file(path: Path, pattern: str) -> VhrFile:
-    """Open `path` once (its header only) and record its date, footprint and pixel size."""
+    """Open `path` once (its header only) and record its date and footprint."""
     try:
         with rasterio.open(path) as src:
             if src.crs is None:
                 raise ConfigError(f"label file {path} has no CRS; georeference it (gdal_edit.py -a_srs ...)")
             box = shapely.box(*src.bounds).segmentize(max(src.bounds[2] - src.bounds[0], 1e-9) / 16)
             footprint = shapely.geometry.shape(transform_geom(src.crs, "EPSG:4326", shapely.geometry.mapping(box)))
-            return VhrFile(path, file_date(path, src.tags(), pattern), footprint, _pixel_m(src))
+            return VhrFile(str(path), file_date(path, src.tags(), pattern), footprint)
     except rasterio.RasterioIOError as exc:
         raise ConfigError(f"label file {path} cannot be read ({exc}); replace it or leave it out") from exc
 
 
 class VhrFiles:
-    """The label rasters of `cfg.vhr_files` in the label interval (`vhr_time_interval`, else `time_interval`)."""
+    """The label rasters in the label interval (`vhr_time_interval`, else `time_interval`): `files` when given (with
+    `origin`, the setting that listed them, for messages), else those of `cfg.vhr_files`."""
 
-    def __init__(self, cfg: SourceConfig) -> None:
+    def __init__(self, cfg: SourceConfig, files: list[VhrFile] | None = None, origin: str = "") -> None:
         for key in ("vhr_file_bands", "vhr_gain", "vhr_bias"):
             if len(getattr(cfg, key)) != 4:
                 raise ConfigError(f"config key 'source.{key}' needs 4 values (blue, green, red, NIR)")
         interval = cfg.vhr_time_interval if all(cfg.vhr_time_interval) else cfg.time_interval
         start, end = (dt.date.fromisoformat(d[:10]) for d in interval)
-        every = [describe_file(p, cfg.vhr_date_pattern) for p in matching_files(cfg.vhr_files)]
-        self.cfg = cfg
-        self.files = [f for f in every if start <= f.date <= end]
+        if files is None:
+            files = [describe_file(p, cfg.vhr_date_pattern) for p in matching_files(cfg.vhr_files)]
+            origin = f"'source.vhr_files' ({cfg.vhr_files})"
+        self.cfg, self.origin = cfg, origin
+        self.files = [f for f in files if start <= f.date <= end]
 
     def footprint(self) -> gpd.GeoSeries:
         """The union of the files' footprints, EPSG:4326."""
@@ -130,8 +134,8 @@ class VhrFiles:
         if not groups:
             raise TileError(
                 tile.tile_id,
-                f"no label file of 'source.vhr_files' ({self.cfg.vhr_files}) covers the tile in the label interval; "
-                "re-plan (plan drops tiles outside the labels' footprint)",
+                f"no label file of {self.origin} covers the tile in the label interval; re-plan (plan drops tiles "
+                "outside the labels' footprint)",
             )
         stacks = [self._mosaic(tile, files, resolution_m) for files in groups.values()]
         return list(groups), np.stack([s[0] for s in stacks]), np.stack([s[1] for s in stacks])
@@ -145,13 +149,9 @@ class VhrFiles:
         image = np.zeros((height, width, 4), np.float32)
         valid = np.zeros((height, width), bool)
         for f in files:
-            if f.pixel_m > resolution_m * 1.01:
-                raise TileError(
-                    tile.tile_id,
-                    f"label file {f.path} has {f.pixel_m:.2f} m pixels, coarser than the {resolution_m:g} m label "
-                    "grid; use finer imagery or a larger 'source.lr_resolution_m'",
-                )
-            values, mask = _warp(f.path, tile, width, height, self.cfg.vhr_file_bands)
+            remote = "://" in f.href  # local files keep GDAL's sidecar lookup (.aux.xml, world files)
+            with rasterio.Env(**(gdal_env(self.cfg) if remote else {})):
+                values, mask = _warp(f.href, tile, resolution_m, self.cfg.vhr_file_bands)
             take = mask & ~valid
             image[take] = values[take]
             valid |= mask
@@ -159,20 +159,28 @@ class VhrFiles:
         return np.where(valid[..., None], image, 0).astype(np.float32), valid[..., None]
 
 
-def _warp(path: Path, tile: Tile, width: int, height: int, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """((H, W, 4) float32 area averages of `bands` of `path`, (H, W) bool: wholly inside its valid data)."""
+def _warp(href: str, tile: Tile, resolution_m: float, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """((H, W, 4) float32 area averages of `bands` of `href` on the tile's `resolution_m` grid, (H, W) bool: wholly
+    inside its valid data); TileError when its pixels are coarser than the grid's."""
+    width = round((tile.bounds[2] - tile.bounds[0]) / resolution_m)
+    height = round((tile.bounds[3] - tile.bounds[1]) / resolution_m)
     transform = from_bounds(*tile.bounds, width, height)
-    with (
-        rasterio.open(path) as src,
-        WarpedVRT(
-            src, crs=f"EPSG:{tile.epsg}", transform=transform, width=width, height=height, resampling=Resampling.average
-        ) as vrt,
-    ):
+    with rasterio.open(href) as src:
+        pixel_m = _pixel_m(src)
+        if pixel_m > resolution_m * 1.01:
+            raise TileError(
+                tile.tile_id,
+                f"label file {href} has {pixel_m:.2f} m pixels, coarser than the {resolution_m:g} m label grid; use "
+                "finer imagery or a larger 'source.lr_resolution_m'",
+            )
         missing = [b for b in bands if not 1 <= b <= src.count]
         if missing:
             raise ConfigError(
-                f"label file {path} has {src.count} bands; 'source.vhr_file_bands' asks for band(s) {missing}"
+                f"label file {href} has {src.count} bands; 'source.vhr_file_bands' asks for band(s) {missing}"
             )
-        values = vrt.read(list(bands), out_dtype="float32")
-        mask = vrt.read_masks(list(bands)).min(axis=0) == 255  # GDAL's average: 255 where all parts hold data
+        with WarpedVRT(
+            src, crs=f"EPSG:{tile.epsg}", transform=transform, width=width, height=height, resampling=Resampling.average
+        ) as vrt:
+            values = vrt.read(list(bands), out_dtype="float32")
+            mask = vrt.read_masks(list(bands)).min(axis=0) == 255  # GDAL's average: 255 where all parts hold data
     return np.moveaxis(values, 0, -1), mask

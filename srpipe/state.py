@@ -98,7 +98,8 @@ def done_records(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
     return records
 
 
-_TMP = re.compile(r"^\..*\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}(\.[^.]*)?$")
+# `_tmp_name`, and its writers' scratch beside it (`cog.write_cog`: "<temporary>.d")
+_TMP = re.compile(r"^\..*\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}(\.[^.]*)?(\.d)?$")
 
 
 def _tmp_name(path: Path) -> Path:

@@ -3,6 +3,7 @@
 import shutil
 import tomllib
 
+import h5py
 import pytest
 import tomli_w
 
@@ -26,15 +27,22 @@ def test_small_runs_still_get_a_validation_and_a_test_tile():
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("name", ["h5", "json"])
+@pytest.mark.parametrize("name", ["h5", "json", "h5 bit-flipped"])
 def test_a_corrupt_curated_tile_file_names_it_and_the_command_that_rebuilds_it(tiny_run, tmp_path, name):
     run = tmp_path / "run"
     shutil.copytree(tiny_run.parent / "run", run, ignore=shutil.ignore_patterns("_slurm"))
     config = tomllib.loads((run / "config.toml").read_text())
     (run / "config.toml").write_text(tomli_w.dumps({**config, "run_dir": str(run)}))
     tile = state.done_units(run, "curate")[0]
-    path = run / "curation" / "tiles" / f"{tile}.{name}"
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated on a shared file system
+    path = run / "curation" / "tiles" / f"{tile}.{name.split()[0]}"
+    if name == "h5 bit-flipped":  # inside the first sample's label chunk: numpy alone would read it as data
+        with h5py.File(path) as f:
+            offset = f["hr"].id.get_chunk_info(0).byte_offset
+        data = bytearray(path.read_bytes())
+        data[offset + 64] ^= 0x04
+        path.write_bytes(bytes(data))
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated on a shared file system
     (run / "_state" / "curate-reduce" / "all.done").unlink()
     result = srpipe("curate", str(run), "--reduce-only", check=False)
     assert result.returncode == 1

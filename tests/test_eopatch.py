@@ -47,9 +47,20 @@ def test_nan_inside_the_valid_mask_is_an_error_and_outside_it_is_zeroed(patch, t
     assert loaded[ep.S2_BANDS][0, 0, 0, 0] == 0
 
 
-def test_corrupt_patch_on_disk_names_the_tile_and_the_fix(patch, tmp_path):
+@pytest.mark.faults
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "one bit flipped"])
+def test_corrupt_patch_on_disk_names_the_tile_and_the_fix(patch, tmp_path, damage):
+    """Every feature is gzipped: its CRC-32 catches a flipped bit that numpy alone would read as data."""
     patch.save(str(ep.patch_dir(tmp_path, "T2")))
-    (ep.patch_dir(tmp_path, "T2") / "data" / "S2_BANDS.npy.gz").write_bytes(b"\x1f\x8b truncated")
+    path = ep.patch_dir(tmp_path, "T2") / "data" / "S2_BANDS.npy.gz"
+    data = bytearray(path.read_bytes())
+    if damage == "garbage":
+        data = bytearray(b"\x1f\x8b truncated")
+    elif damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
     with pytest.raises(TileError, match=r"tile T2: EOPatch at .* cannot be read.*re-run `srpipe download`"):
         ep.load_patch(tmp_path, "T2", 4)
 

@@ -221,7 +221,9 @@ def _write_samples(cfg: Config, path: Path, samples: list[dict], lr_pixels: np.n
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for key, field in TILE_FIELDS.items():
             values = per_tile[key] if key in per_tile else [sample[key] for sample in samples]
-            f.create_dataset(key, data=np.asarray(values, dtype=field.dtype).reshape(field.shape(sizes)))
+            data = np.asarray(values, dtype=field.dtype).reshape(field.shape(sizes))
+            # fletcher32 (chunked; an empty array has no chunk): a flipped bit fails the reduce's read, naming the file
+            f.create_dataset(key, data=data, fletcher32=data.size > 0)
         f.attrs["score_names"] = ",".join(SCORE_NAMES)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -131,6 +132,23 @@ def test_fingerprints_name_what_changed(tmp_path):
     assert fingerprint(old) != fingerprint(new)
     assert stale_reason(old, new) == "infer.date '' -> '2016-09-01'"
     assert fingerprint(old) == fingerprint(ChainState(Config(run_dir=str(tmp_path))).inputs(stage, "all"))
+
+
+def test_a_key_a_newer_srpipe_added_at_its_default_leaves_finished_units_done(tmp_path):
+    """An upgrade that adds `source.stac_sign` must not send a country's downloads back to the archive."""
+    cfg = Config(run_dir=str(tmp_path))
+    stage = STAGES["download"]
+    now = ChainState(cfg).inputs(stage, "t1")
+    older = json.loads(json.dumps(now, default=str))  # as a marker records it
+    del older["config"]["source.stac_sign"], older["config"]["source.vhr_stac"]  # keys the older srpipe lacked
+    state.mark_done(cfg.run_path, "download", "t1", {"inputs": fingerprint(older), "inputs_detail": older})
+    assert ChainState(cfg).unit_state(stage, "t1").status == "done"
+    set_away = Config(run_dir=str(tmp_path), source=dataclasses.replace(cfg.source, vhr_stac="labels/collection.json"))
+    assert ChainState(set_away).unit_state(stage, "t1").status == "stale"  # the same key set away from its default
+    assert "source.vhr_stac None -> " in ChainState(set_away).unit_state(stage, "t1").reason
+    older["config"]["source.n_dates"] = 99  # and a key the record has, changed since
+    state.mark_done(cfg.run_path, "download", "t1", {"inputs": fingerprint(older), "inputs_detail": older})
+    assert ChainState(cfg).unit_state(stage, "t1").status == "stale"
 
 
 def test_a_per_tile_unit_reads_the_same_tile_upstream_and_a_whole_run_unit_every_tile(tmp_path):

@@ -61,6 +61,27 @@ def stale_reason(recorded: dict[str, Any], now: dict[str, Any]) -> str:
     return "; ".join(reasons) or "recorded before fingerprints"
 
 
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    """{dotted key: default value} of every config key."""
+    return config_values(Config(), tuple(_config_tree(Config())))
+
+
+def only_new_defaults(recorded: dict[str, Any] | None, now: dict[str, Any]) -> bool:
+    """Whether today's inputs differ from the recorded ones only by config keys the record lacks, each at its
+    default: keys a newer srpipe added, which cannot have changed the work (an upgrade redoes nothing)."""
+    if not recorded:
+        return False
+    old, new = (json.loads(json.dumps(v, default=str)) for v in (recorded, now))  # as recorded: tuples -> lists
+    if old.get("files") != new["files"] or old.get("upstream") != new["upstream"]:
+        return False
+    old_config, new_config = old.get("config", {}), new["config"]
+    if any(k not in new_config or old_config[k] != new_config[k] for k in old_config):
+        return False
+    defaults = json.loads(json.dumps(_defaults(), default=str))
+    return all(k in defaults and new_config[k] == defaults[k] for k in set(new_config) - set(old_config))
+
+
 @dataclass
 class UnitState:
     """One unit: `status` done | stale | failed | pending, and why (the changed input, or the error)."""
@@ -189,7 +210,7 @@ class ChainState:
         now = self.inputs(stage, unit)
         record = self.record(stage.name, unit)
         if record is not None:
-            if record.get("inputs") == fingerprint(now):
+            if record.get("inputs") == fingerprint(now) or only_new_defaults(record.get("inputs_detail"), now):
                 return UnitState("done", inputs=now)
             return UnitState("stale", stale_reason(record.get("inputs_detail", {}), now), now)
         failure = self.failure(stage.name, unit)

@@ -11,7 +11,7 @@ import torch
 
 from srpipe.config import ModelConfig
 from srpipe.evaluation.consistency import degrade as scipy_degrade
-from srpipe.models.consistency import constrain, degrade, latest_frame, match_means, noise_gain
+from srpipe.models.consistency import constrain, degrade, degrade_adjoint, latest_frame, match_means, noise_gain
 from srpipe.models.highresnet import HighResNet
 
 SCALE, SIGMA = 4, 2.0  # the sample's PSF: 0.5 S2 px at scale 4
@@ -75,6 +75,16 @@ def test_noise_gain_is_what_the_config_comment_says(mu, gain):
     residual = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
     out = constrain(torch.zeros(1, 4, 128, 128), residual, torch.ones(1, 32, 32, dtype=torch.bool), SCALE, SIGMA, mu)
     assert out.std().item() == pytest.approx(gain, rel=0.15)
+
+
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (24, 40)])
+def test_the_adjoint_of_the_degradation_is_exact(height, width):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, height, width, dtype=torch.float64, generator=generator)
+    w = torch.rand(2, 3, height // SCALE, width // SCALE, dtype=torch.float64, generator=generator)
+    forward = (degrade(x, SCALE, SIGMA) * w).sum().item()
+    adjoint = (x * degrade_adjoint(w, height, width, SCALE, SIGMA)).sum().item()
+    assert forward == pytest.approx(adjoint, rel=1e-12)  # <D x, w> = <x, D^T w>
 
 
 def test_mean_matching_removes_each_bands_bias_on_clear_pixels_and_nothing_else():

@@ -122,17 +122,35 @@ def constrain(
     return (x + correction).to(sr.dtype)
 
 
+def degrade_adjoint(weights: torch.Tensor, height: int, width: int, scale: int, sigma_px: float) -> torch.Tensor:
+    """D^T: (..., h, w) LR weights -> (..., height, width) in float64, so that <D x, w> = <x, D^T w> exactly.
+
+    D = crop . block mean . blur . mirror; the blur's kernel is even (a real spectrum), so it is its own adjoint, and
+    the mirror's adjoint folds its four quadrants back onto the image.
+    """
+    blur, _ = _spectra(height, width, scale, sigma_px)
+    padded = weights.new_zeros(*weights.shape[:-2], 2 * (height // scale), 2 * (width // scale), dtype=torch.float64)
+    padded[..., : height // scale, : width // scale] = weights
+    y = _blur(_up(padded, scale), blur.to(weights.device))
+    top, bottom = y[..., :height, :], y[..., height:, :].flip(-2)
+    return top[..., :width] + top[..., width:].flip(-1) + bottom[..., :width] + bottom[..., width:].flip(-1)
+
+
 def match_means(
     sr: torch.Tensor, reference: torch.Tensor, clear: torch.Tensor, scale: int, sigma_px: float
 ) -> torch.Tensor:
     """(B, C, H, W) SR plus, per sample and band, the mean of (reference - D(SR)) over the (B, h, w) clear pixels.
 
     D of a constant is that constant, so afterwards D(SR) has the reference's mean on its clear pixels exactly: no
-    bias, nothing else moved. A sample without a clear pixel is left as it is.
+    bias, nothing else moved. A sample without a clear pixel is left as it is. The mean of D(SR) over the clear
+    pixels is <SR, D^T w> with w the clear pixels' averaging weights: D^T w is computed once per batch from the mask,
+    outside the graph, so the constraint costs a weighted sum per step instead of a float64 FFT and its backward.
     """
-    weight = clear[:, None].to(torch.float64)
-    gap = (reference.double() - degrade(sr.double(), scale, sigma_px)) * weight
-    shift = gap.sum((-2, -1)) / weight.sum((-2, -1)).clamp_min(1)
+    weights = clear[:, None].to(torch.float64)
+    weights = weights / weights.sum((-2, -1), keepdim=True).clamp_min(1)
+    with torch.no_grad():
+        dual = degrade_adjoint(weights, *sr.shape[-2:], scale, sigma_px)
+    shift = (reference.double() * weights).sum((-2, -1)) - (sr.double() * dual).sum((-2, -1))
     return (sr.double() + shift[..., None, None]).to(sr.dtype)
 
 

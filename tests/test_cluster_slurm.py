@@ -112,4 +112,4 @@ def test_executor_carries_profile_resources_dependencies_and_mpi(tmp_path):
     assert train["additional_parameters"]["kill_on_invalid_dep"] == "yes"
     download = _executor(cfg, profile, "download", "array0", []).parameters
     assert "srun_args" not in download and "dependency" not in download
-    assert (download["array_parallelism"], download["cpus_per_task"], download["mem"]) == (2, 1, "1536M")
+    assert (download["array_parallelism"], download["cpus_per_task"], download["mem"]) == (2, 1, "2560M")

@@ -206,12 +206,12 @@ def test_submit_all_under_seeded_task_kills_resubmits_to_the_local_runs_outputs(
 def test_submit_all_on_the_demo_config_gives_the_same_mosaic_as_local_mode(tmp_path: Path):
     """The demo config (16 tiles; its time caps off, so that training is reproducible): Slurm chain == `srpipe run`.
 
-    Cheaper than the demo where the size does not matter to the comparison: 40 patches per label date (not 140), one
+    Cheaper than the demo where the size does not matter to the comparison: 20 patches per label date (not 140), one
     pass instead of the 8-view ensemble, a 5 s downstream test; every stage, tile and setting else is the demo's.
     """
     demo = tomllib.loads((REPO / "configs/demo.toml").read_text())
     demo["plan"]["aoi"] = str(REPO / "configs" / demo["plan"]["aoi"])
-    demo["curate"].update(patches_per_tile=40)
+    demo["curate"].update(patches_per_tile=20)
     demo["train"].update(max_minutes=0.0, epochs=1)
     demo["delineation"].update(max_minutes=0.0, epochs=1)
     demo["infer"].update(self_ensemble=False)

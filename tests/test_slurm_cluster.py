@@ -190,17 +190,21 @@ def test_submit_all_under_seeded_task_kills_resubmits_to_the_local_runs_outputs(
         srpipe("resubmit", str(run), stage, "--downstream")
         counts["resubmits"] += 1
         _kill_while_active(run, rng, counts)
+    srpipe("resubmit", str(run), "evaluate")  # nothing to submit; like every locked command it sweeps this host's
+    # temporaries whose writer is dead (the killed tasks ran here; another node's are left to a command run there)
+    left = [str(p) for p in run.rglob("*") if ".tmp-" in p.name]
     ledgers = {s: Counter((run / f"_slurm/{s}/ledger.txt").read_text().split()[::2]) for s in ARRAYS}
     mine, theirs = _content_sums(run), _content_sums(local)
     differing = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     counts |= {"units_duplicated": sum(n - 1 for c in ledgers.values() for n in c.values())}
     counts |= {"differing_outputs": len(differing), "outputs_compared": len(mine), "seed": CHAOS_SEED}
+    counts |= {"temporary_files_left": len(left)}
     counts |= {"seconds": round(time.monotonic() - start, 1)}
     print(f"chaos on Slurm: {json.dumps(counts)}")
     write_faults_result("chaos_slurm", counts)
     assert counts["kills_injected"] >= 3 and len(counts["stages_hit"]) >= 2, counts
     assert {s: len(c) for s, c in ledgers.items()} == {"download": 6, "curate": 6, "infer": 6}, ledgers
-    assert (counts["units_duplicated"], differing) == (0, []), (counts, differing[:10])
+    assert (counts["units_duplicated"], differing, left) == (0, [], []), (counts, differing[:10], left)
 
 
 def test_submit_all_on_the_demo_config_gives_the_same_mosaic_as_local_mode(tmp_path: Path):

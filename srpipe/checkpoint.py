@@ -21,7 +21,6 @@ def _sums(path: Path) -> Path:
 def save_checkpoint(folder: Path, payload: dict[str, Any]) -> Path:
     """Write `payload` as `folder`/checkpoint.pt atomically with its SHA-256 beside it; the one it replaces is kept
     as checkpoint.previous.pt (a kill between the renames leaves no checkpoint.pt: the previous one is the latest)."""
-
     latest, previous = folder / LATEST, folder / PREVIOUS
     with state.atomic_path(latest) as tmp:
         state.save_torch(payload, tmp)

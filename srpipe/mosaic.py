@@ -239,6 +239,7 @@ class _Predictions:
     ) -> None:
         self.name, self.paths, self.dtype, self.res, self.digests = name, paths, dtype, res, digests
         self.open: collections.OrderedDict[str, DatasetReader] = collections.OrderedDict()
+        self.checked: set[str] = set()  # tiles whose SHA-256 matched: a tile closed and reopened is not read twice
 
     def __enter__(self) -> _Predictions:
         return self
@@ -249,7 +250,10 @@ class _Predictions:
         self.open.clear()
 
     def _check(self, tile_id: str) -> None:
-        """StageError naming the file and the fix when a COG's content is not what infer recorded writing."""
+        """StageError naming the file and the fix when a COG's content is not what infer recorded writing (once per
+        tile)."""
+        if tile_id in self.checked:
+            return
         path = self.paths[tile_id]
         expected = self.digests.get(tile_id, {}).get(path.name)
         if expected and state.file_sha256(path) != expected:
@@ -257,6 +261,7 @@ class _Predictions:
                 f"mosaic {self.name}: {path} is corrupt (its SHA-256 differs from the one infer recorded writing it); "
                 f"rebuild it: delete _state/infer/{tile_id}.done, then `srpipe infer RUN --tiles {tile_id}`"
             )
+        self.checked.add(tile_id)
 
     def get(self, tile_id: str) -> DatasetReader:
         """The open prediction of `tile_id`; StageError when its dtype or pixel size differs from the zone's."""

@@ -63,8 +63,8 @@ def stale_reason(recorded: dict[str, Any], now: dict[str, Any]) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _defaults() -> dict[str, Any]:
-    """{dotted key: default value} of every config key."""
-    return config_values(Config(), tuple(_config_tree(Config())))
+    """{dotted key: default value} of every config key, as a marker records it (JSON: tuples as lists)."""
+    return json.loads(json.dumps(config_values(Config(), tuple(_config_tree(Config()))), default=str))
 
 
 def only_new_defaults(recorded: dict[str, Any] | None, now: dict[str, Any]) -> bool:
@@ -78,7 +78,7 @@ def only_new_defaults(recorded: dict[str, Any] | None, now: dict[str, Any]) -> b
     old_config, new_config = old.get("config", {}), new["config"]
     if any(k not in new_config or old_config[k] != new_config[k] for k in old_config):
         return False
-    defaults = json.loads(json.dumps(_defaults(), default=str))
+    defaults = _defaults()
     return all(k in defaults and new_config[k] == defaults[k] for k in set(new_config) - set(old_config))
 
 

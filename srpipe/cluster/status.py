@@ -104,10 +104,14 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
     return {**parse_job_states(sacct.stdout), **parse_job_states(squeue.stdout)}
 
 
+def submitted_tasks(run_dir: Path) -> list[str]:
+    """Every Slurm task id the run's submissions recorded, sorted."""
+    return sorted({t for sub in submissions(run_dir) for t in sub["tasks"]})
+
+
 def active_tasks(run_dir: Path) -> dict[str, str]:
     """{task id: state} of the run's Slurm tasks that are queued or running now ({} without a submission, no query)."""
-    tasks = sorted({t for sub in submissions(run_dir) for t in sub["tasks"]})
-    return {task: s for task, s in job_states(tasks).items() if s in ACTIVE} if tasks else {}
+    return {task: s for task, s in job_states(submitted_tasks(run_dir)).items() if s in ACTIVE}
 
 
 def _latest_tasks(cfg: Config, stage: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -162,8 +166,7 @@ def stage_progress(
 
 def run_progress(cfg: Config) -> list[StageProgress]:
     """Progress of every stage of the chain, with one sacct/squeue query for the whole run."""
-    tasks = sorted({t for sub in submissions(cfg.run_path) for t in sub["tasks"]})
-    jobs, states = job_states(tasks), ChainState(cfg)
+    jobs, states = job_states(submitted_tasks(cfg.run_path)), ChainState(cfg)
     return [stage_progress(cfg, stage, jobs, states) for stage in CHAIN]
 
 

@@ -56,20 +56,26 @@ def to_item(raw: dict, assets: tuple[str, ...]) -> S2Item:
     )
 
 
-def api_io(cfg: SourceConfig):
-    """pystac-client's HTTP layer with urllib3's retries of 429/5xx and dropped connections (backoff, Retry-After)."""
-    from pystac_client.stac_api_io import StacApiIO
+def http_retry(cfg: SourceConfig):
+    """urllib3's retries of 429/5xx and dropped connections per `source.max_retries` (backoff, Retry-After), for
+    every method (POST /search too: a search is safe to repeat)."""
     from urllib3 import Retry
 
-    retry = Retry(
+    return Retry(
         total=cfg.max_retries,
         backoff_factor=cfg.retry_base_s,
         backoff_max=cfg.retry_max_s,
         status_forcelist=RETRY_STATUSES,
-        allowed_methods=None,  # POST /search too: a search is safe to repeat
+        allowed_methods=None,
         respect_retry_after_header=True,
     )
-    return StacApiIO(max_retries=retry, timeout=cfg.timeout_s)
+
+
+def api_io(cfg: SourceConfig):
+    """pystac-client's HTTP layer with `http_retry`."""
+    from pystac_client.stac_api_io import StacApiIO
+
+    return StacApiIO(max_retries=http_retry(cfg), timeout=cfg.timeout_s)
 
 
 def _api_search(cfg: SourceConfig, bbox: tuple[float, ...], interval: str) -> list[dict]:

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3 import Retry
 
 from srpipe.config import ConfigError, SourceConfig
 from srpipe.errors import SrpipeError
+from srpipe.sources.stacsearch import http_retry
 
 REFRESH_S = 300.0  # fetch a new token this long before the old one expires
-RETRY_STATUSES = (429, 500, 502, 503, 504)
 _SAS_QUERY = re.compile(r"\?[^\s'\"]*\bsig=[^\s'\"]*")
 
 
@@ -95,13 +94,7 @@ class SasSigner(Signer):
 def fetch_token(cfg: SourceConfig, collection: str) -> SasToken:
     """A new token of `collection` from `cfg.stac_token_api` (429/5xx and dropped connections retried, as searches)."""
     url = f"{cfg.stac_token_api.rstrip('/')}/{collection}"
-    retry = Retry(
-        total=cfg.max_retries,
-        backoff_factor=cfg.retry_base_s,
-        backoff_max=cfg.retry_max_s,
-        status_forcelist=RETRY_STATUSES,
-        respect_retry_after_header=True,
-    )
+    retry = http_retry(cfg)
     with requests.Session() as session:
         session.mount("http://", HTTPAdapter(max_retries=retry))
         session.mount("https://", HTTPAdapter(max_retries=retry))

@@ -5,7 +5,10 @@ native-resolution results (benchmarks/native_resolution.py per setting), and wri
 and consistency.md: per setting, one-pass cPSNR gain over the strongest baseline [95 % CI] and share of samples won,
 the Kelvins score, opensr-test's shares, and consistency with S2 (MAE, per-band bias, spectral angle) next to bicubic
 of the very frame it is measured against.
+With --same-weights RUN, the rows of that run's own table (evaluate scores its weights under every setting: the
+constraint has no weights), which one `make demo` gives.
 Usage: python benchmarks/consistency_table.py --demo mean=RUN --demo off=RUN ... --native full=JSON --native off=JSON
+       python benchmarks/consistency_table.py --same-weights runs/demo --native full=JSON --native off=JSON
 """
 
 from __future__ import annotations
@@ -41,6 +44,27 @@ def demo_rows(run: Path, setting: str) -> list[dict]:
     }
     frame = {"run": "demo", "method": "bicubic of the frame", **_consistency(cons["bicubic_frame"])}
     return [sr, frame]
+
+
+def same_weight_rows(run: Path) -> list[dict]:
+    """One run's metrics.json 'constraint' table: SR one pass under each setting on the same weights, then bicubic of
+    the frame."""
+    con = json.loads((run / "reports" / "metrics.json").read_text())["constraint"]
+    rows = []
+    for setting, r in con["rows"].items():
+        own = ", the run's" if setting == con["run_setting"] else ""
+        rows.append({
+            "run": "demo",
+            "method": f"SR one pass, consistency {setting} (same weights{own})",
+            "cpsnr_gain_db": r["cpsnr_gain"],
+            "cpsnr_gain_ci": r["cpsnr_gain_ci"],
+            "won": r["cpsnr_win_share"],
+            "kelvins": r["kelvins"],
+            "strongest_baseline": con["strongest_baseline"],
+            **{k: r[k] for k in ("improvement", "omission", "hallucination")},
+            **_consistency(r),
+        })  # fmt: skip
+    return [*rows, {"run": "demo", "method": "bicubic of the frame", **_consistency(con["bicubic_frame"])}]
 
 
 def native_rows(path: Path, setting: str) -> list[dict]:
@@ -92,8 +116,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", action="append", default=[], help="SETTING=RUN_DIR, e.g. mean=runs/demo")
     parser.add_argument("--native", action="append", default=[], help="SETTING=native_resolution JSON")
+    parser.add_argument("--same-weights", type=Path, help="a run whose report scored its weights under every setting")
     args = parser.parse_args()
-    rows = []
+    rows = same_weight_rows(args.same_weights) if args.same_weights else []
     for i, (setting, run) in enumerate(_pairs(args.demo)):
         rows += demo_rows(run, setting)[: 2 if i == 0 else 1]
     for i, (setting, path) in enumerate(_pairs(args.native)):

@@ -26,7 +26,6 @@ from srpipe.grid import tiles_by_id
 from srpipe.models.consistency import latest_frame
 
 KEEP_IMAGES = 4096  # test samples whose images are kept for the plots, consistency and the downstream test
-SR_METHODS = ("sr", "sr_one_pass")
 
 
 @torch.no_grad()
@@ -37,6 +36,23 @@ def _sr(ctx: Context, lr: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.T
         return {"sr_one_pass": one, "sr": one}
     stack = torch.stack(ensemble_views(ctx.model.net, lr, mask))
     return {"sr_one_pass": stack[0].clamp(0, 1), "sr": stack.mean(0).clamp(0, 1), "sr_views_std": stack.std(0).mean(1)}
+
+
+@torch.no_grad()
+def _constraint_variants(ctx: Context, lr: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{"sr_one_pass_<setting>": (B, 4, H, W)}: one pass of the same weights under each other `model.consistency`
+    setting; the constraint has no weights, so this is SR with and without it (the run's own is "sr_one_pass")."""
+    net, own = ctx.model.net, getattr(ctx.model.net, "consistency", None)
+    out = {}
+    if own is None:  # a net without the constraint
+        return out
+    try:
+        for setting in (c for c in summary.CONSTRAINTS if c != own):
+            net.consistency = setting
+            out[f"sr_one_pass_{setting}"] = net(lr, mask).clamp(0, 1)
+    finally:
+        net.consistency = own
+    return out
 
 
 def _methods(ctx: Context, lr: torch.Tensor, mask: torch.Tensor, lr_dates: list, hr_dates: list) -> dict:
@@ -81,6 +97,7 @@ def _score_patches(ctx: Context, split: str = "test") -> Patches:
     for batch in batches(paths, ctx.cfg.evaluate.batch_size):
         patches.first = patches.first or (batch["lr"][:1], batch["lr_mask"][:1])
         methods = _methods(ctx, batch["lr"], batch["lr_mask"], batch["lr_dates"], batch["hr_date"])
+        methods |= _constraint_variants(ctx, batch["lr"], batch["lr_mask"])
         views_std = methods.pop("sr_views_std", None)
         rows = [{"tile_id": t, "hr_date": d} for t, d in zip(batch["tile_id"], batch["hr_date"], strict=True)]
         for name, image in methods.items():
@@ -139,6 +156,7 @@ def evaluate(cfg: Config) -> dict:
     if metrics["tile_cores"]:
         metrics["tile_cores"]["filtered"] = counts
     metrics |= summary.extras(ctx, patches)
+    metrics["constraint"] = summary.constraint_table(ctx, patches, metrics)
     if ctx.cfg.infer.self_ensemble:  # the views' spread is kept: does it point at SR's errors?
         metrics["trust"] = trust_of(patches, ctx.border).as_json()
     report.write_all(ctx, metrics, patches, cores)

@@ -67,7 +67,8 @@ def run(tmp_path, monkeypatch):
 OLD_KEYS = {"sr", "bicubic", "cpsnr", "n_samples", "self_ensemble", "sr_beats_bicubic_share",
             "sr_beats_bicubic_cpsnr_share", "per_tile"}  # fmt: skip
 NEW_KEYS = {"baselines", "strongest_baseline", "sr_one_pass", "kelvins", "consistency", "correctness", "perceptual",
-            "mcc", "tile_cores", "border_crop_px", "cpsnr_max_shift_px", "n_tiles", "unsharp", "intervals"}  # fmt: skip
+            "mcc", "tile_cores", "border_crop_px", "cpsnr_max_shift_px", "n_tiles", "unsharp", "intervals",
+            "constraint"}  # fmt: skip
 
 
 def test_metrics_json_keeps_its_keys_and_adds_every_baseline_and_both_sr_passes(run):
@@ -123,6 +124,28 @@ def test_consistency_claims_are_against_bicubic_of_the_frame_compared_with(run):
     assert max(abs(b) for b in frame["bias_per_band"]) < 2e-3 and frame["mae"] > 0
     html = (cfg.layout.reports / "index.html").read_text()
     assert "bicubic of the frame compared with" in html and "than bicubic of the frame" in html
+
+
+def test_the_constraint_table_scores_the_same_weights_with_and_without_the_constraint(run):
+    cfg, _, model = run
+    with torch.no_grad():  # weights that add +0.05 to every band: far from the frame
+        model.net.decoder.net[-1].bias += 0.05
+    ev.evaluate(cfg)
+    metrics = json.loads((cfg.layout.reports / "metrics.json").read_text())
+    con = metrics["constraint"]
+    assert con["run_setting"] == model.net.consistency == "mean" and set(con["rows"]) == {"off", "mean", "full"}
+    rows = con["rows"]
+    assert rows["mean"]["cpsnr_gain"] == pytest.approx(metrics["sr_one_pass"]["cpsnr_gain"])  # the run's own pass
+    assert rows["full"]["cpsnr_gain"] != rows["mean"]["cpsnr_gain"]  # another pass (cPSNR ignores a band's offset)
+    # "mean" removes the weights' bias, "full" most of the rest
+    assert max(map(abs, rows["mean"]["bias_per_band"])) < 1e-3 and min(rows["off"]["bias_per_band"]) > 0.04
+    assert rows["full"]["mae"] < 0.5 * rows["off"]["mae"] and rows["full"]["sam_deg"] < rows["off"]["sam_deg"]
+    assert con["bicubic_frame"]["mae"] == metrics["consistency"]["bicubic_frame"]["mae"]
+    assert {"sr_one_pass_off", "sr_one_pass_full"} <= set(metrics["consistency"])  # the consistency table has them
+    assert metrics["strongest_baseline"].startswith("bicubic")  # a variant is never taken for a baseline
+    html = (cfg.layout.reports / "index.html").read_text()
+    assert "SR with and without the consistency constraint" in html and "SR one pass, full" in html
+    assert model.net.consistency == "mean"  # put back
 
 
 def test_patch_scores_give_evaluates_patch_figures_on_the_split_asked(run, monkeypatch):

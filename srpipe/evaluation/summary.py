@@ -13,12 +13,19 @@ from srpipe.evaluation.scores import METRICS
 from srpipe.models.highresnet import bicubic
 
 SR_METHODS = ("sr", "sr_one_pass")
+CONSTRAINTS = ("off", "mean", "full")  # model.consistency's settings, each scored on the same weights
+CONSTRAINT_PREFIX = "sr_one_pass_"  # "sr_one_pass_<setting>": the same weights under another model.consistency
+
+
+def is_sr(name: str) -> bool:
+    """Whether method `name` is SR (the run's, or the same weights under another constraint), not a baseline."""
+    return name in SR_METHODS or name.startswith(CONSTRAINT_PREFIX)
 
 
 def methods_in(rows: list[dict]) -> list[str]:
     """Method names of score rows ("<method>_cpsnr" keys), SR first."""
     names = [k[: -len("_cpsnr")] for k in rows[0] if k.endswith("_cpsnr")]
-    return sorted(names, key=lambda n: (n not in SR_METHODS, n))
+    return sorted(names, key=lambda n: (not is_sr(n), n))
 
 
 def column(rows: list[dict], key: str) -> np.ndarray:
@@ -32,7 +39,7 @@ def _means(rows: list[dict], method: str) -> dict[str, float]:
 
 def strongest(rows: list[dict]) -> str:
     """The baseline of highest mean cPSNR."""
-    names = [n for n in methods_in(rows) if n not in SR_METHODS]
+    names = [n for n in methods_in(rows) if not is_sr(n)]
     return max(names, key=lambda n: np.nanmean(column(rows, f"{n}_cpsnr")))
 
 
@@ -59,7 +66,7 @@ def scored(rows: list[dict]) -> dict:
     return {
         "n": len(rows),
         "n_tiles": int(np.unique(groups).size),
-        "baselines": {n: _means(rows, n) for n in names if n not in SR_METHODS},
+        "baselines": {n: _means(rows, n) for n in names if not is_sr(n)},
         "strongest_baseline": base,
         **{m: _sr_entry(rows, m, base, groups) for m in SR_METHODS},
         "cpsnr_intervals": stats.summarise({n: column(rows, f"{n}_cpsnr") for n in names}, groups, base),
@@ -109,6 +116,11 @@ def metrics(ctx: Context, patches: Patches, cores: list[dict]) -> dict:
     }
 
 
+def _sr_names(patches: Patches) -> list[str]:
+    """The SR methods whose images are kept: the run's, then the same weights under the other constraints."""
+    return [*SR_METHODS, *sorted(n for n in patches.images if n.startswith(CONSTRAINT_PREFIX))]
+
+
 FRAME_BICUBIC = "bicubic_frame"  # bicubic of the very S2 frame consistency is measured against: the honest reference
 
 
@@ -121,7 +133,7 @@ def _consistency(ctx: Context, patches: Patches, base: str) -> dict:
     psf = ctx.cfg.model.psf_sigma_lr_px * ctx.model.scale
     out = {"reference": "the latest clear S2 frame of each stack", "psf_sigma_label_px": psf, "claims": FRAME_BICUBIC}
     groups = np.array([r["tile_id"] for r in patches.rows[: len(lr_frame)]])
-    for name in (*SR_METHODS, base, FRAME_BICUBIC):
+    for name in (*_sr_names(patches), base, FRAME_BICUBIC):
         image = frame_up if name == FRAME_BICUBIC else patches.array(name)
         c = consistency_scores(image, lr_frame, lr_mask, ctx.model.scale, psf, (gain.ravel(), offset.ravel()))
         mae = np.nanmean(c["mae"], 1)
@@ -141,7 +153,7 @@ def _correctness(patches: Patches, base: str) -> dict:
     lr_up = patches.array("bicubic_closest")
     groups = np.array([r["tile_id"] for r in patches.rows[: len(hr)]])
     out = {"reference_lr_up": "bicubic_closest", "source": "opensr-test v1.3.3 (Aybar et al. 2024)"}
-    for name in (*SR_METHODS, base):
+    for name in (*_sr_names(patches), base):
         shares = correctness_shares(patches.array(name), lr_up, hr, mask)
         out[name] = {
             k: {"mean": float(np.nanmean(v)), "ci": list(stats.bootstrap_ci(np.nan_to_num(v), groups))}
@@ -182,3 +194,27 @@ def extras(ctx: Context, patches: Patches) -> dict:
         "perceptual": _perceptual(ctx, patches, base),
         "mcc": downstream(ctx, patches, base),
     }
+
+
+def constraint_table(ctx: Context, patches: Patches, metrics: dict) -> dict | None:
+    """SR one pass under each `model.consistency` setting (the same weights) and bicubic of the frame: cPSNR gain over
+    the strongest baseline [95 % CI by tile], share won, Kelvins, consistency (MAE, per-band bias, spectral angle
+    against the latest clear frame, label units) and opensr-test's shares; None for a net without the constraint."""
+    own, cons, corr = ctx.cfg.model.consistency, metrics["consistency"], metrics["correctness"]
+    names = {c: "sr_one_pass" if c == own else CONSTRAINT_PREFIX + c for c in CONSTRAINTS}
+    if not all(n in cons for n in names.values()):
+        return None
+    rows, base = patches.rows, metrics["strongest_baseline"]
+    groups = np.array([r["tile_id"] for r in rows])
+    table = {}
+    for setting, name in names.items():
+        entry = _sr_entry(rows, name, base, groups)
+        table[setting] = {
+            **{k: entry[k] for k in ("cpsnr_gain", "cpsnr_gain_ci", "cpsnr_win_share", "cpsnr_win_share_ci")},
+            "kelvins": entry["kelvins"],
+            **{k: cons[name][k] for k in ("mae", "bias_per_band", "sam_deg")},
+            **{k: corr[name][k]["mean"] for k in ("improvement", "omission", "hallucination")},
+        }
+    frame = {k: cons[FRAME_BICUBIC][k] for k in ("mae", "bias_per_band", "sam_deg")}
+    mu = ctx.cfg.model.consistency_regularisation
+    return {"run_setting": own, "regularisation": mu, "strongest_baseline": base, "rows": table, FRAME_BICUBIC: frame}

@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--demo", action="append", default=[], help="SETTING=RUN_DIR, e.g. mean=runs/demo")
     parser.add_argument("--native", action="append", default=[], help="SETTING=native_resolution JSON")
     parser.add_argument("--same-weights", type=Path, help="a run whose report scored its weights under every setting")
+    parser.add_argument("--out", default="consistency", help="results/<OUT>.json and .md (default: consistency)")
     args = parser.parse_args()
     rows = same_weight_rows(args.same_weights) if args.same_weights else []
     for i, (setting, run) in enumerate(_pairs(args.demo)):
@@ -124,8 +125,8 @@ def main() -> None:
     for i, (setting, path) in enumerate(_pairs(args.native)):
         rows += native_rows(path, setting)[: 2 if i == 0 else 1]
     OUT.mkdir(exist_ok=True)
-    (OUT / "consistency.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (OUT / "consistency.md").write_text(markdown(rows))
+    (OUT / f"{args.out}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (OUT / f"{args.out}.md").write_text(markdown(rows))
     print(markdown(rows))
 
 

@@ -211,6 +211,10 @@ class InferConfig:
     self_ensemble: bool = False  # average SR over the 8 flips/rotations (8x compute; for models trained with augment)
     uncertainty: bool = False  # also write the 8 views' per-pixel std as `<date>.std.tif` (needs self_ensemble)
     output_dtype: Literal["uint16", "float32"] = "uint16"  # uint16: S2 DN (x 10000, nodata 0); float32: NaN nodata
+    # "model": S2 scaled as the weights were trained; "data": by the percentiles of the data being processed (up to
+    # 16 of the run's tiles), the weights' label scale moved with it, for weights applied to another area or
+    # resolution than they were trained on (srpipe/infer_norm.py; README "Consistency with S2")
+    normalisation: Literal["model", "data"] = "model"
     model: str = ""  # "" = this run's trained `train.name`; else a packaged weights name or a .pt path
     batch_size: int = 2  # windows (tile x date) per model forward: 1-2 fastest on CPU (cache), more on a GPU
     loader_workers: int = 1  # DataLoader worker processes reading and normalising the next tiles (0 = inline)

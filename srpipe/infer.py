@@ -31,6 +31,7 @@ from srpipe.cog import write_cog
 from srpipe.config import Config, InferConfig, SourceConfig
 from srpipe.errors import StageError, TileError
 from srpipe.infer_data import TileFailure, TileWindows, tile_loader
+from srpipe.infer_norm import data_scale, fitted
 from srpipe.infer_record import InferRecord
 from srpipe.models.trained import TrainedModel, ensemble_mean_std, load_for_inference
 from srpipe.s2units import QUANTIFICATION_VALUE, to_dn
@@ -65,6 +66,8 @@ def infer_shard(
     clock.update(dict.fromkeys((*STAGE_CLOCKS, "wall", "windows", "lr_pixels"), 0.0))
     start = time.perf_counter()
     model = load_for_inference(cfg)
+    if cfg.infer.normalisation == "data":
+        model = fitted(model, data_scale(cfg))
     forward = _Forward(model, cfg.infer)
     batches = _Batches(forward, cfg.infer.batch_size, clock)
     loader = iter(tile_loader(cfg, list(tile_ids), model.lr_scale, model.n_frames))  # workers fork before threads

@@ -239,3 +239,24 @@ def test_the_gpu_path_matches_the_cpu_within_bfloat16_precision(tmp_path, model,
         images[device] = [_read(cfg.layout.prediction(cfg.train.name, t, cfg.as_of_date.isoformat())) for t in stacks]
     for cpu, gpu in zip(images["cpu"], images["cuda"], strict=True):
         np.testing.assert_allclose(gpu, cpu, atol=0.01)  # bf16 autocast: ~3 significant digits of values <= 0.5
+
+
+def test_data_normalisation_carries_an_affine_change_of_the_input_to_the_output(tmp_path, model, stacks, monkeypatch):
+    """With infer.normalisation = "data", S2 brightened as a + b x gives SR a + b SR (the data's percentiles move
+    with it); with the weights' own scaling it does not, as the net sees other values."""
+    from srpipe import infer_norm
+
+    monkeypatch.setattr(infer_norm, "make_source", infer_data.make_source)
+    monkeypatch.setattr(infer_norm, "tiles_by_id", infer_data.tiles_by_id)
+    base = s2_stack()
+    outputs = {}
+    for mode in ("data", "model"):
+        for gain, offset in ((1.0, 0.0), (1.3, 0.05)):
+            monkeypatch.setattr(infer_norm, "_FITTED", {})
+            stacks["t"] = dataclasses.replace(base, s2=(offset + gain * base.s2).astype(np.float32))
+            cfg = _cfg(tmp_path / f"{mode}-{gain}", output_dtype="float32", normalisation=mode)
+            info = infer.infer_tile(cfg, "t")
+            outputs[mode, gain] = _read(cfg.layout.prediction("highresnet", "t", info["dates"][-1]))
+    for mode, close in (("data", True), ("model", False)):
+        moved = 0.05 + 1.3 * outputs[mode, 1.0]
+        assert np.allclose(outputs[mode, 1.3], moved, atol=1e-4) == close, mode

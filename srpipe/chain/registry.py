@@ -105,6 +105,7 @@ _INFER_OUTPUT_KEYS = (
     "self_ensemble",
     "uncertainty",
     "output_dtype",
+    "normalisation",
     "model",
 )
 # the output's consistency constraint has no weights: infer and evaluate apply the run's (models/trained.py)
@@ -179,6 +180,7 @@ STAGES: dict[str, Stage] = {
                 "train.name",
                 *_CONSTRAINT_KEYS,
                 *(f"infer.{k}" for k in _INFER_OUTPUT_KEYS),
+                "curate.percentiles",  # infer.normalisation = "data" fits them to the data
                 "mosaic.blocksize",
                 "mosaic.compress",
                 "mosaic.min_overview_px",

@@ -49,7 +49,7 @@ def _constraint_variants(ctx: Context, lr: torch.Tensor, mask: torch.Tensor) -> 
     try:
         for setting in (c for c in summary.CONSTRAINTS if c != own):
             net.consistency = setting
-            out[f"sr_one_pass_{setting}"] = net(lr, mask).clamp(0, 1)
+            out[summary.CONSTRAINT_PREFIX + setting] = net(lr, mask).clamp(0, 1)
     finally:
         net.consistency = own
     return out

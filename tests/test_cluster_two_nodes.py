@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import tomli_w
 
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
@@ -136,6 +137,22 @@ def _hosts_and_checksums(run: Path) -> tuple[list[str], list[float]]:
     return [r["host"] for r in results], _rank_checksums(run)
 
 
+# the resumed run against the unbroken one, every tensor of the final checkpoint (weights, buffers, Adam's moments)
+RESUME_ATOL = 1e-6
+
+
+def _tensor_gaps(run: Path, reference: Path) -> dict[str, float]:
+    """{name: largest absolute difference} of every tensor of the two runs' final checkpoints (model and optimiser)."""
+    mine, theirs = (torch.load(r / "models/highresnet/checkpoint.pt", weights_only=False) for r in (run, reference))
+    flat = {}
+    for part in ("model", "shiftnet"):
+        flat |= {f"{part}.{k}": (v, theirs[part][k]) for k, v in mine.get(part, {}).items()}
+    for pid, moments in mine["optimizer"]["state"].items():
+        flat |= {f"adam.{pid}.{k}": (v, theirs["optimizer"]["state"][pid][k]) for k, v in moments.items()}
+    assert flat and mine.keys() == theirs.keys()
+    return {k: (a.double() - b.double()).abs().max().item() for k, (a, b) in flat.items()}
+
+
 def _cancel_after_first_checkpoint(run: Path, job_id: str) -> None:
     checkpoint = run / "models/highresnet/checkpoint.pt"
     end = time.monotonic() + 600
@@ -164,8 +181,8 @@ def test_a_rank_on_each_host_trains_in_sync_and_resumes_exactly_after_cancel(tin
     assert "train: resuming highresnet" in log and f"2 rank(s) ({backend})" in log, log
     hosts, checksums = _hosts_and_checksums(broken)
     assert sorted(hosts) == list(NODES) and checksums[0] == checksums[1]
-    reference = _hosts_and_checksums(unbroken)[1]
-    assert checksums[0] == pytest.approx(reference[0], rel=1e-4, abs=1e-3)
+    gaps = _tensor_gaps(broken, unbroken)
+    assert max(gaps.values()) <= RESUME_ATOL, sorted(gaps.items(), key=lambda kv: -kv[1])[:3]
     assert len((broken / "models/highresnet/history.csv").read_text().splitlines()) == 1 + 10
 
 

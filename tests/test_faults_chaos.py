@@ -4,7 +4,8 @@ a seeded delay after a write into the run directory, or a seeded share of the ti
 run), each followed by a re-run, until the run completes. Then every output (EOPatches,
 curated tiles, shards, models, predictions, mosaics, STAC, metrics) equals an unbroken run's by content, no unit ran
 twice after it was done, and nothing temporary is left (a re-run sweeps what its killed predecessors left). The counts
-go to benchmarks/results/faults.json."""
+go to benchmarks/results/faults.json when benchmarks/faults.py runs this test (a plain test run writes no tracked
+file)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import hashlib
 import itertools
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -47,6 +47,7 @@ COMMANDS = {
     "catalog": (0, None),
     "evaluate": (1, ("share", 0.3, 0.8)),
 }
+MISSES_ALLOWED = 6  # kills that land after the command ended are retried; more misses than this fail the test
 OUTPUTS = ("eopatches", "curation/tiles", "curation/stats.json", "datasets", "models", "predictions", "mosaics")
 # evaluate's scores are compared by value, to 1e-6 relative and 1e-5 absolute: on bitwise-equal models and
 # predictions, the chaos run's and the unbroken run's scores were measured up to 4e-6 dB (PSNR) and 1.5e-6 (SSIM of
@@ -189,17 +190,22 @@ def _kill_at(proc: subprocess.Popen, run: Path, arm: tuple, rng: random.Random, 
 
 
 def _chaos(config: Path, run: Path, rng: random.Random, seconds: dict[str, float]) -> dict:
-    """Run each command, killing it (whole process group) at seeded moments in its work, then re-run it to the end."""
-    counts = {"kills_injected": 0, "commands_hit": {}, "reruns_needed": 0, "units_duplicated": 0}
+    """Run each command, killing it (whole process group) at seeded moments in its work, then re-run it to the end.
+    A kill that missed (the command ended first) is tried again on a fresh start, at most MISSES_ALLOWED times."""
+    counts = {"kills_injected": 0, "kills_missed": 0, "commands_hit": {}, "reruns_needed": 0, "units_duplicated": 0}
     for name, (kills, arm) in COMMANDS.items():
-        for _ in range(kills):
+        landed = 0
+        while landed < kills and counts["kills_missed"] <= MISSES_ALLOWED:
             before = _finished(run)
             if _kill_at(_command(config, name), run, arm, rng, seconds.get(name, 0.0)):
-                counts["kills_injected"] += 1
+                landed += 1
                 counts["commands_hit"][name] = counts["commands_hit"].get(name, 0) + 1
+            else:
+                counts["kills_missed"] += 1
             after = _finished(run)
             counts["units_duplicated"] += sum(1 for k, t in before.items() if after.get(k) != t)
             counts["reruns_needed"] += 1
+        counts["kills_injected"] += landed
         before = _finished(run)
         proc = _command(config, name)
         assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-3000:]
@@ -226,14 +232,17 @@ def test_seeded_kills_across_the_whole_chain_lose_duplicate_and_alter_nothing(tm
     counts |= {"seconds": round(time.perf_counter() - start, 1)}
     print(f"chaos: {json.dumps(counts)}")
     write_faults_result("chaos_local", counts)
-    assert set(counts["commands_hit"]) == {name for name, (kills, _) in COMMANDS.items() if kills}, counts
+    assert counts["commands_hit"] == {name: kills for name, (kills, _) in COMMANDS.items() if kills}, counts
+    assert counts["kills_injected"] == sum(kills for kills, _ in COMMANDS.values()) == 13, counts
     assert (lost, differing, left, counts["units_duplicated"]) == ([], [], [], 0), (counts, differing[:10], left)
 
 
 def write_faults_result(key: str, counts: dict) -> None:
-    """benchmarks/results/faults.json: the machine, the commit and, under `key`, a chaos run's counts."""
-    path = REPO / "benchmarks" / "results" / "faults.json"
+    """A chaos run's counts under `key` in the JSON file $SRPIPE_FAULTS_RESULT names (benchmarks/faults.py sets it to
+    benchmarks/results/faults.json, with the commit it measured); a plain test run writes no file."""
+    target = os.environ.get("SRPIPE_FAULTS_RESULT")
+    if not target:
+        return
+    path = Path(target)
     record = json.loads(path.read_text()) if path.exists() else {}
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    record |= {"machine": platform.node(), "cpus": os.cpu_count(), "commit": commit.stdout.strip(), key: counts}
-    state.write_json(path, record)
+    state.write_json(path, record | {key: counts})

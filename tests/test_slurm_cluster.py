@@ -133,31 +133,62 @@ CHAOS_SEED, CHAOS_KILLS = 26, 4
 ARRAYS = ("download", "curate", "infer")  # the chain's array stages: their running tasks are the targets
 
 
-def _running_tasks(run: Path) -> dict[str, str]:
-    """{task id: stage} of the run's array tasks that squeue shows RUNNING now."""
-    ids = ",".join(sorted({j for sub in submissions(run) for j in sub["job_ids"]}))
-    out = subprocess.run(["squeue", "-h", "-r", "-j", ids, "-o", "%i|%T|%j"], capture_output=True, text=True).stdout
-    rows = [line.split("|") for line in out.splitlines() if line.count("|") == 2]
-    return {task: name.removeprefix("srpipe-") for task, st, name in rows if st == "RUNNING" and "_" in task}
+def _chaos_plan(rng: random.Random) -> dict[str, list[int]]:
+    """{stage: ordinals}: kill the n-th task of `stage` (counted as tasks finish their first unit) for each n; a seeded
+    pick of CHAOS_KILLS of the first three tasks of each array stage, over at least two stages."""
+    pairs = [(stage, n) for stage in ARRAYS for n in range(3)]
+    while len({stage for stage, _ in (chosen := rng.sample(pairs, CHAOS_KILLS))}) < 2:
+        pass
+    return {stage: sorted(n for s, n in chosen if s == stage) for stage in ARRAYS}
 
 
-def _kill_while_active(run: Path, rng: random.Random, counts: dict) -> None:
-    """Until none of the run's jobs is queued or running: SIGKILL running array tasks at seeded moments (each task
-    first seen running is a target with probability 1/2, killed a seeded 0.5-4 s later) while kills remain."""
-    first_seen: dict[str, float] = {}
-    targets: dict[str, float] = {}
-    while _active([j for sub in submissions(run) for j in sub["job_ids"]]):
-        for task, stage in _running_tasks(run).items():
-            if task not in first_seen and stage in ARRAYS:
-                first_seen[task] = time.monotonic()
-                if counts["kills_injected"] + len(targets) < CHAOS_KILLS and rng.random() < 0.5:
-                    targets[task] = time.monotonic() + rng.uniform(0.5, 4.0)
-            if task in targets and time.monotonic() >= targets[task]:
-                subprocess.run(["scancel", "--signal=KILL", "--full", task], check=True)
-                del targets[task]
-                counts["kills_injected"] += 1
-                counts["stages_hit"][stage] = counts["stages_hit"].get(stage, 0) + 1
-        time.sleep(0.3)
+def _ledger(run: Path, stage: str) -> list[tuple[str, str]]:
+    """(unit, task id) lines of the stage's ledger: one per finished unit, in the order they finished."""
+    path = run / f"_slurm/{stage}/ledger.txt"
+    return [tuple(line.split()) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _chunks(run: Path) -> dict[str, tuple[str, list[str]]]:
+    """{task id: (stage, its units)} of every array task submitted for the run."""
+    return {t: (sub["stage"], units) for sub in submissions(run) for t, units in sub.get("tasks", {}).items()}
+
+
+def _kill_while_active(run: Path, plan: dict[str, list[int]], rng: random.Random, chaos: dict) -> None:
+    """Until none of the run's jobs is queued or running: SIGKILL the planned array tasks a seeded 0-0.1 s after they
+    finish their first unit (progress, not wall time, sets the moment: the task is then inside its second unit on a
+    fast machine and a slow one alike). A kill that missed (the task had ended) moves to the stage's next task."""
+    chunks, next_check = {}, 0.0
+    while True:
+        if time.monotonic() >= next_check:
+            if not _active([j for sub in submissions(run) for j in sub["job_ids"]]):
+                break
+            chunks, next_check = _chunks(run), time.monotonic() + 1.0
+        for stage in ARRAYS:
+            for _, task in _ledger(run, stage):
+                if task in chaos["seen"] or len(chunks.get(task, ("", []))[1]) < 2:
+                    continue  # seen, or a chunk of one unit: nothing left to kill after its first
+                ordinal = sum(1 for s in chaos["seen"].values() if s == stage)
+                chaos["seen"][task] = stage
+                if ordinal in plan[stage] and chaos["kills_landed"] + len(chaos["killed"]) < CHAOS_KILLS:
+                    time.sleep(rng.uniform(0.0, 0.1))
+                    subprocess.run(["scancel", "--signal=KILL", "--full", task], capture_output=True)
+                    chaos["killed"][task] = stage
+        time.sleep(0.05)
+    _count_kills(run, plan, chaos)
+
+
+def _count_kills(run: Path, plan: dict[str, list[int]], chaos: dict) -> None:
+    """Move the ended killed tasks to the counts: landed when the task left a unit of its chunk unfinished."""
+    chunks = _chunks(run)
+    for task, stage in list(chaos["killed"].items()):
+        finished = {unit for unit, t in _ledger(run, stage) if t == task}
+        if set(chunks[task][1]) - finished:
+            chaos["kills_landed"] += 1
+            chaos["stages_hit"][stage] = chaos["stages_hit"].get(stage, 0) + 1
+        else:  # it ended before the kill: the stage's next task to be seen is the target instead
+            chaos["kills_missed"] += 1
+            plan[stage].append(sum(1 for s in chaos["seen"].values() if s == stage))
+        del chaos["killed"][task]
 
 
 def _first_unfinished(run: Path) -> str | None:
@@ -182,27 +213,31 @@ def test_submit_all_under_seeded_task_kills_resubmits_to_the_local_runs_outputs(
     assert time.monotonic() - start < 60, "submit must return at once, not wait for the jobs"
     assert len(_job_ids(result.stdout)) == 9, result.stdout  # one job or array per stage of the chain
     run, local = tmp_path / "run", tiny_run.parent / "run"
-    counts = {"kills_injected": 0, "stages_hit": {}, "resubmits": 0}
+    chaos = {"kills_landed": 0, "kills_missed": 0, "stages_hit": {}, "seen": {}, "killed": {}}
     rng = random.Random(CHAOS_SEED)
-    _kill_while_active(run, rng, counts)
+    plan = _chaos_plan(rng)
+    planned_stages = {stage for stage, ordinals in plan.items() if ordinals}
+    resubmits = 0
+    _kill_while_active(run, plan, rng, chaos)
     while (stage := _first_unfinished(run)) is not None:
-        assert counts["resubmits"] < 8, (counts, srpipe("status", str(run), check=False).stdout)
+        assert resubmits < 8, (chaos, srpipe("status", str(run), check=False).stdout)
         srpipe("resubmit", str(run), stage, "--downstream")
-        counts["resubmits"] += 1
-        _kill_while_active(run, rng, counts)
+        resubmits += 1
+        _kill_while_active(run, plan, rng, chaos)
     srpipe("resubmit", str(run), "evaluate")  # nothing to submit; like every locked command it sweeps this host's
     # temporaries whose writer is dead (the killed tasks ran here; another node's are left to a command run there)
     left = [str(p) for p in run.rglob("*") if ".tmp-" in p.name]
     ledgers = {s: Counter((run / f"_slurm/{s}/ledger.txt").read_text().split()[::2]) for s in ARRAYS}
     mine, theirs = _content_sums(run), _content_sums(local)
     differing = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    counts = {k: chaos[k] for k in ("kills_landed", "kills_missed", "stages_hit")} | {"resubmits": resubmits}
     counts |= {"units_duplicated": sum(n - 1 for c in ledgers.values() for n in c.values())}
     counts |= {"differing_outputs": len(differing), "outputs_compared": len(mine), "seed": CHAOS_SEED}
     counts |= {"temporary_files_left": len(left)}
     counts |= {"seconds": round(time.monotonic() - start, 1)}
     print(f"chaos on Slurm: {json.dumps(counts)}")
     write_faults_result("chaos_slurm", counts)
-    assert counts["kills_injected"] >= 3 and len(counts["stages_hit"]) >= 2, counts
+    assert counts["kills_landed"] == CHAOS_KILLS and set(counts["stages_hit"]) == planned_stages, (counts, plan)
     assert {s: len(c) for s, c in ledgers.items()} == {"download": 6, "curate": 6, "infer": 6}, ledgers
     assert (counts["units_duplicated"], differing, left) == (0, [], []), (counts, differing[:10], left)
 

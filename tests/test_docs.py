@@ -124,6 +124,32 @@ def test_the_reference_check_sees_a_missing_an_extra_and_a_changed_key():
     assert any("`train.seed` has no meaning" in p for p in reference_problems(nothing))
 
 
+_FILE_SUFFIXES = {"pt", "py", "json", "toml", "tif", "h5", "md", "csv", "png"}  # `model.pt` is a file, not a key
+
+
+def unknown_keys(text: str) -> list[str]:
+    """Each `section.key` written in `text` that is neither a config key nor a property of its section's dataclass."""
+    hints = typing.get_type_hints(Config)
+    sections = {f.name: hints[f.name] for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])}
+    known = config_keys()
+    found = re.findall(r"`(" + "|".join(sections) + r")\.(\w+)", text)
+    return [
+        f"{section}.{name}"
+        for section, name in found
+        if f"{section}.{name}" not in known
+        and name not in _FILE_SUFFIXES
+        and not isinstance(getattr(sections[section], name, None), property)
+    ]
+
+
+def test_every_config_key_named_in_the_readme_and_the_docs_exists():
+    """A key renamed or removed in config.py cannot live on in the prose or the key tables of README.md and docs/."""
+    problems = {page.name: unknown_keys(page.read_text()) for page in pages()}
+    problems = {name: keys for name, keys in problems.items() if keys}
+    assert not problems, f"keys that srpipe/config.py does not have: {problems}"
+    assert unknown_keys("`train.epochs`, `loss.scored_border_px`, `model.pt`, `train.epoch`") == ["train.epoch"]
+
+
 def _prose(text: str) -> str:
     """`text` without fenced code blocks and code spans, where brackets are code, not links."""
     return _CODE.sub("", _FENCE.sub("", text))

@@ -1,4 +1,4 @@
-"""The consistency table of the README: SR per `model.consistency` setting, on the demo and the native run.
+"""The consistency table of docs/evaluation.md: SR per `model.consistency` setting, on the demo and the native run.
 
 Reads finished demo runs (the same curated data, fine-tuned once per setting; their reports/metrics.json) and
 native-resolution results (benchmarks/native_resolution.py per setting), and writes benchmarks/results/consistency.json

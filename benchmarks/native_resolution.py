@@ -7,7 +7,7 @@ seams at the tile-core edges of the mosaic, against bicubic of the whole input (
 benchmarks/results/native_resolution.json and native_resolution.png and prints the figures.
 Usage: python benchmarks/native_resolution.py [--run-dir DIR] [--set SECTION.KEY=VALUE ... --name NAME]
 (default: a temporary folder, removed afterwards). `--set` changes configs/native.toml's settings for this run (a
-TOML value), `--name` suffixes the results: the README's native rows are
+TOML value), `--name` suffixes the results: docs/evaluation.md's native rows are
   --set model.consistency=off --name unconstrained     (native_resolution-unconstrained.json)
   --set model.consistency=mean --name mean
   --set model.consistency=mean --set infer.normalisation=data --name data

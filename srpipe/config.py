@@ -128,7 +128,7 @@ class ModelConfig:
     # SR corrected so that, seen through srpipe's S2 degradation (Gaussian PSF, block mean), it agrees with the latest
     # clear S2 frame on its clear pixels (models/consistency.py), in training, evaluation and inference alike: "mean"
     # matches each band's mean (no bias; cPSNR removes a bias, so free), "full" every frequency D passes (below
-    # bicubic's consistency error, but SR takes on that frame's gain, noise and shift: see the README's table)
+    # bicubic's consistency error, but SR takes on that frame's gain, noise and shift: see docs/evaluation.md's table)
     consistency: Literal["off", "mean", "full"] = "mean"
     psf_sigma_lr_px: float = 0.5  # that degradation's PSF, in S2 px: the sample's; MTF 0.3 at Nyquist would be 0.49
     # 0: exact at every frequency (S2 noise x4.3 per label px); 0.3: exact at zero frequency, 95 % at 1/8 cycle/px,
@@ -213,7 +213,7 @@ class InferConfig:
     output_dtype: Literal["uint16", "float32"] = "uint16"  # uint16: S2 DN (x 10000, nodata 0); float32: NaN nodata
     # "model": S2 scaled as the weights were trained; "data": by the percentiles of the data being processed (up to
     # 16 of the run's tiles), the weights' label scale moved with it, for weights applied to another area or
-    # resolution than they were trained on (srpipe/infer_norm.py; README "Consistency with S2")
+    # resolution than they were trained on (srpipe/infer_norm.py; docs/evaluation.md "Consistency with S2")
     normalisation: Literal["model", "data"] = "model"
     model: str = ""  # "" = this run's trained `train.name`; else a packaged weights name or a .pt path
     batch_size: int = 2  # windows (tile x date) per model forward: 1-2 fastest on CPU (cache), more on a GPU

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import tomli_w
+import torch
 
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
 from tests.test_slurm_cluster import _copy_run, _job_ids, _mosaic_pixels, _rank_checksums

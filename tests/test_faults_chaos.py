@@ -28,7 +28,7 @@ import torch
 
 from srpipe import state
 from srpipe.chain import CHAIN
-from tests.conftest import REPO, aoi_geojson, tiny_settings, write_config
+from tests.conftest import aoi_geojson, tiny_settings, write_config
 
 pytestmark = pytest.mark.faults
 SEED = 25

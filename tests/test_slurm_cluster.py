@@ -137,8 +137,9 @@ def _chaos_plan(rng: random.Random) -> dict[str, list[int]]:
     """{stage: ordinals}: kill the n-th task of `stage` (counted as tasks finish their first unit) for each n; a seeded
     pick of CHAOS_KILLS of the first three tasks of each array stage, over at least two stages."""
     pairs = [(stage, n) for stage in ARRAYS for n in range(3)]
-    while len({stage for stage, _ in (chosen := rng.sample(pairs, CHAOS_KILLS))}) < 2:
-        pass
+    chosen = rng.sample(pairs, CHAOS_KILLS)
+    while len({stage for stage, _ in chosen}) < 2:
+        chosen = rng.sample(pairs, CHAOS_KILLS)
     return {stage: sorted(n for s, n in chosen if s == stage) for stage in ARRAYS}
 
 

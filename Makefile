@@ -29,8 +29,10 @@ pretrain: install-core
 	$(BIN)/srpipe run configs/pretrain.toml
 	$(BIN)/python -m srpipe.models.pretrained runs/pretrain srpipe/weights/sample-x4.pt
 
+# every test's duration goes to $(TEST_REPORT) (JUnit XML; untracked): `python tests/slowest.py` lists the slowest
+TEST_REPORT ?= test-report.xml
 test: install services
-	$(BIN)/python -m pytest -q -ra --durations=20
+	$(BIN)/python -m pytest -q -ra --durations=20 --junitxml=$(TEST_REPORT)
 
 # the real Slurm clusters that the slurm-marked tests use: the one-node default (munge, slurmctld, slurmd,
 # slurmdbd + MariaDB), then the two-node one (SLURM_CONF=/etc/slurm-2node/slurm.conf; hosts srn1, srn2 in

@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from provenance import provenance
 
 from srpipe import mosaic as mosaic_module
 from srpipe.chain import STAGES, ChainState, Pending, plan_run, record_outcome, run_chain
@@ -104,23 +104,13 @@ def first_unit(cfg: Config, stage: str, unit: str) -> float:
     return round(called[0] - start, 2)
 
 
-def _commit() -> str:
-    """HEAD's hash, '+dirty' when the chain's code differs from it."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "srpipe"], cwd=REPO).returncode != 0
-    return head + ("+dirty" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, help="keep the run here (default: a temporary folder)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="chain-overhead-"))
     run_dir = args.run_dir or tmp / "run"
-    result: dict = {
-        "machine": f"{platform.node()}, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at start)",
-        "commit": _commit(),
-    }
+    result: dict = provenance() | {"load_average_1min_start_end": [round(os.getloadavg()[0], 2)]}
     try:
         cfg = load_config(CONFIG, str(run_dir))
         result["prepare_s"] = {k: round(v, 1) for k, v in prepare(cfg).items()}
@@ -138,7 +128,7 @@ def main() -> None:
     result["before_s"] = BEFORE_S
     worst = max(*(s["seconds"] for s in result["no_op_rerun_s"].values()), *result["before_first_unit_s"].values())
     result["target_s"], result["worst_s"], result["meets_target"] = TARGET_S, worst, worst <= TARGET_S
-    result["machine"] += f", {os.getloadavg()[0]:.1f} at end"
+    result["load_average_1min_start_end"].append(round(os.getloadavg()[0], 2))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     for name, row in result["no_op_rerun_s"].items():

@@ -2,9 +2,10 @@
 
 Reads finished demo runs (the same curated data, fine-tuned once per setting; their reports/metrics.json) and
 native-resolution results (benchmarks/native_resolution.py per setting), and writes benchmarks/results/consistency.json
-and consistency.md: per setting, one-pass cPSNR gain over the strongest baseline [95 % CI] and share of samples won,
-the Kelvins score, opensr-test's shares, and consistency with S2 (MAE, per-band bias, spectral angle) next to bicubic
-of the very frame it is measured against.
+(the rows under "rows", beside provenance.py's commit, dirty state and machine) and consistency.md: per setting,
+one-pass cPSNR gain over the strongest baseline [95 % CI] and share of samples won, the Kelvins score, opensr-test's
+shares, and consistency with S2 (MAE, per-band bias, spectral angle) next to bicubic of the very frame it is measured
+against.
 With --same-weights RUN, the rows of that run's own table (evaluate scores its weights under every setting: the
 constraint has no weights), which one `make demo` gives.
 Usage: python benchmarks/consistency_table.py --demo mean=RUN --demo off=RUN ... --native full=JSON --native off=JSON
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from provenance import provenance
 
 BANDS = ("B02", "B03", "B04", "B08")
 OUT = Path(__file__).parent / "results"
@@ -119,13 +122,14 @@ def main() -> None:
     parser.add_argument("--same-weights", type=Path, help="a run whose report scored its weights under every setting")
     parser.add_argument("--out", default="consistency", help="results/<OUT>.json and .md (default: consistency)")
     args = parser.parse_args()
+    measured = provenance()  # the table's code; the runs and JSONs it reads record their own
     rows = same_weight_rows(args.same_weights) if args.same_weights else []
     for i, (setting, run) in enumerate(_pairs(args.demo)):
         rows += demo_rows(run, setting)[: 2 if i == 0 else 1]
     for i, (setting, path) in enumerate(_pairs(args.native)):
         rows += native_rows(path, setting)[: 2 if i == 0 else 1]
     OUT.mkdir(exist_ok=True)
-    (OUT / f"{args.out}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (OUT / f"{args.out}.json").write_text(json.dumps({"rows": rows, **measured}, indent=1) + "\n")
     (OUT / f"{args.out}.md").write_text(markdown(rows))
     print(markdown(rows))
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from provenance import provenance
 from torch.utils.data import DataLoader
 
 from srpipe.config import load_config
@@ -82,10 +83,11 @@ def train_step_rate(cfg, paths: list[Path], steps: int = 10) -> float:
 
 
 def main() -> None:
+    measured = provenance()
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(sys.argv[1]) if len(sys.argv) > 1 else _demo_run(Path(tmp))
         cfg = load_config(run)
-        result = {"map": map_rate(cfg)}
+        result = measured | {"map": map_rate(cfg)}
         start = time.perf_counter()
         curate_reduce(cfg)
         result["reduce_seconds"] = time.perf_counter() - start

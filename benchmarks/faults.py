@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "faults.json"
@@ -22,20 +23,13 @@ TESTS = [
 ]
 
 
-def _commit() -> tuple[str, bool]:
-    """HEAD's short hash and whether the working tree differs from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
-    return head.stdout.strip(), dirty
-
-
 def main() -> None:
-    commit, dirty = _commit()
+    measured = provenance()
     RESULTS.unlink(missing_ok=True)
     env = {**os.environ, "SRPIPE_FAULTS_RESULT": str(RESULTS)}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", *TESTS], cwd=REPO, env=env)
     record = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    record |= {"machine": platform.node(), "cpus": os.cpu_count(), "commit": commit, "dirty": dirty}
+    record = measured | record
     RESULTS.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     sys.exit(done.returncode)

@@ -24,15 +24,13 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from provenance import provenance
 from pyproj import Transformer
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -185,6 +183,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="infer.batch_size (1 is fastest on CPU here)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    measured = provenance()
     cpus = len(os.sched_getaffinity(0))
     torch.set_num_threads(cpus)
     runs: dict[str, list] = {"forward": [], "forward_rate": [], "stage": [], "stage_rate": [], "timing": [], "cpu": []}
@@ -207,19 +206,18 @@ def main() -> None:
             runs["timing"].append(timing)
         levers = _levers(cfg, model, flops)
         runs["load_average"].append(os.getloadavg()[0])
-    _write(args, cpus, cfg, flops, tuple(batches[0][0].shape[-2:]), runs, levers)
+    _write(args, cpus, cfg, flops, tuple(batches[0][0].shape[-2:]), runs, levers, measured)
 
 
-def _write(args, cpus, cfg, flops, shape, runs, levers) -> None:
-    """Print the figures and write benchmarks/results/infer_throughput.json (medians over batches and runs)."""
+def _write(args, cpus, cfg, flops, shape, runs, levers, measured: dict) -> None:
+    """Print the figures and write benchmarks/results/infer_throughput.json (medians over batches and runs) after
+    `measured` (provenance.provenance() at the start)."""
     fwd_fraction, stage_fraction = float(np.median(runs["forward"])), float(np.median(runs["stage"]))
     fwd_rate, stage_rate = float(np.median(runs["forward_rate"])), float(np.median(runs["stage_rate"]))
     timing = runs["timing"][int(np.argsort(runs["stage"])[len(runs["stage"]) // 2])]  # the median stage run's
     px_per_window, wall = shape[0] * shape[1], timing["wall"]
-    results = {
-        "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True).stdout.strip(),
-        "machine": {"cpu": _cpu_name(), "platform": platform.platform(), "cpus": cpus, "torch": torch.__version__},
+    results = measured | {
+        "torch_threads": cpus,
         "model": dataclasses.asdict(cfg.model), "n_frames": K, "weights": "random init (speed only)",
         "tile_lr_px": list(shape), "lr_resolution_m": LR_RESOLUTION_M, "windows": int(timing["windows"]),
         "batch_size": args.batch_size, "repeats": args.repeats,
@@ -258,13 +256,6 @@ def _write(args, cpus, cfg, flops, shape, runs, levers) -> None:
     print("stage time split (s): " + ", ".join(f"{k} {v}" for k, v in results["stage_time_split_s"].items()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return sys.platform
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ stage (from the printed summaries), peak RSS (the largest process, from getrusag
 whole process tree, sampled every 0.5 s), output GB (predictions + mosaics), tiles and mosaics written. It also
 projects the method's cost on a GPU: FLOPs of the method-default HighRes-Net (64 channels, 8 layers, K = 8 frames)
 per tile of 10 m S2 (counted with torch's FlopCounterMode), divided by a stated GPU throughput, as km^2 per GPU-hour
-and GPU-hours per date for the run's tiles. Each run is stored under its own key in
+and GPU-hours per date for the run's tiles. Each run is stored with its own commit under "runs" of
 benchmarks/results/lithuania_dry_run.json ("LTU" for the full outline, "square_<n>km" for a test square).
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import tomli_w
+from provenance import common, provenance
 
 from srpipe.config import Config, load_config
 from srpipe.grid import Tile, read_grid
@@ -254,13 +254,6 @@ def gpu_projection(flops: dict, tiles: int, tile_box_m: float, core_km2: float) 
     }
 
 
-def _commit() -> str:
-    """HEAD's short hash, '+dirty' when the working tree differs from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
-    return head.stdout.strip() + ("+dirty" if dirty else "")
-
-
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -277,7 +270,7 @@ def main() -> None:
     cfg = load_config(config)
     run_dir = cfg.run_path
     shutil.rmtree(run_dir, ignore_errors=True)  # a dry run measures a fresh chain, not a re-run of done units
-    load_start = os.getloadavg()[0]
+    measured, load_start = provenance(), os.getloadavg()[0]
     chain = run_chain(config, run_dir.parent / f"{run_dir.name}.log")
     files = outputs(run_dir)
     settings = tomllib.loads(config.read_text())
@@ -286,10 +279,9 @@ def main() -> None:
     core_km2 = sum((t.core[2] - t.core[0]) * (t.core[3] - t.core[1]) for t in tiles) / 1e6
     flops = method_flops()
     infer_s = chain["stages"].get("infer", {}).get("s", 0.0)
-    result = {
-        "machine": f"{platform.node()}, {os.cpu_count()} CPUs (shared; load average {load_start:.1f} at start, "
-        f"{os.getloadavg()[0]:.1f} at end), no GPU",
-        "commit": _commit(),
+    result = measured | {
+        "gpu": None,
+        "load_average_1min_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "config": os.path.relpath(args.config.resolve(), REPO),
         "settings": {
             "source": settings["source"],
@@ -309,10 +301,10 @@ def main() -> None:
         "flops": flops,
         "gpu_projection_method_at_10m": gpu_projection(flops, len(tiles), box_m, core_km2),
     }
-    stored = json.loads(OUT.read_text()) if OUT.exists() else {}
-    stored[key] = result
+    runs = json.loads(OUT.read_text())["runs"] if OUT.exists() else {}
+    runs[key] = result
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(stored, indent=2) + "\n")
+    OUT.write_text(json.dumps(common(list(runs.values())) | {"runs": runs}, indent=2) + "\n")
     _print(key, result)
 
 

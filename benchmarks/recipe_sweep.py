@@ -21,6 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from provenance import common, provenance
 from train_quality import RECIPE, headline, prepare, recipe
 
 from srpipe.config import Config, load_config
@@ -100,13 +101,14 @@ def main() -> None:
         train_delineation(recipe(base))
     out = RESULTS / "recipe_sweep.json"
     rows = json.loads(out.read_text())["variants"] if out.exists() else {}
+    measured = provenance()
     for name in args.only or VARIANTS:
         done = rows.get(name, {})
         if (done.get("recipe"), done.get("overrides"), done.get("minutes")) == (RECIPE, VARIANTS[name], args.minutes):
             continue
         print(f"recipe_sweep: {name} ({args.minutes:g} min)", file=sys.stderr)
-        rows[name] = _run(_config(base, name, args.minutes), name, args.minutes)
-        out.write_text(json.dumps({"variants": rows}, indent=1) + "\n")
+        rows[name] = measured | _run(_config(base, name, args.minutes), name, args.minutes)
+        out.write_text(json.dumps(common(list(rows.values())) | {"variants": rows}, indent=1) + "\n")
     table = _table(rows)
     title = f"# Recipe sweep ({args.minutes:g} min per variant, from scratch)"
     (RESULTS / "recipe_sweep.md").write_text(f"{title}\n\n{table}")

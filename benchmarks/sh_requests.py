@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import tomli_w
+from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -65,6 +65,7 @@ def _measure(server: SentinelHubTestServer, run_dir: Path, workers: int, per_s: 
 
 
 def main() -> None:
+    measured = provenance()
     base = Path(tempfile.mkdtemp(prefix="sh-bench-"))
     server = SentinelHubTestServer(server_dataset(), CLIENT_ID, SECRET)
     try:
@@ -80,10 +81,8 @@ def main() -> None:
         runs += [_measure(server, cfg.run_path, w, 5.0, 2 * w) for w in (1, 2)]
     finally:
         server.stop()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    result = {
-        "machine": f"{os.cpu_count()} CPU cores, shared with other jobs (load average {os.getloadavg()[0]:.1f} at end)",
-        "commit": commit.stdout.strip(),
+    result = measured | {
+        "load_average_1min_end": round(os.getloadavg()[0], 2),
         "server": "tests/shserver.py on 127.0.0.1 (in the benchmark's process, one thread per request)",
         "per_tile": "2 catalog searches, 17 S2 requests (60 x 60 px), 2 label requests (240 x 240 px)",
         "runs": runs,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import tomllib
 from pathlib import Path
 
 import tomli_w
+from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("config", nargs="?", type=Path)
     parser.add_argument("--profile", default="slurm-local")
     args = parser.parse_args()
+    measured = provenance()
     with tempfile.TemporaryDirectory(prefix="srpipe-bench-", dir="/tmp") as tmp:
         base = Path(tmp)
         start = time.perf_counter()
@@ -94,10 +95,9 @@ def main() -> None:
         status = subprocess.run(
             [sys.executable, "-m", "srpipe", "status", str(base / "slurm")], capture_output=True, text=True
         ).stdout
-    result = {
+    result = measured | {
         "config": str(args.config or "tests/conftest.py tiny_settings (6 tiles)"),
         "profile": args.profile,
-        "machine": f"{platform.node()}, {os.cpu_count()} CPUs (shared)",
         "local_wall_s": round(local_s, 1),
         "slurm_wall_s": round(slurm_s, 1),
         "slurm_submit_s": round(submit_s, 1),

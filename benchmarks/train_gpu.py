@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from provenance import provenance
 
 from srpipe.config import ModelConfig, dump_config, load_config
 from srpipe.train import _distribute, _epoch_loader, _Progress, _setup, _train_step
@@ -122,6 +123,7 @@ def main() -> None:
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("train_gpu.py: no CUDA device visible; run it on a GPU machine (or --device cpu for its smoke test)")
+    measured = provenance()
     gpus = torch.cuda.device_count() if args.device == "cuda" else 1
     rows = []
     for precision in ("bf16", "fp32"):
@@ -131,7 +133,7 @@ def main() -> None:
             memory = max(r["peak_gpu_memory_mib_per_rank"])
             print(f"{precision} {ranks} rank(s) on {r['gpu'] or r['device']}: {r['samples_per_s']} samples/s, "
                   f"{memory} MiB/rank, epoch of 23,000: {r['method_epoch_minutes']} min")  # fmt: skip
-    results = {"torch": torch.__version__, "cuda": torch.version.cuda, "lr_sample_shape": rows[0]["lr_shape"],
+    results = measured | {"cuda": torch.version.cuda, "lr_sample_shape": rows[0]["lr_shape"],
                "model": dataclasses.asdict(METHOD_MODEL), "steps": args.steps,
                "jobs": rows}  # fmt: skip
     args.results.parent.mkdir(parents=True, exist_ok=True)

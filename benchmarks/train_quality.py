@@ -26,6 +26,7 @@ from pathlib import Path
 
 import tomli_w
 import torch
+from provenance import provenance
 
 from srpipe.config import Config, CurateConfig, ModelConfig, load_config
 from srpipe.curate.dataset import ShardDataset, shard_paths
@@ -136,6 +137,7 @@ def main() -> None:
     parser.add_argument("--delineation-min", type=float, default=2.0)
     parser.add_argument("--compare", type=Path, help="another model.pt to score on the same test samples")
     args = parser.parse_args()
+    measured = provenance()
     prepare(args.run_dir)
     cfg = recipe(load_config(args.run_dir / "config.toml"), args.delineation_min)
     for folder in (model_dir(cfg), args.run_dir / "models" / cfg.delineation.name):
@@ -151,10 +153,10 @@ def main() -> None:
     scored = patch_scores(dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, self_ensemble=True)))["test"]
     model = load_trained(cfg)
     shares["trained"] = gradient_shares(cfg, copy.deepcopy(model.net))  # the cached net stays clean
-    result = {
+    result = measured | {
         "budget_min": args.budget_min,
         "budget_used_min": round(budget_used_min, 2),
-        "machine": f"{os.cpu_count()} CPU cores, shared with other jobs (load average {os.getloadavg()[0]:.1f} at end)",
+        "load_average_1min_end": round(os.getloadavg()[0], 2),
         "train": summary,
         "settings": {k: dataclasses.asdict(getattr(cfg, k)) for k in ("model", "loss", "train", "curate")},
         "gradient_shares": shares,  # |grad of weight x term| / |grad of the pixel term| in HighRes-Net's parameters

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from provenance import provenance
 
 from srpipe.config import dump_config, load_config
 from srpipe.train import _distribute, _epoch_loader, _Progress, _setup, _train_step
@@ -190,26 +191,26 @@ def main() -> None:
     if args.child:
         child(args.child, args.out, args.steps, args.threads)
         return
+    measured = provenance()
     two_node = not args.no_two_node and TWO_NODE_CONF.exists()
     jobs = _jobs(args.batch, args.threads, two_node)
     runs: list[list[list[dict]]] = [[] for _ in jobs]
     for _ in range(args.repeats):  # alternate: a machine shared with other work slows every job alike
         for i, job in enumerate(jobs):
             runs[i].append(run_job(job, args.run_dir.resolve(), args.steps))
-    _write(args, [_summary(job, rows) for job, rows in zip(jobs, runs, strict=True)])
+    _write(args, [_summary(job, rows) for job, rows in zip(jobs, runs, strict=True)], measured)
 
 
-def _write(args: argparse.Namespace, rows: list[dict]) -> None:
-    """Print the table and write benchmarks/results/train_scaling.json."""
+def _write(args: argparse.Namespace, rows: list[dict], measured: dict) -> None:
+    """Print the table and write benchmarks/results/train_scaling.json after `measured` (provenance() at the start)."""
     efficiency = _efficiency(rows)
     for r in rows:
         eff = efficiency.get(f"{r['backend']}, {r['where']}", "") if r["ranks"] == 2 else ""
         print(f"{r['backend']:8s} {r['ranks']} rank(s) {r['where']:9s} {r['samples_per_s']:7.2f} samples/s  "
               f"allreduce {r['allreduce_share_of_step']:6.1%}  loader {r['loader_samples_per_s_per_rank']:8.1f} vs "
               f"step {r['step_samples_per_s_per_rank']:6.2f} samples/s/rank  efficiency {eff}")  # fmt: skip
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     cfg = load_config(args.run_dir / "config.toml")
-    results = {"commit": commit.stdout.strip(), "cpus": os.cpu_count(), "global_batch": args.batch,
+    results = measured | {"cpus": os.cpu_count(), "global_batch": args.batch,
                "threads_per_rank": args.threads, "steps": args.steps, "repeats": args.repeats,
                "model": dataclasses.asdict(cfg.model), "efficiency": efficiency, "jobs": rows}  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 import torch
+from provenance import provenance
 
 from srpipe.config import load_config
 from srpipe.train import _Progress, _setup, _train_step
@@ -121,6 +122,7 @@ def main() -> None:
         cfg = _variant(load_config(args.config), args.child)
         print(json.dumps(_child(cfg, args.steps, args.rounds)))
         return
+    measured = provenance()
     jobs = [("after", REPO, _config(args.run_dir, None), v) for v in VARIANTS]
     if args.before:
         worktree = Path(tempfile.mkdtemp()) / "before"
@@ -131,7 +133,7 @@ def main() -> None:
     for _ in range(args.repeats):  # alternate: a machine shared with other work slows every job alike
         for code, path, config, variant in jobs:
             times[code, variant].append(_measure(path, config, variant, args.steps, args.rounds)["s_per_step"])
-    _write(args, load_config(args.run_dir / "config.toml"), times)
+    _write(args, load_config(args.run_dir / "config.toml"), times, measured)
 
 
 def _variant(base, name: str):
@@ -141,8 +143,9 @@ def _variant(base, name: str):
     )
 
 
-def _write(args: argparse.Namespace, base, times: dict[tuple[str, str], list[float]]) -> None:
-    """Print and write benchmarks/results/train_speed.json: samples/s per job, shares of the step, the speed-up."""
+def _write(args: argparse.Namespace, base, times: dict[tuple[str, str], list[float]], measured: dict) -> None:
+    """Print and write benchmarks/results/train_speed.json: `measured` (provenance() at the start), samples/s per job,
+    shares of the step, the speed-up."""
     batch = base.train.batch_size
     rows = {f"{code}: {v}": {"s_per_step": round(float(np.median(t)), 4), "samples_per_s":
             round(batch / float(np.median(t)), 1), "runs": [round(x, 4) for x in t]}
@@ -152,8 +155,7 @@ def _write(args: argparse.Namespace, base, times: dict[tuple[str, str], list[flo
         if name.startswith("after: no"):
             row["share_of_full_step"] = round(1 - row["s_per_step"] / full, 3)
         print(f"{name:34s} {row['samples_per_s']:7.1f} samples/s  {row['s_per_step'] * 1e3:7.1f} ms/step")
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    results = {"commit": commit.stdout.strip(), "before": args.before, "cpus": os.cpu_count(), "batch_size": batch,
+    results = measured | {"before": args.before, "cpus": os.cpu_count(), "batch_size": batch,
                "model": dataclasses.asdict(base.model), "steps_per_round": args.steps, "rounds": args.rounds,
                "repeats": args.repeats, "jobs": rows}  # fmt: skip
     if "before: full step" in rows:

@@ -1,4 +1,4 @@
-"""The slowest tests of a `make test` run, from its JUnit XML (test-report.xml): `python tests/slowest.py [N] [FILE]`."""
+"""The slowest tests of a `make test` run, from its JUnit XML: `python tests/slowest.py [N] [test-report.xml]`."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -131,15 +132,14 @@ def _rank_checksums(run: Path) -> list[float]:
 
 CHAOS_SEED, CHAOS_KILLS = 26, 4
 ARRAYS = ("download", "curate", "infer")  # the chain's array stages: their running tasks are the targets
+STAGE_OUTPUTS = {"download": "eopatches", "curate": "curation/tiles", "infer": "predictions"}
 
 
 def _chaos_plan(rng: random.Random) -> dict[str, list[int]]:
-    """{stage: ordinals}: kill the n-th task of `stage` (counted as tasks finish their first unit) for each n; a seeded
-    pick of CHAOS_KILLS of the first three tasks of each array stage, over at least two stages."""
-    pairs = [(stage, n) for stage in ARRAYS for n in range(3)]
+    """{stage: ordinals}: kill the n-th task of `stage` (counted as tasks start writing) for each n; a seeded pick of
+    CHAOS_KILLS of the first two tasks of each array stage (the third is left for a kill that missed)."""
+    pairs = [(stage, n) for stage in ARRAYS for n in range(2)]
     chosen = rng.sample(pairs, CHAOS_KILLS)
-    while len({stage for stage, _ in chosen}) < 2:
-        chosen = rng.sample(pairs, CHAOS_KILLS)
     return {stage: sorted(n for s, n in chosen if s == stage) for stage in ARRAYS}
 
 
@@ -154,25 +154,74 @@ def _chunks(run: Path) -> dict[str, tuple[str, list[str]]]:
     return {t: (sub["stage"], units) for sub in submissions(run) for t, units in sub.get("tasks", {}).items()}
 
 
+def _owners(run: Path) -> dict[str, dict[str, str]]:
+    """{stage: {unit: task id}}: the task of the latest submission that holds each unit."""
+    owners: dict[str, dict[str, str]] = {stage: {} for stage in ARRAYS}
+    for task, (stage, units) in _chunks(run).items():
+        if stage in owners:
+            owners[stage] |= dict.fromkeys(units, task)
+    return owners
+
+
+def _entries(run: Path, stage: str) -> dict[str, int]:
+    """{path: mtime in ns} of every file and folder under the stage's outputs (temporaries included)."""
+    out = {}
+    for folder, dirs, files in os.walk(run / STAGE_OUTPUTS[stage]):
+        for name in dirs + files:
+            try:
+                out[os.path.join(folder, name)] = os.stat(os.path.join(folder, name)).st_mtime_ns
+            except FileNotFoundError:  # renamed while we looked
+                pass
+    return out
+
+
+def _writer(path: str, owners: dict[str, str]) -> str | None:
+    """The task whose unit `path` belongs to (`<tile>/`, `<tile>.h5`, `.<tile>.tmp-...`), or None."""
+    for part in Path(path).parts:
+        unit = part.lstrip(".").split(".")[0]
+        if unit in owners:
+            return owners[unit]
+    return None
+
+
+def _kill_task(task: str) -> None:
+    """SIGKILL every process of the array task `task` ("<array>_<index>") on this host at once, found by its Slurm
+    environment, then `scancel --signal=KILL --full` it: scancel alone takes longer than a tiny task's work."""
+    array, index = task.split("_")
+    marks = {f"SLURM_ARRAY_JOB_ID={array}".encode(), f"SLURM_ARRAY_TASK_ID={index}".encode()}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marks <= set((entry / "environ").read_bytes().split(b"\0")):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):  # ended while we looked
+            pass
+    subprocess.run(["scancel", "--signal=KILL", "--full", task], capture_output=True)
+
+
 def _kill_while_active(run: Path, plan: dict[str, list[int]], rng: random.Random, chaos: dict) -> None:
-    """Until none of the run's jobs is queued or running: SIGKILL the planned array tasks a seeded 0-0.1 s after they
-    finish their first unit (progress, not wall time, sets the moment: the task is then inside its second unit on a
-    fast machine and a slow one alike). A kill that missed (the task had ended) moves to the stage's next task."""
-    chunks, next_check = {}, 0.0
+    """Until none of the run's jobs is queued or running: SIGKILL each planned array task a seeded 0-50 ms after its
+    first write into the stage's outputs (progress, not wall time, sets the moment: the kill lands inside the task's
+    work on a fast machine and a slow one alike). A kill that missed (the task had ended) moves to the stage's next
+    task."""
+    seen = {stage: _entries(run, stage) for stage in ARRAYS}
+    owners, next_check = _owners(run), 0.0
     while True:
         if time.monotonic() >= next_check:
             if not _active([j for sub in submissions(run) for j in sub["job_ids"]]):
                 break
-            chunks, next_check = _chunks(run), time.monotonic() + 1.0
+            owners, next_check = _owners(run), time.monotonic() + 1.0
         for stage in ARRAYS:
-            for _, task in _ledger(run, stage):
-                if task in chaos["seen"] or len(chunks.get(task, ("", []))[1]) < 2:
-                    continue  # seen, or a chunk of one unit: nothing left to kill after its first
+            now = _entries(run, stage)
+            written = [p for p, t in now.items() if seen[stage].get(p) != t]
+            seen[stage] = now
+            for task in dict.fromkeys(t for p in written if (t := _writer(p, owners[stage])) is not None):
+                if task in chaos["seen"]:
+                    continue
                 ordinal = sum(1 for s in chaos["seen"].values() if s == stage)
                 chaos["seen"][task] = stage
                 if ordinal in plan[stage] and chaos["kills_landed"] + len(chaos["killed"]) < CHAOS_KILLS:
-                    time.sleep(rng.uniform(0.0, 0.1))
-                    subprocess.run(["scancel", "--signal=KILL", "--full", task], capture_output=True)
+                    time.sleep(rng.uniform(0.0, 0.05))
+                    _kill_task(task)
                     chaos["killed"][task] = stage
         time.sleep(0.05)
     _count_kills(run, plan, chaos)
@@ -186,8 +235,8 @@ def _count_kills(run: Path, plan: dict[str, list[int]], chaos: dict) -> None:
         if set(chunks[task][1]) - finished:
             chaos["kills_landed"] += 1
             chaos["stages_hit"][stage] = chaos["stages_hit"].get(stage, 0) + 1
-        else:  # it ended before the kill: the stage's next task to be seen is the target instead
-            chaos["kills_missed"] += 1
+        else:  # it ended before the kill: the stage's next task to start writing is the target instead
+            chaos["kills_missed"].append(task)
             plan[stage].append(sum(1 for s in chaos["seen"].values() if s == stage))
         del chaos["killed"][task]
 
@@ -204,9 +253,10 @@ def _first_unfinished(run: Path) -> str | None:
 
 @pytest.mark.faults
 def test_submit_all_under_seeded_task_kills_resubmits_to_the_local_runs_outputs(tiny_run: Path, tmp_path: Path):
-    """`srpipe submit all` returns at once; running array tasks are SIGKILLed at seeded moments (`scancel
-    --signal=KILL`, their dependants cancelled by Slurm), `srpipe resubmit STAGE --downstream` follows until the run
-    is done; then no unit finished twice (the ledgers) and every output equals the local run's by content."""
+    """`srpipe submit all` returns at once; seeded array tasks are SIGKILLed as they start writing (their processes,
+    then `scancel --signal=KILL`; Slurm cancels their dependants), `srpipe resubmit STAGE --downstream` follows until
+    the run is done; then exactly CHAOS_KILLS kills landed in the planned stages, no unit finished twice (the
+    ledgers) and every output equals the local run's by content."""
     aoi = aoi_geojson(tmp_path / "aoi.geojson", 440100, 4164100, 443900, 4169900)
     config = write_config(tmp_path / "tiny.toml", tiny_settings(tmp_path / "run", aoi))
     start = time.monotonic()
@@ -214,7 +264,7 @@ def test_submit_all_under_seeded_task_kills_resubmits_to_the_local_runs_outputs(
     assert time.monotonic() - start < 60, "submit must return at once, not wait for the jobs"
     assert len(_job_ids(result.stdout)) == 9, result.stdout  # one job or array per stage of the chain
     run, local = tmp_path / "run", tiny_run.parent / "run"
-    chaos = {"kills_landed": 0, "kills_missed": 0, "stages_hit": {}, "seen": {}, "killed": {}}
+    chaos = {"kills_landed": 0, "kills_missed": [], "stages_hit": {}, "seen": {}, "killed": {}}
     rng = random.Random(CHAOS_SEED)
     plan = _chaos_plan(rng)
     planned_stages = {stage for stage, ordinals in plan.items() if ordinals}

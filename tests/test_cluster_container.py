@@ -26,6 +26,7 @@ from rio_cogeo.cogeo import cog_validate
 from srpipe.cluster.container import container_argv
 from srpipe.grid import read_grid
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
+from tests.helpers import job_ids, rank_checksums, wait_jobs
 
 BUILD_SCRIPT = REPO / "hpc" / "charliecloud" / "build-image.sh"
 RECIPE = REPO / "containers" / "srpipe.def"
@@ -231,8 +232,6 @@ def test_a_slurm_array_task_runs_in_the_container(ch_image, tmp_path):
     """`srpipe submit download` with a charliecloud profile: array tasks run in the image, outputs land on the host."""
     import tomli_w
 
-    from tests.test_slurm_cluster import _job_ids, wait_jobs
-
     if shutil.which("sbatch") is None:
         pytest.skip("no Slurm client here; run hpc/slurm-local/install.sh")
     up = subprocess.run(["bash", str(REPO / "hpc/slurm-local/up.sh")], capture_output=True, text=True, timeout=300)
@@ -248,7 +247,7 @@ def test_a_slurm_array_task_runs_in_the_container(ch_image, tmp_path):
     out = srpipe(
         "submit", "download", str(config), "--profile", str(tmp_path / "profile.toml"), "--tiles", tiles, env=env
     )
-    ids = _job_ids(out.stdout)
+    ids = job_ids(out.stdout)
     assert ids, out.stdout
     wait_jobs(ids, timeout_s=600)
     status = srpipe("status", str(tmp_path / "run"), env=env).stdout
@@ -305,9 +304,7 @@ def test_the_tiny_chain_runs_in_the_image_through_the_runscript(container_chain)
 @pytest.mark.mpi
 def test_two_horovod_ranks_train_in_the_image_to_identical_weights(container_chain):
     """`mpirun -np 2` (the image's Open MPI) ran the runscript's `train`: both ranks end with the same weights."""
-    from tests.test_slurm_cluster import _rank_checksums
-
-    checksums = _rank_checksums(container_chain)
+    checksums = rank_checksums(container_chain)
     assert len(checksums) == 2 and checksums[0] == checksums[1]
 
 

@@ -211,9 +211,9 @@ def test_infer_model_loads_packaged_weights_or_names_the_choices(tmp_path):
 
     with pytest.raises(StageError, match="infer.model = 'nope' is neither a packaged weights name"):
         load_for_inference(Config(run_dir=str(tmp_path), infer=InferConfig(model="nope")))
-    if "sample-x4" in packaged():
-        model = load_for_inference(Config(run_dir=str(tmp_path), infer=InferConfig(model="sample-x4")))
-        assert model.scale == 4 and next(model.net.parameters()).dtype == torch.float32
+    assert "sample-x4" in packaged(), "no packaged weights sample-x4 (srpipe/weights/): run `make pretrain`"
+    model = load_for_inference(Config(run_dir=str(tmp_path), infer=InferConfig(model="sample-x4")))
+    assert model.scale == 4 and next(model.net.parameters()).dtype == torch.float32
 
 
 @pytest.mark.cuda

@@ -10,6 +10,7 @@ and a static STAC collection of them (one item per orthophoto, written by pystac
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ EPSG = 32618
 INTERVAL = ("2021-11-01", "2022-04-30")  # across baseline 04.00 (2022-01-25): old and new units in one series
 ASSETS = ("blue", "green", "red", "nir", "scl")
 VHR_EPSG, VHR_PIXEL = 3857, 6.0
+PLACEHOLDER_URL = "http://archive.invalid"  # stands for a server's url in items written before it runs (with_url)
 
 
 def sample_cfg() -> SourceConfig:
@@ -106,6 +108,11 @@ def write_s2_items(patch, root: Path, base_url: str) -> list[dict]:
             hrefs.append(f"{base_url}/files/{item_id}/{key}.tif")
         items.append(item_dict(item_id, when, float(cloud.mean()), baseline, hrefs, -0.1 if new else 0.0))
     return items
+
+
+def with_url(items: list[dict], url: str) -> list[dict]:
+    """A copy of `items` written with PLACEHOLDER_URL as their server's url, served at `url`."""
+    return json.loads(json.dumps(items).replace(PLACEHOLDER_URL, url))
 
 
 def write_orthophotos(patch, folder: Path) -> list[Path]:

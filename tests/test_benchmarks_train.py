@@ -7,11 +7,10 @@ import subprocess
 import sys
 
 from tests.conftest import REPO
-from tests.test_train import tiny_run
 
 
-def test_train_gpu_benchmark_runs_the_method_model_in_both_precisions(tmp_path):
-    cfg = tiny_run(tmp_path / "run")
+def test_train_gpu_benchmark_runs_the_method_model_in_both_precisions(tmp_path, make_synthetic_run):
+    cfg = make_synthetic_run(tmp_path / "run")
     out = tmp_path / "train_gpu.json"
     cmd = [sys.executable, str(REPO / "benchmarks/train_gpu.py"), str(cfg.run_path), "--device", "cpu",
            "--steps", "1", "--batch", "4", "--results", str(out)]  # fmt: skip

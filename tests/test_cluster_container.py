@@ -2,7 +2,9 @@
 
 The container tests build the Apptainer recipe containers/srpipe.def itself, converted by spython and built with
 Charliecloud by hpc/charliecloud/build-image.sh, once per session (cached under /var/cache/srpipe/charliecloud, a no-op
-when nothing changed; a cold build takes minutes), or use the directory image named by $SRPIPE_CH_IMAGE.
+unless the recipe or the install files changed; a cold build takes minutes), or use the directory image named by
+$SRPIPE_CH_IMAGE. Every ch-run binds this checkout over /opt/srpipe/src, where the image's editable install of srpipe
+points: the code under test is the checkout's, so a change to it needs no rebuild.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from rio_cogeo.cogeo import cog_validate
 from srpipe.cluster.container import container_argv
 from srpipe.grid import read_grid
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
+from tests.helpers import job_ids, rank_checksums, wait_jobs
 
 BUILD_SCRIPT = REPO / "hpc" / "charliecloud" / "build-image.sh"
 RECIPE = REPO / "containers" / "srpipe.def"
+CODE_BIND = f"{REPO}:/opt/srpipe/src"  # the checkout over the image's copy of the code (the editable install's root)
 
 
 # --- container_argv ---------------------------------------------------------------------------------------------------
@@ -113,7 +117,7 @@ def ch_image() -> Path:
 
 
 def _ch_run(image: Path, binds: list[str], argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = container_argv("charliecloud", str(image), binds, argv, env=env)
+    cmd = container_argv("charliecloud", str(image), [*binds, CODE_BIND], argv, env=env)
     result = subprocess.run(cmd, capture_output=True, text=True, env=_ch_env(), timeout=900)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
@@ -123,11 +127,14 @@ def _ch_run(image: Path, binds: list[str], argv: list[str], env: dict | None = N
 @pytest.mark.container
 def test_image_holds_the_ci_stack(ch_image):
     code = (
-        "import horovod.torch as hvd, mpi4py, srpipe, torch; "
-        "assert hvd.mpi_built() and hvd.gloo_built(); print(torch.__version__, srpipe.__file__)"
+        "import hashlib, horovod.torch as hvd, mpi4py, srpipe, srpipe.cli, torch; "
+        "assert hvd.mpi_built() and hvd.gloo_built(); print(torch.__version__, srpipe.__file__); "
+        "print(hashlib.sha256(open(srpipe.cli.__file__, 'rb').read()).hexdigest())"
     )
     out = _ch_run(ch_image, [], ["python", "-c", code]).stdout
     assert out.startswith("2.13.0") and "/opt/srpipe/src/srpipe/" in out, out
+    # the editable install imports the bound checkout's code, not the copy baked in when the image was built
+    assert out.split()[-1] == hashlib.sha256((REPO / "srpipe" / "cli.py").read_bytes()).hexdigest(), out
 
 
 def _section(recipe: str, name: str) -> list[str]:
@@ -231,8 +238,6 @@ def test_a_slurm_array_task_runs_in_the_container(ch_image, tmp_path):
     """`srpipe submit download` with a charliecloud profile: array tasks run in the image, outputs land on the host."""
     import tomli_w
 
-    from tests.test_slurm_cluster import _job_ids, wait_jobs
-
     if shutil.which("sbatch") is None:
         pytest.skip("no Slurm client here; run hpc/slurm-local/install.sh")
     up = subprocess.run(["bash", str(REPO / "hpc/slurm-local/up.sh")], capture_output=True, text=True, timeout=300)
@@ -240,7 +245,12 @@ def test_a_slurm_array_task_runs_in_the_container(ch_image, tmp_path):
     aoi = aoi_geojson(tmp_path / "aoi.geojson", 440100, 4164100, 443900, 4169900)
     config = write_config(tmp_path / "tiny.toml", tiny_settings(tmp_path / "run", aoi))
     profile = tomllib.loads((REPO / "hpc/profiles/slurm-local.toml").read_text())
-    profile["container"] = {"runtime": "charliecloud", "image": str(ch_image), "python": "/opt/srpipe/venv/bin/python"}
+    profile["container"] = {
+        "runtime": "charliecloud",
+        "image": str(ch_image),
+        "python": "/opt/srpipe/venv/bin/python",
+        "binds": [CODE_BIND],
+    }
     (tmp_path / "profile.toml").write_text(tomli_w.dumps(profile))
     env = {**_ch_env(), "PYTHONWARNINGS": "ignore"}
     srpipe("plan", str(config), env=env)
@@ -248,7 +258,7 @@ def test_a_slurm_array_task_runs_in_the_container(ch_image, tmp_path):
     out = srpipe(
         "submit", "download", str(config), "--profile", str(tmp_path / "profile.toml"), "--tiles", tiles, env=env
     )
-    ids = _job_ids(out.stdout)
+    ids = job_ids(out.stdout)
     assert ids, out.stdout
     wait_jobs(ids, timeout_s=600)
     status = srpipe("status", str(tmp_path / "run"), env=env).stdout
@@ -305,40 +315,68 @@ def test_the_tiny_chain_runs_in_the_image_through_the_runscript(container_chain)
 @pytest.mark.mpi
 def test_two_horovod_ranks_train_in_the_image_to_identical_weights(container_chain):
     """`mpirun -np 2` (the image's Open MPI) ran the runscript's `train`: both ranks end with the same weights."""
-    from tests.test_slurm_cluster import _rank_checksums
-
-    checksums = _rank_checksums(container_chain)
+    checksums = rank_checksums(container_chain)
     assert len(checksums) == 2 and checksums[0] == checksums[1]
 
 
+# A recipe of the same base that builds in seconds: what happens to ch-image's working copy is build-image.sh's doing
+# (it deletes the copy before every build), the same for every recipe, so a killed build is shown on this one rather
+# than by rebuilding srpipe's image (96 s with every layer cached)
+SMALL_RECIPE = """Bootstrap: docker
+From: debian:bookworm-slim
+
+%files
+    pyproject.toml /opt/small/pyproject.toml
+
+%post
+    echo built > /opt/small/built
+
+%environment
+    export SRPIPE_SMALL=1
+"""
+
+
+def _build(*args: str) -> Path:
+    """Run build-image.sh with `args`; the image path it prints."""
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), *args], capture_output=True, text=True, env=_ch_env(), timeout=1800
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.container
-def test_a_killed_build_leaves_no_trace_in_the_next_image(ch_image):
+def test_a_killed_build_leaves_no_trace_in_the_next_image(ch_image, tmp_path):
     """A build killed mid-way leaves ch-image's working copy dirty; the next build must neither fail nor ship it.
 
-    Runs after the tests that use the image: it rebuilds the image they used (same key, same path).
+    Shown with build-image.sh on a small recipe (--def, built as srpipe-alt in the same storage and build cache):
+    built once, its working copy dirtied as a killed build leaves it, then built again with --rebuild.
     """
     if os.environ.get("SRPIPE_CH_IMAGE"):
         pytest.skip("$SRPIPE_CH_IMAGE names a prebuilt image; this test needs build-image.sh's own storage")
-    storage = Path(os.environ.get("SRPIPE_CH_CACHE", "/var/cache/srpipe/charliecloud")) / "storage" / "img" / "srpipe"
+    recipe = tmp_path / "small.def"
+    recipe.write_text(SMALL_RECIPE)
+    first = _build("--def", str(recipe))
+    assert (first / "opt" / "small" / "built").read_text() == "built\n"
+    storage = Path(os.environ.get("SRPIPE_CH_CACHE", "/var/cache/srpipe/charliecloud")) / "storage" / "img"
+    storage = storage / "srpipe-alt"
     assert (storage / "ch" / "environment").exists(), f"no storage image at {storage}"
     with open(storage / "ch" / "environment", "a") as env_file:  # what an interrupted ENV step or RUN leaves
         env_file.write("SRPIPE_STRAY=from-a-killed-build\n")
     (storage / "ch" / "metadata.json").write_text('{"truncated": ')
-    result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--rebuild"], capture_output=True, text=True, env=_ch_env(), timeout=3600
-    )
-    assert result.returncode == 0, result.stderr[-5000:]
-    image = Path(result.stdout.strip().splitlines()[-1])
-    assert image == ch_image
+    image = _build("--rebuild", "--def", str(recipe))
+    assert image == first  # same key, same path
+    assert "SRPIPE_SMALL=1" in (image / "ch" / "environment").read_text()
     assert "SRPIPE_STRAY" not in (image / "ch" / "environment").read_text()
     assert json.loads((image / "ch" / "metadata.json").read_text())["arch"] == "amd64"
+    shutil.rmtree(image)  # only disk: the next build of srpipe's image would drop it too
 
 
 @pytest.mark.container
 def test_a_recipe_that_breaks_the_build_fails_it(ch_image, tmp_path):
     """build-image.sh --def: a failing %post line fails the build, which names it, and the image stays as it was.
 
-    Runs after the rebuild above: it shares the image's cache (its key differs), so its build fails in seconds.
+    It shares the image's storage and build cache (its key differs), so its build fails in seconds.
     """
     if os.environ.get("SRPIPE_CH_IMAGE"):
         pytest.skip("$SRPIPE_CH_IMAGE names a prebuilt image; this test needs build-image.sh's own storage")

@@ -14,20 +14,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli_w
-import torch
 
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
-from tests.test_slurm_cluster import _copy_run, _job_ids, _mosaic_pixels, _rank_checksums
-from tests.test_slurm_two_nodes import (
+from tests.helpers import (
     NODE_IFACE,
     NODES,
-    final_states,
+    checkpoint_gaps,
+    copy_run,
     hostnames,
-    two_node_cluster,  # noqa: F401 (the module's autouse fixture: up, or skip)
+    job_ids,
+    mosaic_pixels,
+    rank_checksums,
     two_node_env,
+    two_node_final_rows,
 )
 
-pytestmark = [pytest.mark.slurm, pytest.mark.mpi]
+pytestmark = [pytest.mark.slurm, pytest.mark.mpi, pytest.mark.usefixtures("two_node_cluster")]
 BACKENDS = ["horovod", "ddp"]
 
 
@@ -48,7 +50,7 @@ def _wait(ids: list[str], timeout_s: float = 1200) -> list[dict[str, str]]:
     while True:
         queue = ["squeue", "-h", "-r", "-j", ",".join(sorted(jobs)), "-o", "%i"]
         queued = subprocess.run(queue, capture_output=True, text=True, env=two_node_env()).stdout.split()
-        rows = [] if queued else final_states(ids)
+        rows = [] if queued else two_node_final_rows(ids)
         if rows and {r["JobID"].split("_")[0] for r in rows} == jobs:
             return rows
         assert time.monotonic() < end, f"jobs {sorted(jobs)} not finished after {timeout_s} s: {queued or rows}"
@@ -100,7 +102,7 @@ def test_submit_all_runs_arrays_on_both_hosts_and_ends_as_local_mode(tiny_run: P
     config = write_config(tmp_path / "tiny.toml", tiny_settings(tmp_path / "run", aoi))
     profile = _profile(tmp_path, nodes=1, cpus_per_task=2)  # one training process, as local mode trains
     result = srpipe("submit", "all", str(config), "--profile", str(profile), env=two_node_env())
-    ids = _job_ids(result.stdout)
+    ids = job_ids(result.stdout)
     rows = _wait(ids)
     assert {r["State"] for r in rows} == {"COMPLETED"}, rows
     submissions = [json.loads(line) for line in (tmp_path / "run/_slurm/submissions.jsonl").read_text().splitlines()]
@@ -113,7 +115,7 @@ def test_submit_all_runs_arrays_on_both_hosts_and_ends_as_local_mode(tiny_run: P
         assert json.loads((run / "curation/tiles" / tile).read_text()) == json.loads(
             (local / "curation/tiles" / tile).read_text()
         )
-    mosaics, expected = _mosaic_pixels(run), _mosaic_pixels(local)
+    mosaics, expected = mosaic_pixels(run), mosaic_pixels(local)
     assert mosaics.keys() == expected.keys() and mosaics
     for name in expected:
         np.testing.assert_array_equal(mosaics[name], expected[name])
@@ -121,7 +123,7 @@ def test_submit_all_runs_arrays_on_both_hosts_and_ends_as_local_mode(tiny_run: P
 
 def _train_run(tiny_run: Path, target: Path, backend: str) -> Path:
     """A copy of the finished tiny run with training (and what follows) to do again: 10 epochs, checkpoints every 2."""
-    run = _copy_run(tiny_run.parent / "run", target, clear=("train", "infer", "mosaic", "evaluate"))
+    run = copy_run(tiny_run.parent / "run", target, clear=("train", "infer", "mosaic", "evaluate"))
     shutil.rmtree(run / "models" / "highresnet")
     config = tomllib.loads((run / "config.toml").read_text())
     config["train"].update(epochs=10, checkpoint_every_steps=2, backend=backend)
@@ -134,23 +136,10 @@ def _hosts_and_checksums(run: Path) -> tuple[list[str], list[float]]:
     folder = run / "_state" / "train"
     results = [json.loads((folder / "all.done").read_text())]
     results += [json.loads(p.read_text()) for p in sorted(folder.glob("all.rank*.json"))]
-    return [r["host"] for r in results], _rank_checksums(run)
+    return [r["host"] for r in results], rank_checksums(run)
 
 
-# the resumed run against the unbroken one, every tensor of the final checkpoint (weights, buffers, Adam's moments)
-RESUME_ATOL = 1e-6
-
-
-def _tensor_gaps(run: Path, reference: Path) -> dict[str, float]:
-    """{name: largest absolute difference} of every tensor of the two runs' final checkpoints (model and optimiser)."""
-    mine, theirs = (torch.load(r / "models/highresnet/checkpoint.pt", weights_only=False) for r in (run, reference))
-    flat = {}
-    for part in ("model", "shiftnet"):
-        flat |= {f"{part}.{k}": (v, theirs[part][k]) for k, v in mine.get(part, {}).items()}
-    for pid, moments in mine["optimizer"]["state"].items():
-        flat |= {f"adam.{pid}.{k}": (v, theirs["optimizer"]["state"][pid][k]) for k, v in moments.items()}
-    assert flat and mine.keys() == theirs.keys()
-    return {k: (a.double() - b.double()).abs().max().item() for k, (a, b) in flat.items()}
+RESUME_ATOL = 1e-6  # the resumed two-host run against the unbroken one, every tensor of the checkpoints
 
 
 def _cancel_after_first_checkpoint(run: Path, job_id: str) -> None:
@@ -169,19 +158,19 @@ def test_a_rank_on_each_host_trains_in_sync_and_resumes_exactly_after_cancel(tin
     parameters of an unbroken two-host run (which trains beside it)."""
     broken, unbroken = (_train_run(tiny_run, tmp_path / name, backend) for name in ("broken", "unbroken"))
     profile = _profile(tmp_path)
-    ids = [_job_ids(srpipe("submit", "train", str(r), "--profile", str(profile), env=two_node_env()).stdout)[0]
+    ids = [job_ids(srpipe("submit", "train", str(r), "--profile", str(profile), env=two_node_env()).stdout)[0]
            for r in (broken, unbroken)]  # fmt: skip
     _cancel_after_first_checkpoint(broken, ids[0])
     _wait(ids)
     assert not (broken / "_state/train/all.done").exists()
-    again = _job_ids(srpipe("resubmit", str(broken), "train", env=two_node_env()).stdout)
+    again = job_ids(srpipe("resubmit", str(broken), "train", env=two_node_env()).stdout)
     rows = _wait(again)
     assert hostnames(rows[0]["NodeList"]) == list(NODES) and rows[0]["State"] == "COMPLETED", rows
     log = next((broken / "_slurm/train").glob(f"*/{again[0]}_0_log.out")).read_text()
     assert "train: resuming highresnet" in log and f"2 rank(s) ({backend})" in log, log
     hosts, checksums = _hosts_and_checksums(broken)
     assert sorted(hosts) == list(NODES) and checksums[0] == checksums[1]
-    gaps = _tensor_gaps(broken, unbroken)
+    gaps = checkpoint_gaps(broken, unbroken)
     assert max(gaps.values()) <= RESUME_ATOL, sorted(gaps.items(), key=lambda kv: -kv[1])[:3]
     assert len((broken / "models/highresnet/history.csv").read_text().splitlines()) == 1 + 10
 

@@ -20,6 +20,7 @@ from srpipe import eopatch as ep
 from srpipe.grid import load_aoi
 from srpipe.s2units import from_dn
 from tests.conftest import aoi_geojson, srpipe, tiny_settings, write_config
+from tests.helpers import copy_run
 
 pytestmark = pytest.mark.slow
 
@@ -85,11 +86,11 @@ def test_metrics_json_keeps_its_shape(tiny_run):
     assert (run_dir_of(tiny_run) / "reports" / "index.html").stat().st_size > 10_000
 
 
-def test_a_rerun_skips_everything_and_changes_nothing(tiny_run):
-    run = run_dir_of(tiny_run)
+def test_a_rerun_skips_everything_and_changes_nothing(tiny_run, tmp_path):
+    run = copy_run(run_dir_of(tiny_run), tmp_path / "run")  # the session's run is read-only
     mosaic = run / "mosaics" / "tiny_2016-10-31_32618.tif"
     before = mosaic.stat().st_mtime_ns
-    out = srpipe("run", str(tiny_run)).stdout
+    out = srpipe("run", str(run)).stdout
     assert "download: 0 done, 6 skipped" in out and "train: 0 done, 1 skipped" in out
     assert mosaic.stat().st_mtime_ns == before
 

@@ -12,12 +12,12 @@ from srpipe import eopatch as ep
 from srpipe.config import SourceConfig
 from srpipe.errors import TileError
 from srpipe.sources.sample import SampleSource
-from tests.test_sources_sample import tile
+from tests.helpers import sample_tile
 
 
 @pytest.fixture(scope="module")
 def patch() -> EOPatch:
-    return SampleSource(SourceConfig(lr_resolution_m=40.0, n_dates=4, n_vhr_dates=1)).fetch(tile())
+    return SampleSource(SourceConfig(lr_resolution_m=40.0, n_dates=4, n_vhr_dates=1)).fetch(sample_tile())
 
 
 def test_missing_band_feature(patch):

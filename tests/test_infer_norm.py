@@ -10,7 +10,7 @@ from srpipe.errors import StageError
 from srpipe.grid import Tile
 from srpipe.losses import lr_to_hr_map
 from srpipe.models.trained import TrainedModel
-from tests.test_infer import BOUNDS, s2_stack
+from tests.helpers import BOUNDS, s2_stack
 
 
 @pytest.fixture

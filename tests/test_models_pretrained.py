@@ -20,13 +20,12 @@ from srpipe.models.shiftnet import ShiftNet
 from srpipe.models.trained import model_dir
 from srpipe.train import train
 from srpipe.weights import WEIGHTS_DIR, packaged, weights_path
-from tests.test_train import tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_run_starts_from_exported_weights_and_a_wrong_shape_names_the_key(tmp_path):
-    source = tiny_run(tmp_path / "source", epochs=1)
+def test_a_run_starts_from_exported_weights_and_a_wrong_shape_names_the_key(tmp_path, make_synthetic_run):
+    source = make_synthetic_run(tmp_path / "source", epochs=1)
     train(source)
     folder = model_dir(source)
     out = export_weights(folder / "model.pt", folder / "checkpoint.pt", tmp_path / "w.pt", {"made_by": "test"})
@@ -44,8 +43,8 @@ def test_a_run_starts_from_exported_weights_and_a_wrong_shape_names_the_key(tmp_
         weights_path("no-such-weights")
 
 
-def test_init_from_is_resolved_against_the_config_file_and_fingerprinted(tmp_path):
-    cfg = tiny_run(tmp_path / "run", epochs=1, init_from="weights/w.pt")
+def test_init_from_is_resolved_against_the_config_file_and_fingerprinted(tmp_path, make_synthetic_run):
+    cfg = make_synthetic_run(tmp_path / "run", epochs=1, init_from="weights/w.pt")
     assert cfg.train.init_from == str((tmp_path / "run" / "weights" / "w.pt").resolve())
     from srpipe.chain import STAGES, ChainState
 
@@ -71,6 +70,6 @@ def test_the_pretraining_tiles_never_touch_a_demo_tile(tmp_path):
     # buffered boxes (what a tile's samples are cut from) of the two never intersect, not even at an edge
     assert not pretrain.geometry.unary_union.intersects(demo.geometry.unary_union)
     cfg = load_config(REPO / "configs/demo.toml")
-    if "sample-x4" in packaged():
-        record = json.loads((WEIGHTS_DIR / "sample-x4.json").read_text())
-        assert record["data"]["aoi"] == "pretrain_aoi.geojson" and cfg.train.init_from == "sample-x4"
+    assert "sample-x4" in packaged(), f"no packaged weights sample-x4 in {WEIGHTS_DIR}: run `make pretrain`"
+    record = json.loads((WEIGHTS_DIR / "sample-x4.json").read_text())
+    assert record["data"]["aoi"] == "pretrain_aoi.geojson" and cfg.train.init_from == "sample-x4"

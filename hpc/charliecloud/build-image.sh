@@ -16,8 +16,10 @@
 # debian:bookworm-slim, the recipe's own From: -> the repository's files under the recipe's %files sources staged as
 # the build context -> ch-image build, /opt/wheels and the Horovod wheel cache bound into its RUNs (what
 # `apptainer build --bind` does) -> ch-convert to $SRPIPE_CH_CACHE/images/srpipe-<key>, plus the recipe, its sha256
-# and both Dockerfiles in IMAGE/ch/. The key hashes the recipe, its conversion, the staged files, the local wheels'
-# names and sizes and the CA certificates: a second run with nothing changed only prints the path.
+# and both Dockerfiles in IMAGE/ch/. The key hashes the recipe, its conversion, the install inputs among the staged
+# files (pyproject.toml, containers/install.sh, hpc/horovod/*), the local wheels' names and sizes and the CA
+# certificates: a second run with none of them changed only prints the path, whatever else changed (srpipe's code
+# included: an image holds the code of the commit that built it; bind a checkout over /opt/srpipe/src to run another).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -101,7 +103,7 @@ if [ "$print_only" = 1 ]; then
   exit 0
 fi
 
-# --- the key: recipe, its conversion, every file of the context, the local wheels by name and size, the certs ---------
+# --- the key: recipe, its conversion, the install inputs, the local wheels by name and size, the certs ------------------
 if [ -d "$repo/.git" ] && command -v git >/dev/null; then
   mapfile -t src_files < <(cd "$repo" && git ls-files -co --exclude-standard | sort)
 else   # a tarball of the repo: everything but the usual build outputs
@@ -120,6 +122,13 @@ for f in "${src_files[@]}"; do
 done
 src_files=("${kept[@]}")
 [ ${#src_files[@]} -gt 0 ] || die "none of the recipe's %files ($(echo "${copy_srcs[@]}")) found in $repo"
+# what %post installs is made of these (install.sh reads pyproject.toml's requirements and builds hpc/horovod/); the
+# code (srpipe/, configs/, ...) is only copied, so its changes rebuild nothing: the tests bind the checkout over
+# /opt/srpipe/src, where the image's editable install of srpipe points
+key_files=()
+for f in "${src_files[@]}"; do
+  case "$f" in pyproject.toml|containers/install.sh|hpc/horovod/*) key_files+=("$f") ;; esac
+done
 local_wheels=()   # /opt/wheels: this site's torch CPU wheel, which install.sh finds through the bind
 [ -d /opt/wheels ] && mapfile -t local_wheels < <(find /opt/wheels -maxdepth 1 -type f | sort)
 certs=()
@@ -129,7 +138,7 @@ wheels_id=$(for w in "${local_wheels[@]}"; do echo "wheel $w $(stat -c %s "$w")"
 key=$( {
   echo "base $suite minbase $mirror as $base_ref"
   sha256sum "$recipe" "$conv/Dockerfile" | cut -d' ' -f1
-  (cd "$repo" && sha256sum "${src_files[@]}")
+  [ ${#key_files[@]} -eq 0 ] || (cd "$repo" && sha256sum "${key_files[@]}")
   echo "$wheels_id"
   for c in "${certs[@]}"; do sha256sum "$c"; done
 } | sha256sum | cut -c1-16)

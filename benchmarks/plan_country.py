@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tomli_w
 
-from srpipe.grid import load_aoi, read_grid, split_aoi, write_grid
+from srpipe.data.grid import load_aoi, read_grid, split_aoi, write_grid
 from srpipe.layout import RunLayout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def parts(country: str, folder: Path) -> dict:
 def _commit() -> str:
     """HEAD's hash, '+dirty' when the planning code differs from it."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "srpipe/grid.py"], cwd=REPO).returncode != 0
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "srpipe/data/grid.py"], cwd=REPO).returncode != 0
     return head + ("+dirty" if dirty else "")
 
 

@@ -18,11 +18,11 @@ from scipy import ndimage
 
 from srpipe import state
 from srpipe.config import Config, DelineationConfig, LossConfig, ModelConfig, TrainConfig, dump_config, load_config
-from srpipe.curate.dataset import ShardWriter
-from srpipe.delineation import train_delineation
+from srpipe.data.shards import ShardWriter
 from srpipe.models.trained import load_trained, model_dir
-from srpipe.ranks import World
-from srpipe.train import lr_factor, train, validate
+from srpipe.training.ranks import World
+from srpipe.training.train import lr_factor, train, validate
+from srpipe.training.train_delineation import train_delineation
 
 
 def _samples(n: int, k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -129,7 +129,7 @@ def test_validation_scores_only_the_pixels_the_loss_trains():
 def test_a_run_killed_mid_epoch_resumes_from_its_checkpoint_and_ends_as_an_unbroken_one(tmp_path):
     settings = {"epochs": 3, "checkpoint_every_steps": 1, "augment": True, "lr_schedule": "cosine"}
     broken = tiny_run(tmp_path / "broken", n_train=128, **settings)
-    script = "import sys; from srpipe.config import load_config; from srpipe.train import train; "
+    script = "import sys; from srpipe.config import load_config; from srpipe.training.train import train; "
     script += "train(load_config(sys.argv[1]))"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(

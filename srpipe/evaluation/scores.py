@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from srpipe.losses import cpsnr, crop
 from srpipe.metrics import MSE_FLOOR, masked_ssim
+from srpipe.training.losses import cpsnr, crop
 
 METRICS = ("mse", "psnr", "ssim", "cpsnr")
 

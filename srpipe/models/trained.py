@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 
 from srpipe import state
-from srpipe.augment import ensemble_views, self_ensemble
 from srpipe.config import Config, ModelConfig
-from srpipe.curate.normalise import BandScale
+from srpipe.data.augment import ensemble_views, self_ensemble
+from srpipe.data.labelmap import lr_to_hr_map
+from srpipe.data.normalise import BandScale
 from srpipe.errors import StageError
-from srpipe.losses import lr_to_hr_map
+from srpipe.models.consistency import Constraint
 from srpipe.models.highresnet import HighResNet, build_model
 from srpipe.weights import inference_weights
 
@@ -36,6 +37,12 @@ class TrainedModel:
     hr_scale: BandScale
     n_frames: int
     scale: int
+    constraint: Constraint | None = None  # the run's consistency constraint (None: the one the net was built with)
+
+    def forward(self, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The net's pass under `constraint`: (B, K, 4, h, w) LR-scaled frames, (B, K, h, w) masks -> (B, 4, s*h,
+        s*w) label-scaled SR."""
+        return self.net(lr, mask, self.constraint)
 
     @torch.no_grad()
     def super_resolve(self, lr: torch.Tensor, mask: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
@@ -44,7 +51,7 @@ class TrainedModel:
         Frames may leave [0, 1]: the network sees them clipped, the consistency constraint as they are.
         `ensemble`: the mean over the eight flips/rotations (`infer.self_ensemble`).
         """
-        sr = self_ensemble(self.net, lr, mask) if ensemble else self.net(lr, mask)
+        sr = self_ensemble(self.forward, lr, mask) if ensemble else self.forward(lr, mask)
         return self.floor(sr)
 
     def floor(self, sr: torch.Tensor) -> torch.Tensor:
@@ -83,12 +90,9 @@ def load_for_inference(cfg: Config) -> TrainedModel:
 
 
 def _constrained(model: TrainedModel, settings: ModelConfig) -> TrainedModel:
-    """`model` with the constraint as the run's [model] section sets it: the constraint has no weights, so it applies
-    to weights trained without it too (a cached model is shared: every caller in a process has the same config)."""
-    net = model.net
-    net.consistency, net.regularisation = settings.consistency, settings.consistency_regularisation
-    net.psf_sigma_px = settings.psf_sigma_lr_px * model.scale
-    return model
+    """`model` under the constraint the run's [model] section sets: the constraint has no weights, so it applies to
+    weights trained without it too. A new record around the same (cached, shared) net, which is left as it is."""
+    return dataclasses.replace(model, constraint=Constraint.of(settings, model.scale))
 
 
 def load_model(path: str | Path) -> TrainedModel:

@@ -80,27 +80,40 @@ def ensemble_mean_std(
 
 def load_trained(cfg: Config) -> TrainedModel:
     """Load the configured `models/<name>/model.pt` (see `load_model`), with the run's consistency constraint."""
-    return _constrained(load_model(model_dir(cfg) / MODEL_FILE), cfg.model)
+    return _constrained(model_dir(cfg) / MODEL_FILE, cfg.model)
 
 
 def load_for_inference(cfg: Config) -> TrainedModel:
     """The model `srpipe infer` runs: `infer.model` (a packaged weights name or a .pt path) when set, else the run's
     trained `models/<train.name>/model.pt`; with the run's consistency constraint."""
-    return _constrained(load_model(inference_weights(cfg)), cfg.model)
+    return _constrained(inference_weights(cfg), cfg.model)
 
 
-def _constrained(model: TrainedModel, settings: ModelConfig) -> TrainedModel:
-    """`model` under the constraint the run's [model] section sets: the constraint has no weights, so it applies to
-    weights trained without it too. A new record around the same (cached, shared) net, which is left as it is."""
-    return dataclasses.replace(model, constraint=Constraint.of(settings, model.scale))
+def _constrained(path: str | Path, settings: ModelConfig) -> TrainedModel:
+    """The model in `path` under the constraint the run's [model] section sets: the constraint has no weights, so it
+    applies to weights trained without it too. A record of its own around the cached, shared net (left as it is),
+    itself loaded once per process while the file and the settings are unchanged."""
+    version = _version(path)
+    return _under(*version, Constraint.of(settings, _load_model_file(*version).scale))
 
 
 def load_model(path: str | Path) -> TrainedModel:
     """Load a model.pt in eval mode, once per process while the file is unchanged (so do not train the result)."""
+    return _load_model_file(*_version(path))
+
+
+def _version(path: str | Path) -> tuple[str, int, int]:
+    """(resolved path, inode, mtime_ns) of a model file: the key of the caches; StageError when it is missing."""
     path = Path(path)
     if not path.exists():
         raise StageError(f"{path} does not exist; run `srpipe train` first")
-    return _load_model_file(str(path.resolve()), *state.file_version(path))
+    return (str(path.resolve()), *state.file_version(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _under(path: str, inode: int, mtime_ns: int, constraint: Constraint) -> TrainedModel:
+    """The cached model of one version of a model.pt under `constraint`."""
+    return dataclasses.replace(_load_model_file(path, inode, mtime_ns), constraint=constraint)
 
 
 @functools.lru_cache(maxsize=2)

@@ -85,6 +85,12 @@ def test_no_stage_imports_the_cluster_layer_and_inference_does_not_import_traini
     assert not _reaches(_imports_of("srpipe.mosaic"), torch_side) - {"srpipe.infer.record", "srpipe.infer"}
 
 
+def test_no_stage_imports_a_later_stage():
+    stages = [p for p in STAGE_PACKAGES if p != "srpipe.sources"]  # sources serve plan, download and infer alike
+    for i, stage in enumerate(stages):
+        assert not _reaches(_imports_of(stage), tuple(stages[i + 1 :])), f"{stage} imports a later stage"
+
+
 def test_the_low_layers_import_no_stage_and_sources_import_no_later_stage():
     for low in ("srpipe.data", "srpipe.models"):
         assert not _reaches(_imports_of(low), STAGE_PACKAGES), low

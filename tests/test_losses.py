@@ -5,13 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from srpipe.config import LossConfig, ModelConfig
+from srpipe.metrics import cpsnr
 from srpipe.models import build_model
 from srpipe.models.delineation import DelineationNet
 from srpipe.models.lanczos import lanczos_shift
 from srpipe.models.shiftnet import ShiftNet
 from srpipe.training.losses import (
     as_trained,
-    cpsnr,
     latest_frame,
     mean_match,
     perceptual,

@@ -14,9 +14,9 @@ from srpipe.data.augment import ensemble_views
 from srpipe.evaluation import plots
 from srpipe.evaluation.context import Context, Patches
 from srpipe.evaluation.html import Figure, Section, Table, write_html
-from srpipe.evaluation.scores import METRICS
 from srpipe.evaluation.summary import CONSTRAINT_PREFIX
 from srpipe.evaluation.trust import trust_maps
+from srpipe.metrics import METRICS
 
 NAMES = {
     "sr": "SR (8-view ensemble)",

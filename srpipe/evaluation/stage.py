@@ -22,9 +22,9 @@ from srpipe.errors import StageError
 from srpipe.evaluation import baselines as bl
 from srpipe.evaluation import report, summary
 from srpipe.evaluation.context import Context, Patches, baseline_images, batches, load_context
-from srpipe.evaluation.scores import cpsnr_score
 from srpipe.evaluation.tiles import core_blocks, score_tile, shadowed_dates, tile_images, trusted_blocks
 from srpipe.evaluation.trust import trust_of
+from srpipe.metrics import cpsnr_score
 from srpipe.models.consistency import latest_frame
 
 KEEP_IMAGES = 4096  # test samples whose images are kept for the plots, consistency and the downstream test

@@ -10,7 +10,7 @@ from srpipe.config import CONSTRAINTS
 from srpipe.evaluation import stats
 from srpipe.evaluation.context import Context, Patches
 from srpipe.evaluation.s2_consistency import consistency_scores, correctness_shares
-from srpipe.evaluation.scores import METRICS
+from srpipe.metrics import METRICS
 from srpipe.models.highresnet import bicubic
 
 SR_METHODS = ("sr", "sr_one_pass")

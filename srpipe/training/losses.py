@@ -11,16 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from srpipe.config import LossConfig
-from srpipe.metrics import masked_ssim
+from srpipe.metrics import crop, masked_ssim
 from srpipe.models.consistency import latest_frame
 from srpipe.models.delineation import DelineationNet
 from srpipe.models.lanczos import lanczos_shift
 from srpipe.models.shiftnet import ShiftNet
-
-
-def crop(x: torch.Tensor, border: int) -> torch.Tensor:
-    """(..., H, W) -> (..., H - 2 border, W - 2 border)."""
-    return x[..., border : x.shape[-2] - border, border : x.shape[-1] - border] if border > 0 else x
 
 
 def _masked_band_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -109,26 +104,6 @@ def autocast_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-@torch.no_grad()
-def cpsnr(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor, max_shift: int = 3) -> torch.Tensor:
-    """(B,) PROBA-V cPSNR in dB: best over integer shifts up to `max_shift` px of brightness-corrected masked MSE."""
-    sr = sr.clamp(0, 1)
-    h, w = sr.shape[-2:]
-    center = crop(sr, max_shift)
-    ch, cw = h - 2 * max_shift, w - 2 * max_shift
-    offsets = [(u, v) for u in range(2 * max_shift + 1) for v in range(2 * max_shift + 1)]
-    best = torch.full((sr.shape[0],), float("inf"), device=sr.device)
-    for start in range(0, len(offsets), 7):  # 7 shifts at a time: one vectorised pass each, memory stays small
-        part = torch.stack([hr[..., u : u + ch, v : v + cw] for u, v in offsets[start : start + 7]])
-        m = torch.stack([mask[:, None, u : u + ch, v : v + cw] for u, v in offsets[start : start + 7]]).to(sr.dtype)
-        diff = part - center
-        n = m.sum((3, 4), keepdim=True).clamp_min(1)
-        diff = diff - (diff * m).sum((3, 4), keepdim=True) / n
-        mse = (diff**2 * m).flatten(2).sum(2) / (m.flatten(2).sum(2) * sr.shape[1]).clamp_min(1)
-        best = torch.minimum(best, mse.min(0).values)
-    return -10 * torch.log10(best.clamp_min(1e-10))
 
 
 def sr_losses(

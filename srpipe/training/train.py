@@ -30,7 +30,7 @@ from srpipe.data.labelmap import lr_to_hr_map
 from srpipe.data.normalise import load_stats, scales
 from srpipe.data.shards import ShardDataset, shard_paths
 from srpipe.errors import StageError
-from srpipe.evaluation.scores import score
+from srpipe.metrics import score
 from srpipe.models import HighResNet, build_model
 from srpipe.models.highresnet import bicubic, masked_median
 from srpipe.models.pretrained import init_weights

@@ -25,12 +25,13 @@ from pathlib import Path
 
 from provenance import provenance
 
-from srpipe import mosaic as mosaic_module
 from srpipe.chain import STAGES, ChainState, Pending, plan_run, record_outcome, run_chain
 from srpipe.cluster.local import LocalExecutor
 from srpipe.config import Config, load_config
-from srpipe.grid import read_grid
-from srpipe.infer_record import InferRecord
+from srpipe.data.grid import read_grid
+from srpipe.infer.record import InferRecord
+from srpipe.mosaic import catalog as catalog_module
+from srpipe.mosaic import stage as mosaic_module
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "lithuania-dry-run.toml"
@@ -88,18 +89,19 @@ def first_unit(cfg: Config, stage: str, unit: str) -> float:
     """Seconds from the start of `stage`'s run to its first unit's function, with only `unit` left to do."""
     (cfg.layout.state(stage) / f"{unit}.done").unlink()
     name = "mosaic_unit" if stage == "mosaic" else "catalog"
-    original, called = getattr(mosaic_module, name), []
+    module = mosaic_module if stage == "mosaic" else catalog_module
+    original, called = getattr(module, name), []
 
     def clock(*args) -> dict:
         called.append(time.perf_counter())
         return {"mosaics": []} if stage == "mosaic" else {}
 
-    setattr(mosaic_module, name, clock)
+    setattr(module, name, clock)
     try:
         start = time.perf_counter()
         summaries = run_chain(cfg, [stage], None, LocalExecutor(workers=1))
     finally:
-        setattr(mosaic_module, name, original)
+        setattr(module, name, original)
     assert called and summaries[0].done == [unit], f"{stage} did not run {unit} alone: {summaries[0].line()}"
     return round(called[0] - start, 2)
 

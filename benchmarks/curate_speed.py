@@ -20,11 +20,12 @@ from provenance import provenance
 from torch.utils.data import DataLoader
 
 from srpipe.config import load_config
-from srpipe.curate.dataset import ShardDataset, shard_paths
-from srpipe.curate.reduce import curate_reduce, load_stats, read_samples
+from srpipe.curate.reduce import curate_reduce, read_samples
 from srpipe.curate.tile import curate_tile
 from srpipe.curate.truth import filter_truth
-from srpipe.grid import read_grid
+from srpipe.data.grid import read_grid
+from srpipe.data.normalise import load_stats
+from srpipe.data.shards import ShardDataset, shard_paths
 from srpipe.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]

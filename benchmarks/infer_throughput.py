@@ -34,14 +34,14 @@ from provenance import provenance
 from pyproj import Transformer
 from torch.utils.flop_counter import FlopCounterMode
 
-from srpipe import infer
 from srpipe.config import Config, InferConfig, PlanConfig, SourceConfig
-from srpipe.curate.normalise import BandScale
-from srpipe.grid import read_grid
-from srpipe.infer_data import tile_windows
+from srpipe.data.grid import read_grid
+from srpipe.data.normalise import BandScale
+from srpipe.infer import stage as infer
+from srpipe.infer.windows import tile_windows
 from srpipe.models import build_model
 from srpipe.models.trained import MODEL_FILE, load_for_inference
-from srpipe.plan import plan
+from srpipe.plan.stage import plan
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "infer_throughput.json"

@@ -31,7 +31,7 @@ import tomli_w
 from provenance import common, provenance
 
 from srpipe.config import Config, load_config
-from srpipe.grid import Tile, read_grid
+from srpipe.data.grid import Tile, read_grid
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "lithuania-dry-run.toml"
@@ -173,7 +173,7 @@ def outputs(run_dir: Path) -> dict:
 
 def generation_ms(cfg: Config, tiles: list[Tile], n: int = 300) -> float:
     """Milliseconds per tile of `synthetic_stack` over `n` of the run's tiles (spread over the grid), this process."""
-    from srpipe.sources.synthetic import synthetic_stack
+    from srpipe.sources.synthetic.source import synthetic_stack
 
     picked = tiles[:: max(1, len(tiles) // n)][:n]
     synthetic_stack(cfg.source, picked[0])  # the per-config caches (dates, radiometry) are filled once per process

@@ -2,9 +2,9 @@
 
 `python benchmarks/mosaic_memory.py`: builds two runs of real-sized SR tiles (2 km cores, 0.2 buffer, 2.5 m pixels,
 uint16 DN with texture and noise; an octagonal AOI inside the grid, so masking runs too): 2 x 5 tiles and 10 x 10 tiles.
-Each mosaic runs `srpipe.mosaic.mosaic_unit` in a child process of its own (its own rusage: peaks do not mix), with
-cog.py as it is and with rio-cogeo's scratch copy on disk (IN_MEMORY_THRESHOLD=0, what `cog_translate(in_memory=False)`
-does). Writes benchmarks/results/mosaic_memory.json.
+Each mosaic runs `srpipe.mosaic.stage.mosaic_unit` in a child process of its own (its own rusage: peaks do not
+mix), with data/cog.py as it is and with rio-cogeo's scratch copy on disk (IN_MEMORY_THRESHOLD=0, what
+`cog_translate(in_memory=False)` does). Writes benchmarks/results/mosaic_memory.json.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pyproj import Transformer
 from rasterio.transform import from_bounds
 
 from srpipe import state
-from srpipe.cog import write_cog
 from srpipe.config import Config, MosaicConfig, PlanConfig
-from srpipe.grid import Tile, write_grid
+from srpipe.data.cog import write_cog
+from srpipe.data.grid import Tile, write_grid
 
 REPO = Path(__file__).resolve().parents[1]
 EPSG, DATE, CORE_M, BUFFER_M, RES_M = 32634, "2016-10-31", 2000.0, 400.0, 2.5
@@ -74,7 +74,7 @@ def _octagon(x0: float, y0: float, cols: int, rows: int) -> dict:
 
 def child(run_dir: str) -> None:
     """In a child process: mosaic the run's one unit and print its figures as JSON."""
-    from srpipe.mosaic import mosaic_unit
+    from srpipe.mosaic.stage import mosaic_unit
 
     cfg = Config(run_dir=run_dir, plan=PlanConfig(aoi=str(Path(run_dir).parent / "aoi.geojson"), region="bench"))
     start = time.perf_counter()

@@ -35,7 +35,8 @@ from rasterio.windows import from_bounds
 from srpipe import BANDS
 from srpipe import eopatch as ep
 from srpipe.config import Config, build_dataclass, config_to_dict, dump_config, load_config
-from srpipe.evaluation.consistency import sample_psf_sigma_px
+from srpipe.data.grid import Tile, read_grid
+from srpipe.data.s2units import from_dn
 from srpipe.evaluation.native import (
     bicubic_up,
     consistency_by_band,
@@ -45,10 +46,9 @@ from srpipe.evaluation.native import (
     seam_percentile,
     seam_ratio,
 )
-from srpipe.grid import Tile, read_grid
+from srpipe.evaluation.s2_consistency import sample_psf_sigma_px
 from srpipe.models.trained import load_for_inference
-from srpipe.s2units import from_dn
-from srpipe.sources.sample import QUANTIFICATION, SampleSource
+from srpipe.sources.sample.source import QUANTIFICATION, SampleSource
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "native.toml"

@@ -19,7 +19,7 @@ from pathlib import Path
 import tomli_w
 from provenance import provenance
 
-from srpipe.grid import load_aoi, read_grid, split_aoi, write_grid
+from srpipe.data.grid import load_aoi, read_grid, split_aoi, write_grid
 from srpipe.layout import RunLayout
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,10 +25,10 @@ from provenance import common, provenance
 from train_quality import RECIPE, headline, prepare, recipe
 
 from srpipe.config import Config, load_config
-from srpipe.delineation import load_delineation, train_delineation
-from srpipe.evaluate import patch_scores
+from srpipe.evaluation.stage import patch_scores
 from srpipe.models.trained import model_dir
-from srpipe.train import train
+from srpipe.training.train import train
+from srpipe.training.train_delineation import load_delineation, train_delineation
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS: dict[str, dict[str, dict]] = {  # name -> overrides of RECIPE per section

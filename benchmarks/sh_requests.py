@@ -22,9 +22,9 @@ from provenance import provenance
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from srpipe.config import load_config  # noqa: E402
-from srpipe.grid import read_grid  # noqa: E402
-from srpipe.plan import plan  # noqa: E402
-from srpipe.sources.sentinelhub import SentinelHubSource  # noqa: E402
+from srpipe.data.grid import read_grid  # noqa: E402
+from srpipe.plan.stage import plan  # noqa: E402
+from srpipe.sources.sentinelhub.source import SentinelHubSource  # noqa: E402
 from tests.shfixtures import CLIENT_ID, PROFILE, SECRET, server_dataset, sh_config_file  # noqa: E402
 from tests.shserver import SentinelHubTestServer  # noqa: E402
 

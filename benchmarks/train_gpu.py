@@ -1,7 +1,8 @@
 """GPU training benchmark: the method's HighRes-Net (64 channels, 8 layers, ShiftNet 64, batch 32 per GPU) on a
 curated run's shards, in bfloat16 and fp32, on one GPU and with DDP over every visible GPU.
 
-Runs srpipe.train's own setup, distribution and step for a fixed number of steps and records samples/s, peak GPU
+Runs srpipe.training.train's own setup, distribution and
+step for a fixed number of steps and records samples/s, peak GPU
 memory per rank, and the time one epoch of the method's data (23,000 samples) would take at that rate. Runs unchanged
 on any CUDA machine with srpipe installed; `--device cpu` runs the same code on the CPU (its smoke test).
 Writes benchmarks/results/train_gpu.json (or --results PATH).
@@ -25,7 +26,7 @@ import torch
 from provenance import provenance
 
 from srpipe.config import ModelConfig, dump_config, load_config
-from srpipe.train import _distribute, _epoch_loader, _Progress, _setup, _train_step
+from srpipe.training.train import _distribute, _epoch_loader, _Progress, _setup, _train_step
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train_gpu.json"

@@ -3,9 +3,10 @@
 Curates the demo area with the method's 140 patches per label date, trains the delineation net, then HighRes-Net +
 ShiftNet from scratch with `RECIPE` (the recipe benchmarks/recipe_sweep.py chose), within one wall-clock budget
 (default 30 min, both trainings together, on this machine's CPU). Then scores every test sample as `srpipe evaluate`
-does (`srpipe.evaluate.patch_scores`: inside the training loss's border crop, PROBA-V cPSNR with the best integer shift
-up to 3 label px and the brightness bias removed) against bicubic of the latest, closest and median clear frames and the
-unsharp mask tuned on the validation tiles, for one pass of the model and its flip/rotation self-ensemble. Writes
+does (`srpipe.evaluation.stage.patch_scores`: inside the training loss's border crop, PROBA-V cPSNR with the best
+integer shift up to 3 label px and the brightness bias removed) against bicubic of the latest, closest and median
+clear frames and the unsharp mask tuned on the validation tiles, for one pass of the model and its flip/rotation
+self-ensemble. Writes
 benchmarks/results/train_quality.json and the per-term loss curves.
 Usage: python benchmarks/train_quality.py [--run-dir DIR] [--compare MODEL_PT] [--budget-min 30]
 """
@@ -29,14 +30,15 @@ import torch
 from provenance import provenance
 
 from srpipe.config import Config, CurateConfig, ModelConfig, load_config
-from srpipe.curate.dataset import ShardDataset, shard_paths
-from srpipe.curate.reduce import load_stats, scales
-from srpipe.delineation import load_delineation, train_delineation
-from srpipe.evaluate import patch_scores
-from srpipe.losses import sr_losses
+from srpipe.data.labelmap import lr_to_hr_map
+from srpipe.data.normalise import load_stats, scales
+from srpipe.data.shards import ShardDataset, shard_paths
+from srpipe.evaluation.stage import patch_scores
 from srpipe.models import ShiftNet, build_model
 from srpipe.models.trained import load_trained, model_dir
-from srpipe.train import lr_to_hr_map, train
+from srpipe.training.losses import sr_losses
+from srpipe.training.train import train
+from srpipe.training.train_delineation import load_delineation, train_delineation
 
 REPO = Path(__file__).resolve().parents[1]
 # In [0, 1] label units the pixel MSE is ~3e-3 and its gradient tiny: at the method's weights (mean matching 10,

@@ -1,7 +1,8 @@
 """Training scaling benchmark: samples/s of 1 and 2 ranks on the same global batch, for Horovod and DDP, on one node
 and across the two network-namespace nodes of hpc/slurm-local (`up.sh --nodes 2`).
 
-Each rank runs srpipe.train's own setup, distribution and step on a curated run with a fixed number of threads; a
+Each rank runs
+srpipe.training.train's own setup, distribution and step on a curated run with a fixed number of threads; a
 2-rank job has half the per-rank batch of the 1-rank job, so both step the same global batch. Per job it records
 samples/s (global), scaling efficiency = (2-rank samples/s) / (2 x 1-rank samples/s), the share of a step an
 allreduce of all trained gradients takes (timed alone with the backend's own collective), each rank's peak RSS, and
@@ -33,7 +34,7 @@ import torch
 from provenance import provenance
 
 from srpipe.config import dump_config, load_config
-from srpipe.train import _distribute, _epoch_loader, _Progress, _setup, _train_step
+from srpipe.training.train import _distribute, _epoch_loader, _Progress, _setup, _train_step
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train_scaling.json"

@@ -1,8 +1,8 @@
 """Training speed benchmark: samples/s of srpipe's real training step on the demo's data, and where the time goes.
 
-Runs `srpipe.train`'s own step (`_setup` + `_train_step`, every loss term on) on a curated demo run for a fixed number
-of steps, then the same step with one part switched off at a time, so the difference is that part's cost: the loader,
-ShiftNet registration, the perceptual net, SSIM, mean matching, augmentation. Writes
+Runs `srpipe.training.train`'s own step (`_setup` + `_train_step`, every loss term on) on a curated demo run for a
+fixed number of steps, then the same step with one part switched off at a time, so the difference is that part's
+cost: the loader, ShiftNet registration, the perceptual net, SSIM, mean matching, augmentation. Writes
 benchmarks/results/train_speed.json. Each variant runs in processes of its own, alternating with the others; `--before
 REF` also times a git ref's code (its full step) the same way, for the speed-up.
 Usage: python benchmarks/train_speed.py RUN_DIR [--before c6635d5] [--repeats 3]
@@ -28,7 +28,7 @@ import torch
 from provenance import provenance
 
 from srpipe.config import load_config
-from srpipe.train import _Progress, _setup, _train_step
+from srpipe.training.train import _Progress, _setup, _train_step
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train_speed.json"

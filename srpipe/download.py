@@ -6,7 +6,7 @@ A source generated where it is read (`synthetic`) writes nothing: its record onl
 from __future__ import annotations
 
 from srpipe.config import Config
-from srpipe.grid import tiles_by_id
+from srpipe.data.grid import tiles_by_id
 from srpipe.sources import make_source
 
 

@@ -1,4 +1,5 @@
-"""Image quality scores, one definition for training, evaluation and curation: masked PSNR and SSIM.
+"""Image quality scores, one definition for training, evaluation and curation: masked PSNR and SSIM, PROBA-V's cPSNR,
+and the per-sample scores (`score`: MSE, PSNR, SSIM and cPSNR inside one border crop).
 
 Images are (bands, H, W) or (B, bands, H, W) with values in [0, 1] (data range 1), masks (H, W) or (B, H, W) bool
 (True = clear; None = every pixel). The definitions:
@@ -87,3 +88,67 @@ def psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -
     """PSNR in dB of (C, H, W) `pred`, clipped to [0, 1], against `target` on (H, W) bool `mask`."""
     with torch.no_grad():
         return float(masked_psnr(*_batch_of_one(pred, target, mask))[0])
+
+
+def crop(x: torch.Tensor, border: int) -> torch.Tensor:
+    """(..., H, W) -> (..., H - 2 border, W - 2 border)."""
+    return x[..., border : x.shape[-2] - border, border : x.shape[-1] - border] if border > 0 else x
+
+
+@torch.no_grad()
+def cpsnr(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor, max_shift: int = 3) -> torch.Tensor:
+    """(B,) PROBA-V cPSNR in dB: best over integer shifts up to `max_shift` px of brightness-corrected masked MSE."""
+    sr = sr.clamp(0, 1)
+    h, w = sr.shape[-2:]
+    center = crop(sr, max_shift)
+    ch, cw = h - 2 * max_shift, w - 2 * max_shift
+    offsets = [(u, v) for u in range(2 * max_shift + 1) for v in range(2 * max_shift + 1)]
+    best = torch.full((sr.shape[0],), float("inf"), device=sr.device)
+    for start in range(0, len(offsets), 7):  # 7 shifts at a time: one vectorised pass each, memory stays small
+        part = torch.stack([hr[..., u : u + ch, v : v + cw] for u, v in offsets[start : start + 7]])
+        m = torch.stack([mask[:, None, u : u + ch, v : v + cw] for u, v in offsets[start : start + 7]]).to(sr.dtype)
+        diff = part - center
+        n = m.sum((3, 4), keepdim=True).clamp_min(1)
+        diff = diff - (diff * m).sum((3, 4), keepdim=True) / n
+        mse = (diff**2 * m).flatten(2).sum(2) / (m.flatten(2).sum(2) * sr.shape[1]).clamp_min(1)
+        best = torch.minimum(best, mse.min(0).values)
+    return -10 * torch.log10(best.clamp_min(1e-10))
+
+
+METRICS = ("mse", "psnr", "ssim", "cpsnr")
+
+
+@torch.no_grad()
+def score(
+    image: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor, border: int, max_shift: int
+) -> dict[str, np.ndarray]:
+    """(B,) scores of (B, C, H, W) `image` (clamped to [0, 1]) against `hr` on its (B, H, W) clear mask.
+
+    MSE, PSNR and SSIM are on the pixels inside `border` px (the training loss's crop); cPSNR (PROBA-V: best integer
+    shift up to `max_shift` px, per-band brightness bias removed) scores the same pixels, shifting the label into the
+    crop's margin (so `border` >= `max_shift`).
+    """
+    if border < max_shift:
+        raise ValueError(f"border {border} px < cPSNR max shift {max_shift} px: shifted labels would leave the image")
+    image = image.clamp(0, 1)
+    inner, label, m = crop(image, border), crop(hr, border), crop(mask, border)
+    w = m[:, None].to(image.dtype)
+    mse = ((inner - label) ** 2 * w).sum((1, 2, 3)) / (w.sum((1, 2, 3)) * image.shape[1]).clamp_min(1)
+    margin = border - max_shift
+    registered = cpsnr(crop(image, margin), crop(hr, margin), crop(mask, margin), max_shift)
+    scores = {
+        "mse": mse,
+        "psnr": -10 * torch.log10(mse.clamp_min(MSE_FLOOR)),
+        "ssim": masked_ssim(inner, label, m),
+        "cpsnr": registered,
+    }
+    return {k: v.double().numpy() for k, v in scores.items()}
+
+
+def cpsnr_score(border: int, max_shift: int):
+    """A (image, hr, mask) -> (B,) cPSNR tensor function with this crop (for tuning baselines)."""
+
+    def fn(image: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(score(image, hr, mask, border, max_shift)["cpsnr"])
+
+    return fn

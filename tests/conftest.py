@@ -95,7 +95,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_delineation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of a tiny delineation net trained once per session on a synthetic run (tests.helpers.synthetic_run).
     Read-only: `make_synthetic_run` copies it into each run."""
-    from srpipe.delineation import delineation_dir
+    from srpipe.training.train_delineation import delineation_dir
     from tests.helpers import synthetic_run
 
     return delineation_dir(synthetic_run(tmp_path_factory.mktemp("delineation") / "run"))

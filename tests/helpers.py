@@ -27,8 +27,8 @@ from scipy import ndimage
 from srpipe import state
 from srpipe.chain import CHAIN
 from srpipe.config import Config, DelineationConfig, LossConfig, ModelConfig, TrainConfig, dump_config, load_config
-from srpipe.curate.dataset import ShardWriter
-from srpipe.grid import Tile
+from srpipe.data.grid import Tile
+from srpipe.data.shards import ShardWriter
 from srpipe.sources.stack import S2Stack
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
 
@@ -100,7 +100,7 @@ def synthetic_run(
     )
     state.write_text(run_dir / "config.toml", dump_config(cfg))
     cfg = load_config(run_dir / "config.toml")
-    from srpipe.delineation import delineation_dir, train_delineation
+    from srpipe.training.train_delineation import delineation_dir, train_delineation
 
     if delineation is None:
         train_delineation(cfg)

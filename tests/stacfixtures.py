@@ -23,8 +23,8 @@ from rasterio.warp import calculate_default_transform, reproject, transform_boun
 
 from srpipe import eopatch as ep
 from srpipe.config import SourceConfig
-from srpipe.grid import Tile
-from srpipe.sources.sample import SampleSource
+from srpipe.data.grid import Tile
+from srpipe.sources.sample.source import SampleSource
 
 S2_BOX = (438600.0, 4162600.0, 445400.0, 4171400.0)  # around the tiny AOI's tiles, on the 40 m grid, in EPSG:32618
 EPSG = 32618

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from srpipe.augment import dihedral, dihedral_view, self_ensemble, undo_dihedral_view
+from srpipe.data.augment import dihedral, dihedral_view, self_ensemble, undo_dihedral_view
 
 
 def _batch(n: int = 64) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from srpipe import state
 from srpipe.chain import STAGES, ChainState, Pending, Stage, fingerprint, run_shard
 from srpipe.chain.fingerprint import stale_reason
 from srpipe.config import Config, InferConfig
-from srpipe.infer_record import InferRecord
+from srpipe.infer.record import InferRecord
 from tests.conftest import srpipe
 
 pytestmark = pytest.mark.slow

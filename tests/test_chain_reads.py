@@ -20,7 +20,7 @@ import srpipe
 from srpipe.chain import CHAIN, STAGES, Pending, Stage, plan_run, run_chain, run_unit
 from srpipe.cluster.local import LocalExecutor
 from srpipe.config import Config, ModelConfig, SourceConfig, config_to_dict, load_config
-from srpipe.infer import _radiometric_offset
+from srpipe.infer.stage import _radiometric_offset
 from tests.conftest import aoi_geojson, tiny_settings, write_config
 
 _MACHINERY = str(Path(srpipe.__file__).parent / "chain")  # reads config for fingerprints and paths, not for outputs

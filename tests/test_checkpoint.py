@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from srpipe.checkpoint import LATEST, PREVIOUS, load_checkpoint, save_checkpoint
 from srpipe.errors import StageError
+from srpipe.training.checkpoint import LATEST, PREVIOUS, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.faults
 

@@ -26,7 +26,7 @@ from eolearn.core import EOPatch
 from rio_cogeo.cogeo import cog_validate
 
 from srpipe.cluster.container import container_argv
-from srpipe.grid import read_grid
+from srpipe.data.grid import read_grid
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
 from tests.helpers import job_ids, rank_checksums, wait_jobs
 

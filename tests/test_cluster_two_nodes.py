@@ -59,7 +59,7 @@ def _wait(ids: list[str], timeout_s: float = 1200) -> list[dict[str, str]]:
 
 WORLD_SUM = """
 import json, socket, sys, torch
-from srpipe.ranks import make_world
+from srpipe.training.ranks import make_world
 
 def counters():  # /proc/net/dev is per network namespace: this host's interfaces only
     for line in open("/proc/net/dev"):

@@ -7,8 +7,8 @@ from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
 from srpipe import BANDS
-from srpipe.cog import cog_writer, overview_levels, write_cog
 from srpipe.config import MosaicConfig
+from srpipe.data.cog import cog_writer, overview_levels, write_cog
 
 TRANSFORM = from_origin(440000, 4170000, 10, 10)
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from srpipe.curate.clouds import clear_frames, cloud_cover, vhr_cloud_mask
+from srpipe.data.clouds import clear_frames, cloud_cover, vhr_cloud_mask
 
 
 def test_a_cloud_of_known_area_gives_that_cover():

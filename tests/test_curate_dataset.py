@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from srpipe.curate.dataset import KEYS, ShardDataset, ShardWriter, shard_paths
+from srpipe.data.shards import KEYS, ShardDataset, ShardWriter, shard_paths
 from srpipe.errors import StageError
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from srpipe.curate.normalise import BandScale, band_medians, percentile_scale
+from srpipe.data.normalise import BandScale, band_medians, percentile_scale
 
 
 def test_percentile_scale_maps_the_percentiles_to_0_and_1_and_clips():
@@ -32,7 +32,7 @@ def test_band_medians_ignore_masked_pixels():
 
 
 def test_region_factors_are_band_medians_and_folding_them_equals_dividing_first():
-    from srpipe.curate.normalise import fold_factors, region_factors
+    from srpipe.data.normalise import fold_factors, region_factors
 
     rng = np.random.default_rng(0)
     pixels = rng.uniform(0, 1, (1001, 4)).astype(np.float32) * np.array([1, 2, 3, 4], np.float32)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from srpipe.config import load_config
-from srpipe.curate.dataset import SHARD_FIELDS, TILE_FIELDS
 from srpipe.curate.quality import SCORE_NAMES
 from srpipe.curate.reduce import read_samples
 from srpipe.curate.truth import filter_truth
+from srpipe.data.shards import SHARD_FIELDS, TILE_FIELDS
 from srpipe.layout import RunLayout
 from tests.conftest import aoi_geojson, srpipe, tiny_settings, write_config
 

@@ -8,8 +8,8 @@ import torch
 from rasterio.transform import from_bounds
 
 from srpipe.config import DelineationConfig
-from srpipe.delineation import delineation_loss, proxy_segments, rasterise_parcels, segment_targets
 from srpipe.models.delineation import DelineationNet
+from srpipe.training.train_delineation import delineation_loss, proxy_segments, rasterise_parcels, segment_targets
 from tests.conftest import DATA
 
 SLOVENIA = DATA / "eolearn-slovenia"

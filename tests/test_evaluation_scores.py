@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from srpipe.evaluation.scores import score
+from srpipe.metrics import score
 
 
 def test_scores_ignore_the_border_and_cpsnr_forgives_a_shift_and_a_bias():

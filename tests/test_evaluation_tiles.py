@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from srpipe.config import load_config
+from srpipe.data.grid import tiles_by_id
 from srpipe.evaluation.tiles import core_blocks, tile_images
-from srpipe.grid import tiles_by_id
 from srpipe.models.highresnet import bicubic, masked_median
 from srpipe.models.trained import load_model
 from srpipe.weights import packaged, weights_path

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from srpipe.cli import main
 from srpipe.cluster.profiles import Profile, load_profile
 from srpipe.config import Config, load_config
+from srpipe.data.grid import load_aoi, split_aoi
 from srpipe.eopatch import S2_BANDS, S2_CLOUDS, S2_VALID, VHR_BANDS, VHR_TIMESTAMPS, VHR_VALID, check_patch
 from srpipe.errors import ConfigError, SrpipeError, TileError
-from srpipe.grid import load_aoi, split_aoi
 from tests.conftest import tiny_settings
 
 pytestmark = pytest.mark.faults

@@ -11,9 +11,9 @@ import shapely
 
 from srpipe import state
 from srpipe.config import load_config
+from srpipe.data.grid import load_aoi, read_grid, split_aoi, tiles_by_id, write_grid
 from srpipe.errors import ConfigError
-from srpipe.grid import load_aoi, read_grid, split_aoi, tiles_by_id, write_grid
-from srpipe.plan import plan
+from srpipe.plan.stage import plan
 from tests.conftest import DATA, aoi_geojson, write_config
 
 

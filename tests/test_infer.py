@@ -10,15 +10,17 @@ import torch
 from rasterio.transform import from_bounds
 from rio_cogeo.cogeo import cog_validate
 
-from srpipe import BANDS, infer, infer_data, state
+from srpipe import BANDS, state
 from srpipe.config import Config, InferConfig, ModelConfig, SourceConfig
-from srpipe.curate.normalise import BandScale
+from srpipe.data.grid import Tile
+from srpipe.data.normalise import BandScale
+from srpipe.data.s2units import from_dn
 from srpipe.errors import StageError, TileError
-from srpipe.grid import Tile
+from srpipe.infer import stage as infer
+from srpipe.infer import windows as infer_data
 from srpipe.models import build_model
 from srpipe.models.trained import TrainedModel, ensemble_mean_std, load_for_inference
-from srpipe.s2units import from_dn
-from srpipe.sources.synthetic import SyntheticSource
+from srpipe.sources.synthetic.source import SyntheticSource
 from tests.helpers import BOUNDS, s2_stack
 
 
@@ -232,7 +234,7 @@ def test_the_gpu_path_matches_the_cpu_within_bfloat16_precision(tmp_path, model,
 def test_data_normalisation_carries_an_affine_change_of_the_input_to_the_output(tmp_path, model, stacks, monkeypatch):
     """With infer.normalisation = "data", S2 brightened as a + b x gives SR a + b SR (the data's percentiles move
     with it); with the weights' own scaling it does not, as the net sees other values."""
-    from srpipe import infer_norm
+    from srpipe.infer import fitted_scale as infer_norm
 
     monkeypatch.setattr(infer_norm, "make_source", infer_data.make_source)
     monkeypatch.setattr(infer_norm, "tiles_by_id", infer_data.tiles_by_id)

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from srpipe import infer_norm
 from srpipe.config import Config
-from srpipe.curate.normalise import BandScale
+from srpipe.data.grid import Tile
+from srpipe.data.labelmap import lr_to_hr_map
+from srpipe.data.normalise import BandScale
 from srpipe.errors import StageError
-from srpipe.grid import Tile
-from srpipe.losses import lr_to_hr_map
+from srpipe.infer import fitted_scale as infer_norm
 from srpipe.models.trained import TrainedModel
 from tests.helpers import BOUNDS, s2_stack
 

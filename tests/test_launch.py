@@ -6,7 +6,15 @@ import shutil
 
 import pytest
 
-from srpipe.launch import Launch, first_host, launch_from_env, launcher_rank, launcher_size, rendezvous, slurm_port
+from srpipe.training.launch import (
+    Launch,
+    first_host,
+    launch_from_env,
+    launcher_rank,
+    launcher_size,
+    rendezvous,
+    slurm_port,
+)
 
 SRUN_STEP = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": "0", "SLURM_NTASKS": "2"}
 

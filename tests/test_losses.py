@@ -5,9 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from srpipe.config import LossConfig, ModelConfig
-from srpipe.losses import (
+from srpipe.metrics import cpsnr
+from srpipe.models import build_model
+from srpipe.models.delineation import DelineationNet
+from srpipe.models.lanczos import lanczos_shift
+from srpipe.models.shiftnet import ShiftNet
+from srpipe.training.losses import (
     as_trained,
-    cpsnr,
     latest_frame,
     mean_match,
     perceptual,
@@ -16,10 +20,6 @@ from srpipe.losses import (
     sr_losses,
     ssim,
 )
-from srpipe.models import build_model
-from srpipe.models.delineation import DelineationNet
-from srpipe.models.lanczos import lanczos_shift
-from srpipe.models.shiftnet import ShiftNet
 
 
 def smooth(b: int = 2, c: int = 4, size: int = 48, seed: int = 0) -> torch.Tensor:

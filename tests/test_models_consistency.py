@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from srpipe.config import ModelConfig
-from srpipe.evaluation.consistency import degrade as scipy_degrade
+from srpipe.evaluation.s2_consistency import degrade as scipy_degrade
 from srpipe.models.consistency import constrain, degrade, degrade_adjoint, latest_frame, match_means, noise_gain
 from srpipe.models.highresnet import HighResNet
 

@@ -18,7 +18,7 @@ from srpipe.models import build_model
 from srpipe.models.pretrained import export_weights, init_weights
 from srpipe.models.shiftnet import ShiftNet
 from srpipe.models.trained import model_dir
-from srpipe.train import train
+from srpipe.training.train import train
 from srpipe.weights import WEIGHTS_DIR, packaged, weights_path
 
 REPO = Path(__file__).resolve().parents[1]

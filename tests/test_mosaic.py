@@ -23,13 +23,13 @@ from rasterio.transform import from_bounds
 from rio_cogeo.cogeo import cog_validate
 
 from srpipe import STD_BANDS, state
-from srpipe import mosaic as mosaic_module
 from srpipe.chain import STAGES, ChainState, fingerprint, pending_units, run_unit, stage_units
-from srpipe.cog import write_cog
 from srpipe.config import Config, InferConfig, MosaicConfig, PlanConfig
+from srpipe.data.cog import write_cog
+from srpipe.data.grid import Tile, split_aoi, write_grid
 from srpipe.errors import StageError
-from srpipe.grid import Tile, split_aoi, write_grid
-from srpipe.infer_record import InferRecord
+from srpipe.infer.record import InferRecord
+from srpipe.mosaic import stage as mosaic_module
 from srpipe.state import file_sha256
 
 SCHEMAS = Path(__file__).parent / "stac_schemas"  # the extensions' JSON schemas, vendored: validation runs offline
@@ -294,8 +294,9 @@ def test_stac_items_and_collection_validate_offline_and_carry_bands_projection_a
 
 
 def test_mosaic_does_not_import_torch_or_the_training_and_inference_modules():
-    heavy = "('torch', 'srpipe.infer', 'srpipe.train')"
-    code = f"import sys, srpipe.mosaic, srpipe.stac; print(sorted(m for m in {heavy} if m in sys.modules))"
+    heavy = "('torch', 'srpipe.infer.stage', 'srpipe.training.train')"
+    imports = "import sys, srpipe.mosaic.stage, srpipe.mosaic.catalog"
+    code = f"{imports}; print(sorted(m for m in {heavy} if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 

@@ -27,7 +27,7 @@ LAUNCHERS = {
     "torchrun": [str(BIN / "torchrun"), "--nproc-per-node", "2", "--no-python"],
 }
 RANK_SCRIPT = (
-    "import json, sys; from srpipe.config import load_config; from srpipe.train import train; "
+    "import json, sys; from srpipe.config import load_config; from srpipe.training.train import train; "
     "r = train(load_config(sys.argv[1])); open(f'{sys.argv[2]}/rank{r[\"rank\"]}.json', 'w').write(json.dumps(r))"
 )
 ENV = {"PYTHONWARNINGS": "ignore", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}

@@ -6,9 +6,9 @@ import datetime as dt
 import numpy as np
 
 from srpipe.config import SourceConfig
-from srpipe.s2units import from_dn, to_dn
-from srpipe.sources.sample import SampleSource
-from srpipe.sources.sentinelhub import SentinelHubSource
+from srpipe.data.s2units import from_dn, to_dn
+from srpipe.sources.sample.source import SampleSource
+from srpipe.sources.sentinelhub.source import SentinelHubSource
 
 
 def test_dn_round_trips_within_half_a_dn_and_nan_is_nodata():

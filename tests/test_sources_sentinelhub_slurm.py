@@ -6,8 +6,8 @@ import pytest
 
 from srpipe import state
 from srpipe.config import load_config
-from srpipe.grid import read_grid
-from srpipe.plan import plan
+from srpipe.data.grid import read_grid
+from srpipe.plan.stage import plan
 from tests import shfixtures
 from tests.conftest import srpipe
 from tests.helpers import job_ids, slurm_profile, wait_jobs

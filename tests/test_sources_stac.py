@@ -20,11 +20,11 @@ from pyproj import Transformer
 
 from srpipe import eopatch as ep
 from srpipe.config import ConfigError, SourceConfig, load_config
+from srpipe.data.grid import Tile
 from srpipe.errors import TileError
-from srpipe.grid import Tile
-from srpipe.sources.stac import StacSource, dark_object_outliers
-from srpipe.sources.staccost import asset_cost
-from srpipe.sources.stacsign import TokenError
+from srpipe.sources.stac.cost import asset_cost
+from srpipe.sources.stac.sign import TokenError
+from srpipe.sources.stac.source import StacSource, dark_object_outliers
 from tests import stacfixtures as fx
 from tests.conftest import aoi_geojson, srpipe, tiny_settings, write_config
 from tests.stacserver import TOKEN_PATH, Archive, StacServer

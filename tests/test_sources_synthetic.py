@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from srpipe.config import Config, SourceConfig, load_config
+from srpipe.data.grid import Tile, load_aoi, read_grid, split_aoi
 from srpipe.download import download_tile
 from srpipe.errors import TileError
-from srpipe.grid import Tile, load_aoi, read_grid, split_aoi
-from srpipe.plan import plan
-from srpipe.sources.synthetic import cloudy_dates, synthetic_dates, synthetic_stack
+from srpipe.plan.stage import plan
+from srpipe.sources.synthetic.source import cloudy_dates, synthetic_dates, synthetic_stack
 from tests.conftest import REPO, aoi_geojson, write_config
 
 CFG = SourceConfig(name="synthetic", lr_resolution_m=40.0, n_dates=8, time_interval=("2020-05-01", "2020-10-31"))

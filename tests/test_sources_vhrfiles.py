@@ -11,9 +11,9 @@ import pytest
 from pyproj import Transformer
 
 from srpipe.config import ConfigError, SourceConfig
+from srpipe.data.grid import Tile
 from srpipe.errors import TileError
-from srpipe.grid import Tile
-from srpipe.sources.vhrfiles import VhrFiles
+from srpipe.sources.vhr.files import VhrFiles
 from tests.stacfixtures import write_cog
 
 TILE = Tile(

@@ -17,8 +17,8 @@ import torch
 from srpipe import state
 from srpipe.config import LossConfig
 from srpipe.models.trained import load_trained, model_dir
-from srpipe.ranks import World
-from srpipe.train import lr_factor, train, validate
+from srpipe.training.ranks import World
+from srpipe.training.train import lr_factor, train, validate
 from tests.helpers import synthetic_samples
 
 
@@ -82,7 +82,7 @@ def test_validation_scores_only_the_pixels_the_loss_trains():
 def test_a_run_killed_mid_epoch_resumes_from_its_checkpoint_and_ends_as_an_unbroken_one(tmp_path, make_synthetic_run):
     settings = {"epochs": 3, "checkpoint_every_steps": 1, "augment": True, "lr_schedule": "cosine"}
     broken = make_synthetic_run(tmp_path / "broken", n_train=128, **settings)
-    script = "import sys; from srpipe.config import load_config; from srpipe.train import train; "
+    script = "import sys; from srpipe.config import load_config; from srpipe.training.train import train; "
     script += "train(load_config(sys.argv[1]))"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from srpipe import state
 from srpipe.chain.fingerprint import ChainState
-from srpipe.chain.registry import ALL, STAGES, Stage, check_stage
+from srpipe.chain.registry import ALL, PLAN, STAGES, Stage, check_stage
 from srpipe.chain.runner import StageSummary
 from srpipe.config import Config
 from srpipe.errors import ConfigError
@@ -74,16 +74,14 @@ def run_chain(
 
 def plan_run(cfg: Config) -> StageSummary:
     """Plan the run (always re-checked: cheap, and it guards the grid against a changed config)."""
-    from srpipe.plan import plan
-
-    start, summary = time.perf_counter(), StageSummary("plan")
+    start, summary = time.perf_counter(), StageSummary(PLAN.name)
     try:
-        state.mark_done(cfg.run_path, "plan", ALL, plan(cfg))
+        state.mark_done(cfg.run_path, PLAN.name, ALL, PLAN.function()(cfg))
         summary.done.append(ALL)
     except ConfigError:
         raise  # a configuration error stops here with status 2, before anything is written
     except Exception as exc:  # noqa: BLE001 - reported like every stage's failure
         summary.failed[ALL] = f"{type(exc).__name__}: {exc}"
-        state.mark_failed(cfg.run_path, "plan", ALL, summary.failed[ALL], traceback.format_exc())
+        state.mark_failed(cfg.run_path, PLAN.name, ALL, summary.failed[ALL], traceback.format_exc())
     summary.seconds = time.perf_counter() - start
     return summary

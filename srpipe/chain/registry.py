@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from srpipe import state
-from srpipe.config import Config
+from srpipe.config import CONSTRAINT_KEYS, Config
 from srpipe.errors import StageError
 
 ALL = "all"  # the one unit of a whole-run stage
@@ -108,8 +108,6 @@ _INFER_OUTPUT_KEYS = (
     "normalisation",
     "model",
 )
-# the output's consistency constraint has no weights: infer and evaluate apply the run's (models/trained.py)
-_CONSTRAINT_KEYS = ("model.consistency", "model.consistency_regularisation", "model.psf_sigma_lr_px")
 
 _CURATE_MAP_KEYS = tuple(
     f"curate.{k}"
@@ -151,7 +149,7 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "train-delineation",
-            "srpipe.delineation:train_delineation",
+            "srpipe.training.train_delineation:train_delineation",
             reads=("source.scale", "curate.lr_patch_px", "delineation"),
             speed_only=_WHERE,
             after=("curate-reduce",),
@@ -161,7 +159,7 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "train",
-            "srpipe.train:train",
+            "srpipe.training.train:train",
             reads=("source.scale", "curate.n_frames", "model", "train", "loss", "delineation.name"),
             speed_only=_WHERE,  # delineation.name: the frozen net of its perceptual loss
             after=("curate-reduce", "train-delineation"),
@@ -173,12 +171,12 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "infer",
-            "srpipe.infer:infer_tile",
+            "srpipe.infer.stage:infer_tile",
             per_tile=True,
             reads=(
                 "source",  # its S2 stacks come from the source, and the synthetic one makes them here (seed, dates)
                 "train.name",
-                *_CONSTRAINT_KEYS,
+                *CONSTRAINT_KEYS,  # the constraint has no weights: the run's applies (models/trained.py)
                 *(f"infer.{k}" for k in _INFER_OUTPUT_KEYS),
                 "curate.percentiles",  # infer.normalisation = "data" fits them to the data
                 "mosaic.blocksize",
@@ -188,11 +186,11 @@ STAGES: dict[str, Stage] = {
             speed_only=(*_WHERE, *_INFER_SPEED_KEYS),
             after=("download", "train"),
             files=_infer_weights,
-            batch="srpipe.infer:infer_shard",
+            batch="srpipe.infer.stage:infer_shard",
         ),
         Stage(
             "mosaic",
-            "srpipe.mosaic:mosaic_unit",
+            "srpipe.mosaic.stage:mosaic_unit",
             reads=(
                 "plan.region",
                 "plan.aoi",  # the mask's file; `files` hashes its content
@@ -207,12 +205,12 @@ STAGES: dict[str, Stage] = {
             speed_only=_WHERE,
             after=("infer",),
             files=_aoi,
-            units="srpipe.mosaic_units:mosaic_units",
-            reads_units="srpipe.mosaic_units:mosaic_reads",
+            units="srpipe.mosaic.units:mosaic_units",
+            reads_units="srpipe.mosaic.units:mosaic_reads",
         ),
         Stage(
             "catalog",
-            "srpipe.mosaic:catalog",
+            "srpipe.mosaic.catalog:catalog",
             reads=("plan.region", "mosaic", "train.name", "infer.model", "source.name", "source.s2_collection"),
             speed_only=_WHERE,
             after=("mosaic",),
@@ -220,10 +218,10 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "evaluate",
-            "srpipe.evaluate:evaluate",
+            "srpipe.evaluation.stage:evaluate",
             reads=(
                 "evaluate",
-                *_CONSTRAINT_KEYS,
+                *CONSTRAINT_KEYS,
                 "infer.self_ensemble",
                 "loss.cpsnr_max_shift_px",
                 "loss.crop_border_px",
@@ -241,6 +239,8 @@ STAGES: dict[str, Stage] = {
     )
 }
 CHAIN = tuple(STAGES)
+# plan makes the units the chain runs over, so it runs first, in this process, every time: see docs/layout.md
+PLAN = Stage("plan", "srpipe.plan.stage:plan", reads=("plan", "source"), speed_only=_WHERE)
 
 
 def downstream_of(name: str) -> set[str]:
@@ -270,6 +270,6 @@ def stage_units(
         return picked or own
     if not stage.per_tile:
         return [ALL]
-    from srpipe.grid import read_grid
+    from srpipe.data.grid import read_grid
 
     return list(tiles) if tiles is not None else [t.tile_id for t in read_grid(cfg.run_path)]

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from srpipe.chain import ALL, ChainState, Stage, StageSummary, pending_units, run_shard, run_unit
 from srpipe.config import Config
-from srpipe.launch import launcher_rank, launcher_size
+from srpipe.training.launch import launcher_rank, launcher_size
 
 
 def _init_worker() -> None:

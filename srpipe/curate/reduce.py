@@ -1,7 +1,7 @@
 """Curate reduce, one per run: shadow and noise filters, region factors, percentiles, HDF5 shards, plots, report.
 
-Everything here reads the map's outputs (`curation/tiles/<tile>.{json,h5}`, dataset.TILE_FIELDS) and the grid and
-writes the shards (dataset.SHARD_FIELDS); changing a filter's threshold re-runs only this step. Normalised units: S2
+Everything here reads the map's outputs (`curation/tiles/<tile>.{json,h5}`, shards.TILE_FIELDS) and the grid and
+writes the shards (shards.SHARD_FIELDS); changing a filter's threshold re-runs only this step. Normalised units: S2
 and matched labels are divided by their region's S2 factors, unmatched labels by their tile's label medians; then
 per-band percentiles of the training tiles map them to [0, 1].
 """
@@ -19,15 +19,14 @@ import numpy as np
 
 from srpipe import BANDS, state
 from srpipe.config import Config
-from srpipe.curate import plots
-from srpipe.curate.dataset import SHARD_FIELDS, TILE_FIELDS, ShardWriter
-from srpipe.curate.normalise import BandScale, fold_factors, percentile_scale, region_factors
+from srpipe.curate import filter_plots as plots
+from srpipe.curate.filter_report import write_report
 from srpipe.curate.quality import SCORE_NAMES, passes_noise_filter
-from srpipe.curate.report import write_report
 from srpipe.curate.shadows import shadow_flags
+from srpipe.data.grid import Tile, read_grid
+from srpipe.data.normalise import BandScale, fold_factors, percentile_scale, region_factors
+from srpipe.data.shards import SHARD_FIELDS, TILE_FIELDS, ShardWriter
 from srpipe.errors import StageError
-from srpipe.grid import Tile, read_grid
-from srpipe.layout import RunLayout
 
 SPLITS = ("train", "val", "test")
 SAMPLE_COLUMNS = (
@@ -56,19 +55,6 @@ def split_tiles(tile_ids: list[str], shares: tuple[float, float, float], seed: i
     n_train = n - n_val - n_test
     names = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
     return dict(zip(order, names, strict=True))
-
-
-def load_stats(run_dir: str | Path) -> dict:
-    """`curation/stats.json` of a curated run."""
-    path = RunLayout(Path(run_dir)).curation_stats
-    if not path.exists():
-        raise StageError(f"{path} does not exist; run `srpipe curate` first")
-    return json.loads(path.read_text())
-
-
-def scales(stats: dict) -> tuple[BandScale, BandScale]:
-    """(S2 scale, label scale) from curation stats, on raw S2 values (the main region's; see `regions` for others)."""
-    return BandScale.from_json(stats["lr_scale"]), BandScale.from_json(stats["hr_scale"])
 
 
 def read_samples(path: str | Path) -> list[dict]:
@@ -170,7 +156,7 @@ def _read_stats(cfg: Config, tile_id: str) -> dict:
 
 
 def _read_tile(cfg: Config, tile_id: str, keys: Iterable[str], rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Datasets `keys` (dataset.TILE_FIELDS) of a tile's raw samples file, opened once; only samples `rows` if given."""
+    """Datasets `keys` (shards.TILE_FIELDS) of a tile's raw samples file, opened once; only samples `rows` if given."""
     path = cfg.layout.curated_tile(tile_id)[1]
     try:
         with h5py.File(path, "r") as f:
@@ -216,7 +202,7 @@ def _write_shards(
     per_tile: dict[str, dict],
     norm: _Normalisation,
 ) -> dict[str, int]:
-    """Write `datasets/` (dataset.SHARD_FIELDS) atomically, streaming one tile at a time; {split: samples written}."""
+    """Write `datasets/` (shards.SHARD_FIELDS) atomically, streaming one tile at a time; {split: samples written}."""
     counts = {s: 0 for s in SPLITS}
     attrs = {"bands": ",".join(BANDS), "scale": cfg.source.scale, "lr_resolution_m": cfg.source.lr_resolution_m}
     attrs["score_names"] = ",".join(SCORE_NAMES)

@@ -1,49 +1,29 @@
 """Curate map, one tile: clouds, medians, samples, noise scores, histogram matching -> `curation/tiles/<tile>.*`.
 
-The raw samples file `<tile>.h5` follows `dataset.TILE_FIELDS`; `<tile>.json` holds the frames' cloud cover and medians,
+The raw samples file `<tile>.h5` follows `shards.TILE_FIELDS`; `<tile>.json` holds the frames' cloud cover and medians,
 the label medians and each sample's scores.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
-from eolearn.core import EOPatch
 
 from srpipe import eopatch as ep
 from srpipe.config import Config, CurateConfig
-from srpipe.curate.clouds import clear_frames, cloud_cover, vhr_cloud_mask
-from srpipe.curate.dataset import TILE_FIELDS
 from srpipe.curate.histmatch import match_histograms
-from srpipe.curate.normalise import BandScale, band_medians, percentile_scale, sample_pixels
 from srpipe.curate.quality import SCORE_NAMES, bicubic_upsample, pair_scores
+from srpipe.data.frames import Frames, choose_frames, closest_frame, frames_before
+from srpipe.data.grid import tile_seed
+from srpipe.data.normalise import BandScale, band_medians, percentile_scale, sample_pixels
+from srpipe.data.shards import TILE_FIELDS
 from srpipe.errors import TileError
-from srpipe.grid import tile_seed
 from srpipe.state import atomic_path, write_json
 
 BLUE_SAMPLE_PX = 4000  # label blue values kept per frame, for the threshold histograms
-
-
-@dataclass(frozen=True)
-class Frames:
-    """A tile's S2 (T, h, w, 4) and label (L, H, W, 4) values with their (T|L, ...) bool masks and kept frames."""
-
-    s2: np.ndarray
-    s2_valid: np.ndarray
-    s2_clear: np.ndarray  # valid and cloud-free
-    s2_dates: list[dt.datetime]
-    s2_cover: np.ndarray  # (T,) cloud share
-    s2_kept: np.ndarray  # (T,) bool: clear enough and complete
-    vhr: np.ndarray
-    vhr_valid: np.ndarray
-    vhr_clear: np.ndarray
-    vhr_dates: list[dt.datetime]
-    vhr_cover: np.ndarray
-    vhr_kept: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -54,21 +34,6 @@ class _TileScales:
     lr: BandScale  # S2 percentiles
     hr: BandScale  # label percentiles
     label_medians: list[float]  # the label normalisation factors of this tile
-
-
-def frames_before(dates: list[dt.datetime], usable: np.ndarray, when: dt.datetime, max_days: int, k: int) -> list[int]:
-    """Indices of the (up to) `k` most recent usable frames within `max_days` on or before `when`, chronological."""
-    picked = [
-        i for i, d in enumerate(dates) if usable[i] and dt.timedelta(0) <= when - d <= dt.timedelta(days=max_days)
-    ]
-    return sorted(picked, key=lambda i: dates[i])[-k:]
-
-
-def closest_frame(dates: list[dt.datetime], usable: np.ndarray, when: dt.datetime) -> int:
-    """Index of the usable frame closest in time to `when` (either side; the earlier on a tie)."""
-    picked = np.flatnonzero(usable)
-    gaps = [(abs((dates[i] - when).total_seconds()), dates[i] > when) for i in picked]
-    return int(picked[min(range(len(picked)), key=gaps.__getitem__)])
 
 
 def curate_tile(cfg: Config, tile_id: str) -> dict:
@@ -83,45 +48,6 @@ def curate_tile(cfg: Config, tile_id: str) -> dict:
     _write_samples(cfg, samples_path, samples, tile_scales.lr_pixels, vhr_blue)
     write_json(stats_path, _tile_stats(tile_id, frames, tile_scales, samples, skipped))
     return {"samples": len(samples), "s2_kept": int(frames.s2_kept.sum()), "vhr_kept": int(frames.vhr_kept.sum())}
-
-
-def choose_frames(curate: CurateConfig, tile_id: str, patch: EOPatch) -> Frames:
-    """The tile's frames with cloud masks and covers; the clear ones kept; TileError when no S2 or label frame is."""
-    s2, s2_valid = patch[ep.S2_BANDS], patch[ep.S2_VALID][..., 0]
-    s2_clouds = patch[ep.S2_CLOUDS][..., 0]
-    vhr, vhr_valid = patch[ep.VHR_BANDS], patch[ep.VHR_VALID][..., 0]
-    vhr_clouds = vhr_cloud_mask(vhr, curate.vhr_cloud_threshold)
-    s2_cover, vhr_cover = cloud_cover(s2_clouds, s2_valid), cloud_cover(vhr_clouds, vhr_valid)
-    frames = Frames(
-        s2=s2,
-        s2_valid=s2_valid,
-        s2_clear=~s2_clouds & s2_valid,
-        s2_dates=list(patch.timestamps),
-        s2_cover=s2_cover,
-        s2_kept=clear_frames(s2_cover, s2_valid, curate.s2_max_cloud_cover),
-        vhr=vhr,
-        vhr_valid=vhr_valid,
-        vhr_clear=~vhr_clouds & vhr_valid,
-        vhr_dates=ep.vhr_dates(patch),
-        vhr_cover=vhr_cover,
-        vhr_kept=clear_frames(vhr_cover, vhr_valid, curate.vhr_max_cloud_cover),
-    )
-    if not frames.s2_kept.any():
-        raise TileError(
-            tile_id,
-            f"all {len(frames.s2_dates)} S2 frames are cloudier than "
-            f"curate.s2_max_cloud_cover={curate.s2_max_cloud_cover} or lack data; "
-            "widen source.time_interval or raise the threshold",
-        )
-    if not frames.vhr_kept.any():
-        raise TileError(
-            tile_id,
-            f"all {len(frames.vhr_dates)} label frames are cloudier than "
-            f"curate.vhr_max_cloud_cover={curate.vhr_max_cloud_cover} "
-            f"(blue > curate.vhr_cloud_threshold={curate.vhr_cloud_threshold}); "
-            "check the threshold against the label's units",
-        )
-    return frames
 
 
 def _tile_scales(curate: CurateConfig, frames: Frames, rng: np.random.Generator) -> _TileScales:
@@ -212,7 +138,7 @@ def _sample(
 
 
 def _write_samples(cfg: Config, path: Path, samples: list[dict], lr_pixels: np.ndarray, vhr_blue: np.ndarray) -> None:
-    """Write the tile's raw samples file (dataset.TILE_FIELDS), atomically."""
+    """Write the tile's raw samples file (`data.shards.TILE_FIELDS`), atomically."""
     patch_px, label_px = cfg.curate.lr_patch_px, cfg.curate.lr_patch_px * cfg.source.scale
     sizes = {"N": len(samples), "K": cfg.curate.n_frames, "h": patch_px, "w": patch_px, "H": label_px, "W": label_px}
     sizes |= {"P": cfg.curate.pixels_per_sample, "S": len(SCORE_NAMES), "M": len(lr_pixels)}

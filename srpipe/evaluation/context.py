@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from srpipe.config import Config
-from srpipe.curate.dataset import iter_samples
+from srpipe.data.labelmap import lr_to_hr_map
+from srpipe.data.shards import iter_samples
 from srpipe.evaluation import baselines as bl
-from srpipe.evaluation.scores import score
-from srpipe.losses import lr_to_hr_map
+from srpipe.metrics import score
 from srpipe.models.trained import TrainedModel, load_trained
 
 

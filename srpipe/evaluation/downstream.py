@@ -27,8 +27,8 @@ from shapely.geometry import shape as to_geometry
 from skimage.segmentation import expand_labels, find_boundaries, watershed
 
 from srpipe.config import DelineationConfig
-from srpipe.delineation import delineation_loss, proxy_segments, rasterise_parcels, segment_targets
 from srpipe.models.delineation import DelineationNet
+from srpipe.training.train_delineation import delineation_loss, proxy_segments, rasterise_parcels, segment_targets
 
 _SPLITS = ("train", "test")
 _TIMED_STEPS = 3  # calibration steps after one warm-up step

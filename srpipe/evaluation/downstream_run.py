@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from srpipe.curate.dataset import shard_paths
+from srpipe.data.shards import shard_paths
 from srpipe.evaluation import stats
 from srpipe.evaluation.context import Context, Patches, baseline_images, batches
 from srpipe.evaluation.downstream import downstream_delineation, reference_from_labels
@@ -21,7 +21,7 @@ def _train_images(ctx: Context, base: str) -> dict[str, np.ndarray]:
     n = 0
     for batch in batches(shard_paths(ctx.cfg.layout.datasets, "train"), ctx.cfg.evaluate.batch_size):
         with torch.no_grad():
-            sr = ctx.model.net(batch["lr"], batch["lr_mask"])
+            sr = ctx.model.forward(batch["lr"], batch["lr_mask"])
         baseline = baseline_images(ctx, batch["lr"], batch["lr_mask"], batch["lr_dates"], batch["hr_date"])[base]
         for key, value in (("sr", sr), (base, baseline), ("hr", batch["hr"])):
             parts[key].append(value.clamp(0, 1))

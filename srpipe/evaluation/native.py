@@ -18,7 +18,7 @@ import torch
 from rasterio import Affine
 from skimage.filters import sobel
 
-from srpipe.evaluation.consistency import consistency_scores, degrade
+from srpipe.evaluation.s2_consistency import consistency_scores, degrade
 from srpipe.models.highresnet import bicubic
 
 MSE_FLOOR = 1e-10  # PSNR of an exact match: 100 dB, not infinity

@@ -1,7 +1,8 @@
 """Perceptual distances in the field-delineation net: per-sample feature and style (Gram) distances to the label.
 
-The evaluation twin of the training loss `srpipe.losses.perceptual`: the same encoder levels
-(`DelineationNet.features`) and the same Gram matrices (`srpipe.losses.gram_matrix`), one value per sample, optionally
+The evaluation twin of the training loss `srpipe.training.losses.perceptual`: the same encoder levels
+(`DelineationNet.features`) and the
+same Gram matrices (`srpipe.training.losses.gram_matrix`), one value per sample, optionally
 on clear pixels only, and the net in eval mode so that BatchNorm does not mix the samples of a batch.
 """
 
@@ -11,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from srpipe.losses import gram_matrix
 from srpipe.models.delineation import DelineationNet
+from srpipe.training.losses import gram_matrix
 
 
 def _level_masks(mask: torch.Tensor, features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -31,7 +32,7 @@ def perceptual_distances(
     matrices (C_i x C_i, normalised by the positions). With `mask` (B, H, W) bool (True = clear), masked-out pixels of
     `image` are replaced by the label's and only positions whose block is mostly clear count (Gram matrices over
     them; NaN for a sample where some level has none); without it, feature + style averaged over the batch is
-    `srpipe.losses.perceptual` (style_weight 1).
+    `srpipe.training.losses.perceptual` (style_weight 1).
     """
     if image.shape != hr.shape:
         raise ValueError(f"image {tuple(image.shape)} and label {tuple(hr.shape)} differ in shape")

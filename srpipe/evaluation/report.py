@@ -9,13 +9,14 @@ import numpy as np
 import torch
 
 from srpipe import state
-from srpipe.augment import ensemble_views
+from srpipe.config import CONSTRAINTS
+from srpipe.data.augment import ensemble_views
 from srpipe.evaluation import plots
 from srpipe.evaluation.context import Context, Patches
 from srpipe.evaluation.html import Figure, Section, Table, write_html
-from srpipe.evaluation.scores import METRICS
-from srpipe.evaluation.summary import CONSTRAINT_PREFIX, CONSTRAINTS
+from srpipe.evaluation.summary import CONSTRAINT_PREFIX
 from srpipe.evaluation.trust import trust_maps
+from srpipe.metrics import METRICS
 
 NAMES = {
     "sr": "SR (8-view ensemble)",
@@ -97,7 +98,7 @@ def _trust_png(ctx: Context, patches: Patches) -> bytes | None:
     if not ctx.cfg.infer.self_ensemble or patches.first is None:
         return None
     lr, mask = patches.first
-    views = torch.stack(ensemble_views(ctx.model.net, lr, mask))[:, 0]
+    views = torch.stack(ensemble_views(ctx.model.forward, lr, mask))[:, 0]
     return plots.trust_map(views.clamp(0, 1).numpy(), "self-ensemble of the first test sample")
 
 

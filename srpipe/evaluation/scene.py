@@ -23,7 +23,7 @@ SCENE_CHAIN = ("download", "curate", "curate-reduce")
 
 def _aoi(cfg: Config, scene: Path, path: Path) -> Path:
     """GeoJSON of the scene's footprint, less one tile buffer inside each edge (whole tiles only), in EPSG:4326."""
-    from srpipe.sources.sample import SampleSource
+    from srpipe.sources.sample.source import SampleSource
 
     source = SampleSource(cfg.source)
     b = source.scene_bounds

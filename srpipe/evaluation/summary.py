@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from srpipe.config import CONSTRAINTS
 from srpipe.evaluation import stats
-from srpipe.evaluation.consistency import consistency_scores, correctness_shares
 from srpipe.evaluation.context import Context, Patches
-from srpipe.evaluation.scores import METRICS
+from srpipe.evaluation.s2_consistency import consistency_scores, correctness_shares
+from srpipe.metrics import METRICS
 from srpipe.models.highresnet import bicubic
 
 SR_METHODS = ("sr", "sr_one_pass")
-CONSTRAINTS = ("off", "mean", "full")  # model.consistency's settings, each scored on the same weights
 CONSTRAINT_PREFIX = "sr_one_pass_"  # "sr_one_pass_<setting>": the same weights under another model.consistency
 
 
@@ -165,8 +165,8 @@ def _correctness(patches: Patches, base: str) -> dict:
 
 def _perceptual(ctx: Context, patches: Patches, base: str) -> dict | None:
     """Feature and style distances in the delineation net (None when it was not trained)."""
-    from srpipe.delineation import load_delineation
     from srpipe.evaluation.perceptual import perceptual_distances
+    from srpipe.training.train_delineation import load_delineation
 
     net = load_delineation(ctx.cfg)
     if net is None:

@@ -20,8 +20,8 @@ from srpipe import eopatch as ep
 from srpipe.config import Config
 from srpipe.curate.histmatch import match_histograms
 from srpipe.curate.quality import bicubic_upsample, pair_scores, passes_noise_filter
-from srpipe.curate.tile import Frames, choose_frames, closest_frame, frames_before
-from srpipe.grid import Tile
+from srpipe.data.frames import Frames, choose_frames, closest_frame, frames_before
+from srpipe.data.grid import Tile
 from srpipe.models.trained import TrainedModel
 
 

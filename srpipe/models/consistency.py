@@ -3,10 +3,10 @@
 `match_means` ("mean") shifts each band so that D(SR) has the reference frame's mean on its clear pixels.
 
 `degrade` is srpipe's S2 imaging chain, D: a Gaussian PSF with scipy's "reflect" borders (the `sample` source's, and
-`evaluation.consistency.degrade`'s), then the mean of each scale x scale block. `constrain` ("full") corrects SR by the
-pseudo-inverse of D, SR + D^T (D D^T)^-1 (x_ref - D SR) on the reference frame's clear pixels, so that D of the result
-equals the reference there (to float rounding) and nothing is taken from its cloudy or padded pixels. The correction
-only moves SR within D's row space: the detail D cannot see is the network's alone.
+`evaluation.s2_consistency.degrade`'s), then the mean of each scale x scale block. `constrain` ("full") corrects SR
+by the pseudo-inverse of D, SR + D^T (D D^T)^-1 (x_ref - D SR) on the reference frame's clear pixels, so that D of the
+result equals the reference there (to float rounding) and nothing is taken from its cloudy or padded pixels. The
+correction only moves SR within D's row space: the detail D cannot see is the network's alone.
 
 Exactness at the borders comes from working on the half-sample mirror of each image (period 2H x 2W): there the
 reflect-bordered blur is a circular convolution and D D^T a circular LR convolution, inverted in the Fourier domain.
@@ -16,8 +16,31 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
+
+from srpipe.config import CONSTRAINTS, ModelConfig
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """The consistency constraint one forward pass applies, a plain value passed to it (never state on a shared net):
+    `mode` one of `config.CONSTRAINTS`, the PSF's sigma in output pixels, and "full"'s regularisation (mu)."""
+
+    mode: str
+    psf_sigma_px: float
+    regularisation: float
+
+    def __post_init__(self) -> None:
+        if self.mode not in CONSTRAINTS:
+            raise ValueError(f"model.consistency = {self.mode!r}: one of {', '.join(CONSTRAINTS)}")
+
+    @classmethod
+    def of(cls, settings: ModelConfig, scale: int) -> Constraint:
+        """The constraint a [model] section sets, for a net of `scale`."""
+        return cls(settings.consistency, settings.psf_sigma_lr_px * scale, settings.consistency_regularisation)
+
 
 TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: the kernel ends at 4 sigma
 
@@ -76,7 +99,7 @@ def _up(x: torch.Tensor, scale: int) -> torch.Tensor:
 def degrade(x: torch.Tensor, scale: int, sigma_px: float) -> torch.Tensor:
     """(B, C, H, W) label grid -> (B, C, H / scale, W / scale): Gaussian PSF (sigma in label px, reflect), block mean.
 
-    The same numbers as `evaluation.consistency.degrade` (scipy) to float rounding; H and W multiples of `scale`.
+    The same numbers as `evaluation.s2_consistency.degrade` (scipy) to float rounding; H and W multiples of `scale`.
     """
     height, width = x.shape[-2:]
     if height % scale or width % scale:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from srpipe.config import ModelConfig
-from srpipe.models.consistency import constrain, latest_frame, match_means
+from srpipe.models.consistency import Constraint, constrain, latest_frame, match_means
 
 
 def conv(c_in: int, c_out: int, kernel_size: int, padding: str) -> nn.Conv2d:
@@ -117,12 +117,10 @@ class HighResNet(nn.Module):
         self.encoder = Encoder(bands, cfg.channels, cfg.encoder_layers, cfg.kernel_size, cfg.padding)
         self.fusion = RecursiveFusion(cfg.channels, cfg.kernel_size, cfg.padding)
         self.decoder = Decoder(cfg.channels, bands, scale, cfg.upscaler, cfg.kernel_size, cfg.padding)
-        self.consistency = cfg.consistency
-        self.psf_sigma_px = cfg.psf_sigma_lr_px * scale
-        self.regularisation = cfg.consistency_regularisation
+        self.constraint = Constraint.of(cfg, scale)  # the one it is built and trained with; a pass may name another
         if cfg.consistency == "mean":  # mean matching cancels the last bias: frozen, or Adam chases float noise in it
             self.decoder.net[-1].bias.requires_grad_(False)
-        # LR-scaled -> label-scaled values per band (losses.lr_to_hr_map), set by whoever knows the data's scales
+        # LR-scaled -> label-scaled values per band (data.labelmap.lr_to_hr_map), set by whoever knows the data's scales
         self.register_buffer("lr_gain", torch.ones(bands), persistent=False)
         self.register_buffer("lr_offset", torch.zeros(bands), persistent=False)
 
@@ -132,8 +130,12 @@ class HighResNet(nn.Module):
         self.lr_offset.copy_(offset)
         return self
 
-    def forward(self, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Frames beyond [0, 1] reach the network clipped (as it was trained) and the constraint as they are."""
+    def forward(self, lr: torch.Tensor, mask: torch.Tensor, constraint: Constraint | None = None) -> torch.Tensor:
+        """Frames beyond [0, 1] reach the network clipped (as it was trained) and the constraint as they are.
+
+        `constraint`: the consistency constraint of this pass (default: the one the net was built with).
+        """
+        constraint = constraint or self.constraint
         b, k, _, h, w = lr.shape
         raw, lr = lr, lr.clamp(0, 1)
         reference = masked_median(lr, mask)
@@ -143,14 +145,25 @@ class HighResNet(nn.Module):
         out = self.decoder(self.fusion(features, alive))
         if self.residual_bicubic:
             out = out + bicubic(reference, self.scale)
-        if self.consistency != "off":
+        if constraint.mode != "off":
             frame, clear = latest_frame(raw, mask)
             frame = frame * self.lr_gain[:, None, None] + self.lr_offset[:, None, None]
-            if self.consistency == "mean":
-                out = match_means(out, frame, clear, self.scale, self.psf_sigma_px)
+            if constraint.mode == "mean":
+                out = match_means(out, frame, clear, self.scale, constraint.psf_sigma_px)
             else:
-                out = constrain(out, frame, clear, self.scale, self.psf_sigma_px, self.regularisation)
+                out = constrain(out, frame, clear, self.scale, constraint.psf_sigma_px, constraint.regularisation)
         return out
+
+
+class Constrained(nn.Module):
+    """`net` under one constraint: forward(lr, mask) = net(lr, mask, constraint); the shared net is not changed."""
+
+    def __init__(self, net: nn.Module, constraint: Constraint | None) -> None:
+        super().__init__()
+        self.net, self.constraint = net, constraint
+
+    def forward(self, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(lr, mask, self.constraint)
 
 
 def bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:

@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 
 from srpipe import state
-from srpipe.augment import ensemble_views, self_ensemble
 from srpipe.config import Config, ModelConfig
-from srpipe.curate.normalise import BandScale
+from srpipe.data.augment import ensemble_views, self_ensemble
+from srpipe.data.labelmap import lr_to_hr_map
+from srpipe.data.normalise import BandScale
 from srpipe.errors import StageError
-from srpipe.losses import lr_to_hr_map
+from srpipe.models.consistency import Constraint
 from srpipe.models.highresnet import HighResNet, build_model
 from srpipe.weights import inference_weights
 
@@ -36,6 +37,12 @@ class TrainedModel:
     hr_scale: BandScale
     n_frames: int
     scale: int
+    constraint: Constraint | None = None  # the run's consistency constraint (None: the one the net was built with)
+
+    def forward(self, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The net's pass under `constraint`: (B, K, 4, h, w) LR-scaled frames, (B, K, h, w) masks -> (B, 4, s*h,
+        s*w) label-scaled SR."""
+        return self.net(lr, mask, self.constraint)
 
     @torch.no_grad()
     def super_resolve(self, lr: torch.Tensor, mask: torch.Tensor, ensemble: bool = False) -> torch.Tensor:
@@ -44,7 +51,7 @@ class TrainedModel:
         Frames may leave [0, 1]: the network sees them clipped, the consistency constraint as they are.
         `ensemble`: the mean over the eight flips/rotations (`infer.self_ensemble`).
         """
-        sr = self_ensemble(self.net, lr, mask) if ensemble else self.net(lr, mask)
+        sr = self_ensemble(self.forward, lr, mask) if ensemble else self.forward(lr, mask)
         return self.floor(sr)
 
     def floor(self, sr: torch.Tensor) -> torch.Tensor:
@@ -73,30 +80,40 @@ def ensemble_mean_std(
 
 def load_trained(cfg: Config) -> TrainedModel:
     """Load the configured `models/<name>/model.pt` (see `load_model`), with the run's consistency constraint."""
-    return _constrained(load_model(model_dir(cfg) / MODEL_FILE), cfg.model)
+    return _constrained(model_dir(cfg) / MODEL_FILE, cfg.model)
 
 
 def load_for_inference(cfg: Config) -> TrainedModel:
     """The model `srpipe infer` runs: `infer.model` (a packaged weights name or a .pt path) when set, else the run's
     trained `models/<train.name>/model.pt`; with the run's consistency constraint."""
-    return _constrained(load_model(inference_weights(cfg)), cfg.model)
+    return _constrained(inference_weights(cfg), cfg.model)
 
 
-def _constrained(model: TrainedModel, settings: ModelConfig) -> TrainedModel:
-    """`model` with the constraint as the run's [model] section sets it: the constraint has no weights, so it applies
-    to weights trained without it too (a cached model is shared: every caller in a process has the same config)."""
-    net = model.net
-    net.consistency, net.regularisation = settings.consistency, settings.consistency_regularisation
-    net.psf_sigma_px = settings.psf_sigma_lr_px * model.scale
-    return model
+def _constrained(path: str | Path, settings: ModelConfig) -> TrainedModel:
+    """The model in `path` under the constraint the run's [model] section sets: the constraint has no weights, so it
+    applies to weights trained without it too. A record of its own around the cached, shared net (left as it is),
+    itself loaded once per process while the file and the settings are unchanged."""
+    version = _version(path)
+    return _under(*version, Constraint.of(settings, _load_model_file(*version).scale))
 
 
 def load_model(path: str | Path) -> TrainedModel:
     """Load a model.pt in eval mode, once per process while the file is unchanged (so do not train the result)."""
+    return _load_model_file(*_version(path))
+
+
+def _version(path: str | Path) -> tuple[str, int, int]:
+    """(resolved path, inode, mtime_ns) of a model file: the key of the caches; StageError when it is missing."""
     path = Path(path)
     if not path.exists():
         raise StageError(f"{path} does not exist; run `srpipe train` first")
-    return _load_model_file(str(path.resolve()), *state.file_version(path))
+    return (str(path.resolve()), *state.file_version(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _under(path: str, inode: int, mtime_ns: int, constraint: Constraint) -> TrainedModel:
+    """The cached model of one version of a model.pt under `constraint`."""
+    return dataclasses.replace(_load_model_file(path, inode, mtime_ns), constraint=constraint)
 
 
 @functools.lru_cache(maxsize=2)

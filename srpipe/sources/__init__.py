@@ -2,8 +2,9 @@
 COGs from a STAC archive + the user's own label rasters) and `synthetic` (seeded S2 stacks anywhere, no labels), each
 behind the one `Source` protocol.
 
-Nothing outside this package asks a source's name: plan asks its coverage, download its EOPatch (or record), inference
-its S2 stacks, the chain whether it has labels, infer the radiometric offset of its values.
+Nothing outside this package asks a source's name: plan asks its coverage, download its cost estimate and its
+EOPatch (or record), inference its S2 stacks, the chain whether it has labels, infer the radiometric offset of its
+values.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import geopandas as gpd
 import shapely
 
 from srpipe.config import SourceConfig
-from srpipe.grid import Tile
+from srpipe.data.grid import Tile
 from srpipe.layout import RunLayout
 from srpipe.sources.stack import S2Stack
 
@@ -39,6 +40,10 @@ class Source(Protocol):
         """Where it delivers whole tiles over `aoi` (EPSG:4326): one geometry with its CRS; None = anywhere."""
         ...
 
+    def estimate(self, tiles: list[Tile]) -> str:
+        """One line: what downloading `tiles` costs (requests, processing units, bytes), or that it costs nothing."""
+        ...
+
     def download(self, tile: Tile, path: Path) -> dict:
         """Fetch `tile` into an EOPatch at `path` (or nothing, for a source generated where it is read); the done
         record's info."""
@@ -57,19 +62,19 @@ def make_source(cfg: SourceConfig, run_dir: str | Path | None = None) -> Source:
     """The source `cfg.name` names; `run_dir` holds its downloads (and, for an EOPatch source, what it reads back)."""
     run = Path(run_dir) if run_dir else None
     if cfg.name == "sample":
-        from srpipe.sources.sample import SampleSource
+        from srpipe.sources.sample.source import SampleSource
 
         return SampleSource(cfg, run)
     if cfg.name == "sentinelhub":
-        from srpipe.sources.sentinelhub import SentinelHubSource
+        from srpipe.sources.sentinelhub.source import SentinelHubSource
 
         return SentinelHubSource(cfg, RunLayout(run).download_cache(cfg.name) if run else None, run)
     if cfg.name == "stac":
-        from srpipe.sources.stac import StacSource
+        from srpipe.sources.stac.source import StacSource
 
         return StacSource(cfg, RunLayout(run).download_cache(cfg.name) if run else None, run)
     if cfg.name == "synthetic":
-        from srpipe.sources.synthetic import SyntheticSource
+        from srpipe.sources.synthetic.source import SyntheticSource
 
         return SyntheticSource(cfg)
     raise ValueError(f"unknown source {cfg.name!r}")  # unreachable: the config allows only known names

@@ -1,5 +1,5 @@
 """Windowed reads of remote or local COGs onto a tile's grid (rasterio/GDAL), signed when the archive needs it
-(`stacsign`), retried on 429/5xx and dropped connections, each item's read cached on disk so that a re-run reads
+(`stac.sign`), retried on 429/5xx and dropped connections, each item's read cached on disk so that a re-run reads
 nothing twice."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from rasterio.transform import from_bounds
 from rasterio.vrt import WarpedVRT
 
 from srpipe.config import SourceConfig
+from srpipe.data.grid import Tile
 from srpipe.errors import SrpipeError, TileError
-from srpipe.grid import Tile
-from srpipe.sources.shclient import RetryPolicy
-from srpipe.sources.stacsign import Signer, redact
+from srpipe.sources.sentinelhub.client import RetryPolicy
+from srpipe.sources.stac.sign import Signer, redact
 from srpipe.state import atomic_path
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import geopandas as gpd
 import shapely
 
-from srpipe.grid import Tile
+from srpipe.data.grid import Tile
 from srpipe.sources import Source
 
 

@@ -1,18 +1,15 @@
-"""What `srpipe download` prints before it starts: each remote source's cost, a note for offline sources."""
+"""What `srpipe download` prints before it starts: the source's own cost estimate (`Source.estimate`)."""
 
 from __future__ import annotations
 
 from srpipe.config import Config
+from srpipe.data.grid import read_grid
+from srpipe.sources import make_source
 
 
 def estimate_line(cfg: Config, tile_ids: list[str] | None = None) -> str:
-    """Processing units for `sentinelhub`, HTTP requests and bytes for `stac`, a note for offline sources."""
-    if cfg.source.name == "stac":
-        from srpipe.sources.staccost import estimate
-
-        return estimate(cfg, tile_ids).line()
-    if cfg.source.name == "sentinelhub":
-        from srpipe.sources.shcost import estimate
-
-        return estimate(cfg, tile_ids).line()
-    return f"{cfg.source.name} source: offline, no requests and no processing units"
+    """One line: the cost of downloading `tile_ids` (default: every tile of the grid) from the run's source."""
+    tiles = read_grid(cfg.run_path)
+    if tile_ids:
+        tiles = [t for t in tiles if t.tile_id in set(tile_ids)]
+    return make_source(cfg.source, cfg.run_path).estimate(tiles)

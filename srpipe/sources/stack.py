@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from srpipe.config import SourceConfig
-from srpipe.grid import Tile
+from srpipe.data.grid import Tile
 
 
 @dataclass

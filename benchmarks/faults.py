@@ -18,8 +18,8 @@ from provenance import provenance
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "faults.json"
 TESTS = [
-    "tests/test_faults_chaos.py::test_seeded_kills_across_the_whole_chain_lose_duplicate_and_alter_nothing",
-    "tests/test_slurm_cluster.py::test_submit_all_under_seeded_task_kills_resubmits_to_the_local_runs_outputs",
+    "tests/faults/test_chaos.py::test_seeded_kills_across_the_whole_chain_lose_duplicate_and_alter_nothing",
+    "tests/integration/test_slurm_one_node.py::test_submit_all_under_seeded_task_kills_resubmits_to_the_local_runs_outputs",
 ]
 
 

@@ -1,6 +1,6 @@
 """Plan a country: `srpipe plan` of the real Lithuania and Cyprus outlines (2 km cores, 0.2 buffer), and its parts.
 
-`python benchmarks/plan_country.py`: for each outline in tests/data/countries/, the whole CLI plan in a child
+`python benchmarks/plan_country.py`: for each outline in tests/fixtures/countries/, the whole CLI plan in a child
 process (wall seconds, peak RSS) and split_aoi / write_grid / read_grid in this process (seconds each). Compares
 Lithuania with the figures before the speed-up and writes benchmarks/results/plan_country.json.
 """
@@ -23,7 +23,7 @@ from srpipe.data.grid import load_aoi, read_grid, split_aoi, write_grid
 from srpipe.layout import RunLayout
 
 REPO = Path(__file__).resolve().parents[1]
-COUNTRIES = REPO / "tests" / "data" / "countries"
+COUNTRIES = REPO / "tests" / "fixtures" / "countries"
 # `srpipe plan` of Lithuania before the speed-up (the issue): 34 s idle, 72 s loaded, 556 MB peak RSS
 BEFORE = {"country": "LTU", "tiles": 16411, "wall_s_idle": 34.0, "wall_s_loaded": 72.0, "peak_rss_mb": 556.0}
 

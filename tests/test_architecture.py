@@ -261,3 +261,47 @@ def test_every_registry_target_names_a_function_of_the_package():
 
 if __name__ == "__main__":
     print(layout_table())
+
+
+TESTS = REPO / "tests"
+SUITES = {"integration", "faults", "benchmarks"}  # the whole chain on real clusters, injected faults, benchmark scripts
+REPOSITORY_CHECKS = {"test_architecture.py", "test_docs.py", "test_repository.py"}
+
+
+def _stray_tests(tests: Path, package: Path) -> list[str]:
+    """Test files under `tests` that mirror no module of `package`: tests/<pkg>/test_<module>.py must test
+    <package>/<pkg>/<module>.py or its subpackage <module>/, tests/test_<module>.py a top-level module."""
+    stray = []
+    for path in sorted(tests.rglob("test_*.py")):
+        rel = path.relative_to(tests)
+        if rel.parts[0] in SUITES or (len(rel.parts) == 1 and rel.name in REPOSITORY_CHECKS):
+            continue
+        target = package.joinpath(*rel.parts[:-1], rel.stem.removeprefix("test_"))
+        if not (target.with_suffix(".py").exists() or (target / "__init__.py").exists()):
+            stray.append(str(rel))
+    return stray
+
+
+def test_the_tests_mirror_the_package():
+    assert not _stray_tests(TESTS, PACKAGE), _stray_tests(TESTS, PACKAGE)
+
+
+def test_a_test_file_that_mirrors_no_module_is_found(tmp_path):
+    (tmp_path / "pkg" / "infer").mkdir(parents=True)
+    (tmp_path / "pkg" / "infer" / "stage.py").touch()
+    (tmp_path / "tests" / "infer").mkdir(parents=True)
+    for name in ("infer/test_stage.py", "infer/test_gone.py", "faults/test_chaos.py", "test_docs.py", "test_x.py"):
+        (tmp_path / "tests" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "tests" / name).touch()
+    assert _stray_tests(tmp_path / "tests", tmp_path / "pkg") == ["infer/test_gone.py", "test_x.py"]
+
+
+def test_no_test_file_imports_another_test_file():
+    """Shared code lives in tests/helpers.py (or a fixture in tests/conftest.py), never in a test file."""
+    found = []
+    for path in sorted(TESTS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            found += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[-1].startswith("test_")]
+    assert not found, found

@@ -1,5 +1,5 @@
 """The repository is self-contained: tests and benchmarks read nothing outside it, and its test data say where they
-come from (tests/data/README.md: origin, licence and users of each fixture)."""
+come from (tests/fixtures/README.md: origin, licence and users of each fixture)."""
 
 import re
 import shutil
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "tests" / "data"
+DATA = REPO / "tests" / "fixtures"
 SCANNED = ("tests", "benchmarks")
 # text that reaches outside the repository: a sibling of it (REPO.parent, "../", a "shared" path component) or an
 # absolute path of the machine it was written on
@@ -55,7 +55,7 @@ def test_the_scan_finds_paths_outside_the_repository(tmp_path):
         "ROOT = Path(__file__).parent.parent.parent",
     ]
     inside = [
-        'DATA = REPO / "tests" / "data"',
+        'DATA = REPO / "tests" / "fixtures"',
         "REPO = Path(__file__).resolve().parents[1]",
         "ROOT = Path(__file__).parent.parent",
         '"machine": f"{platform.node()} (shared; load average 1.0)"',
@@ -75,11 +75,11 @@ def test_tests_and_benchmarks_read_nothing_outside_the_repository():
     files = python_files()
     assert any(p.name == "conftest.py" for p in files) and any(p.parent.name == "benchmarks" for p in files)
     found = [ref for path in files for ref in outside_references(path)]
-    assert not found, "paths outside the repository (put the data under tests/data):\n" + "\n".join(found)
+    assert not found, "paths outside the repository (put the data under tests/fixtures):\n" + "\n".join(found)
 
 
 def readme_sections() -> dict[str, str]:
-    """{fixture folder name: its section} of tests/data/README.md (sections headed '## `name/`: ...')."""
+    """{fixture folder name: its section} of tests/fixtures/README.md (sections headed '## `name/`: ...')."""
     text = (DATA / "README.md").read_text()
     parts = re.split(r"^## `([^`/]+)/`.*$", text, flags=re.MULTILINE)
     return dict(zip(parts[1::2], parts[2::2], strict=True))
@@ -90,14 +90,14 @@ def test_every_fixture_folder_is_documented_with_origin_licence_and_users():
     assert folders, f"no fixture folders in {DATA}"
     sections = readme_sections()
     assert not set(folders) - set(sections), (
-        f"folders missing from tests/data/README.md: {set(folders) - set(sections)}"
+        f"folders missing from tests/fixtures/README.md: {set(folders) - set(sections)}"
     )
     assert not set(sections) - set(folders), f"README sections without a folder: {set(sections) - set(folders)}"
     for name, section in sections.items():
         for field in ("Origin:", "Licence:", "Used by:"):
-            assert field in section, f"tests/data/README.md, {name}/: no '{field}' line"
+            assert field in section, f"tests/fixtures/README.md, {name}/: no '{field}' line"
         for licence in (DATA / name).glob("LICENSE*"):
-            assert licence.name in section, f"tests/data/README.md, {name}/: {licence.name} not referred to"
+            assert licence.name in section, f"tests/fixtures/README.md, {name}/: {licence.name} not referred to"
 
 
 def test_test_data_is_not_ignored_by_git():
@@ -105,4 +105,4 @@ def test_test_data_is_not_ignored_by_git():
         pytest.skip("not a git checkout")
     files = [str(p.relative_to(REPO)) for p in DATA.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=REPO, capture_output=True, text=True)
-    assert ignored.stdout == "", f".gitignore drops test data (add '!tests/data/**'):\n{ignored.stdout}"
+    assert ignored.stdout == "", f".gitignore drops test data (add '!tests/fixtures/**'):\n{ignored.stdout}"

@@ -34,7 +34,7 @@ class Stage:
     per_tile: bool = False
     reads: tuple[str, ...] = ()  # config sections ("curate") or keys ("source.scale") it reads: its fingerprint
     speed_only: tuple[str, ...] = ()  # keys it reads that change only its speed or where it runs, never its outputs:
-    # left out of the fingerprint (tests/test_chain_reads.py: a stage reads no key outside reads and speed_only)
+    # left out of the fingerprint (tests/chain/test_registry.py: a stage reads no key outside reads and speed_only)
     after: tuple[str, ...] = ()  # upstream stages whose outputs it reads
     files: Callable[[Config], list[str]] | None = None  # input files outside the run, hashed by content
     restart: Callable[[Config], Path] | None = None  # resumable state: set aside when the inputs change

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = REPO / "benchmarks"
 RESULTS = sorted((BENCHMARKS / "results").glob("*.json"))
 HASH = re.compile(r"[0-9a-f]{7,40}")

@@ -32,7 +32,7 @@ from srpipe.infer.record import InferRecord
 from srpipe.mosaic import stage as mosaic_module
 from srpipe.state import file_sha256
 
-SCHEMAS = Path(__file__).parent / "stac_schemas"  # the extensions' JSON schemas, vendored: validation runs offline
+SCHEMAS = Path(__file__).parents[1] / "stac_schemas"  # the extensions' JSON schemas, vendored: validation runs offline
 DATE = "2016-10-31"
 RES_M = 20.0  # prediction pixel size: small files (the real 2.5 m changes nothing but the size)
 AOI = shapely.Polygon([(23.962, 55.003), (24.041, 55.001), (24.038, 55.031), (23.965, 55.029)])  # a quadrilateral

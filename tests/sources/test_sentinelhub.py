@@ -297,7 +297,7 @@ def test_pu_formula_follows_the_published_rules():
 
 
 def test_the_lithuania_example_config_loads_and_out_of_range_settings_name_their_key(sh, tmp_path):
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "lithuania-sentinelhub.toml")
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "lithuania-sentinelhub.toml")
     assert cfg.source.name == "sentinelhub" and Path(cfg.plan.aoi).exists() and cfg.source.sh_profile == "srpipe"
     cfg, tile_id = planned(tmp_path)
     (tmp_path / "bad").mkdir()

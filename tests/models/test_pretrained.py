@@ -21,7 +21,7 @@ from srpipe.models.trained import model_dir
 from srpipe.training.train import train
 from srpipe.weights import WEIGHTS_DIR, packaged, weights_path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_run_starts_from_exported_weights_and_a_wrong_shape_names_the_key(tmp_path, make_synthetic_run):

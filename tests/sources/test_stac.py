@@ -270,7 +270,7 @@ def test_the_tiny_chain_runs_to_a_mosaic_on_stac_and_label_files_and_curates_as_
 
 
 def test_the_lithuania_example_config_loads_and_names_its_archive(tmp_path):
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "lithuania-stac.toml")
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "lithuania-stac.toml")
     source = StacSource(cfg.source)
     assert cfg.source.vhr_files.endswith("configs/orthophotos") and source.has_labels
     assert "earth-search.aws.element84.com/v1 (sentinel-2-l2a)" in source.describe()

@@ -197,7 +197,7 @@ def _shard(cfg: Config, units: list[str]):
 
 def test_a_shard_records_each_unit_and_a_failing_unit_fails_alone(tmp_path):
     cfg = Config(run_dir=str(tmp_path))
-    stage = Stage("shardy", "x:y", per_tile=True, batch="tests.test_chain:_shard")
+    stage = Stage("shardy", "x:y", per_tile=True, batch="tests.chain.test_fingerprint:_shard")
     todo = [Pending("a", {"config": {}}), Pending("bad", {"config": {}}), Pending("ccc", {"config": {}})]
     todo.append(Pending("stale", {"config": {}}, problem="upstream is stale"))
     results = dict(run_shard(cfg, stage, todo))

@@ -6,7 +6,7 @@ from srpipe.cluster.local import LocalExecutor, run_units
 from srpipe.config import Config
 from srpipe.errors import TileError
 
-FLAKY = Stage("demo", "tests.test_cluster_local:flaky", per_tile=True, reads=("workers",))
+FLAKY = Stage("demo", "tests.cluster.test_local:flaky", per_tile=True, reads=("workers",))
 
 
 def flaky(cfg: Config, unit: str) -> dict:

@@ -121,12 +121,16 @@ def test_submit_all_runs_arrays_on_both_hosts_and_ends_as_local_mode(tiny_run: P
         np.testing.assert_array_equal(mosaics[name], expected[name])
 
 
+TRAIN_EPOCHS = 5  # a cancel or requeue after the first checkpoint (step 2) leaves most of the training to resume
+
+
 def _train_run(tiny_run: Path, target: Path, backend: str) -> Path:
-    """A copy of the finished tiny run with training (and what follows) to do again: 10 epochs, checkpoints every 2."""
+    """A copy of the finished tiny run with training (and what follows) to do again: TRAIN_EPOCHS epochs, checkpoints
+    every 2 steps."""
     run = copy_run(tiny_run.parent / "run", target, clear=("train", "infer", "mosaic", "evaluate"))
     shutil.rmtree(run / "models" / "highresnet")
     config = tomllib.loads((run / "config.toml").read_text())
-    config["train"].update(epochs=10, checkpoint_every_steps=2, backend=backend)
+    config["train"].update(epochs=TRAIN_EPOCHS, checkpoint_every_steps=2, backend=backend)
     (run / "config.toml").write_text(tomli_w.dumps(config))
     return run
 
@@ -172,7 +176,7 @@ def test_a_rank_on_each_host_trains_in_sync_and_resumes_exactly_after_cancel(tin
     assert sorted(hosts) == list(NODES) and checksums[0] == checksums[1]
     gaps = checkpoint_gaps(broken, unbroken)
     assert max(gaps.values()) <= RESUME_ATOL, sorted(gaps.items(), key=lambda kv: -kv[1])[:3]
-    assert len((broken / "models/highresnet/history.csv").read_text().splitlines()) == 1 + 10
+    assert len((broken / "models/highresnet/history.csv").read_text().splitlines()) == 1 + TRAIN_EPOCHS
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

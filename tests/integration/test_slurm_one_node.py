@@ -95,10 +95,12 @@ def _writer(path: str, owners: dict[str, str]) -> str | None:
 
 
 def _kill_task(task: str) -> None:
-    """SIGKILL every process of the array task `task` ("<array>_<index>") on this host at once, found by its Slurm
-    environment, then `scancel --signal=KILL --full` it: scancel alone takes longer than a tiny task's work."""
-    array, index = task.split("_")
-    marks = {f"SLURM_ARRAY_JOB_ID={array}".encode(), f"SLURM_ARRAY_TASK_ID={index}".encode()}
+    """SIGKILL every process of the task `task` (an array's "<array>_<index>", or a job id where a resubmit of one
+    chunk made a plain job) on this host at once, found by its Slurm environment, then `scancel --signal=KILL --full`
+    it: scancel alone takes longer than a tiny task's work."""
+    array, _, index = task.partition("_")
+    marks = {f"SLURM_ARRAY_JOB_ID={array}", f"SLURM_ARRAY_TASK_ID={index}"} if index else {f"SLURM_JOB_ID={task}"}
+    marks = {mark.encode() for mark in marks}
     for entry in Path("/proc").iterdir():
         try:
             if entry.name.isdigit() and marks <= set((entry / "environ").read_bytes().split(b"\0")):

@@ -91,8 +91,11 @@ def test_a_run_killed_mid_epoch_resumes_from_its_checkpoint_and_ends_as_an_unbro
     checkpoint = model_dir(broken) / "checkpoint.pt"
     deadline, saved = time.time() + 120, {}
     while time.time() < deadline and proc.poll() is None:
-        if checkpoint.exists():
+        try:  # a checkpoint being replaced is briefly absent (the old one is renamed aside first)
             saved = torch.load(checkpoint, weights_only=False)
+        except FileNotFoundError:
+            pass
+        else:
             if saved["epoch"] == 1 and saved["batch_done"] >= 1:
                 break
         time.sleep(0.01)

@@ -97,22 +97,24 @@ class HorovodWorld(World):
 
 
 class ContiguousGrads:
-    """Horovod "compression" that sends a channels-last gradient as a contiguous copy and hands the sum back in the
-    parameter's layout: Horovod's collectives take contiguous tensors only, and ranks must compute in the layout one
-    process uses (channels-last), or their convolutions sum in another order and Adam amplifies the rounding (two
-    ranks and one process drifted 7.6e-4 apart on AVX-512 machines)."""
+    """Horovod "compression" that sends a non-contiguous (channels-last) gradient as a contiguous copy and hands the
+    sum back in the parameter's layout: Horovod's collectives take contiguous tensors only, and ranks must compute in
+    the layout one process uses (channels-last), or their convolutions sum in another order and Adam amplifies the
+    rounding (two ranks and one process drifted 7.6e-4 apart on AVX-512 machines)."""
 
     @staticmethod
-    def compress(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.memory_format | None]:
-        """(contiguous tensor, the layout to restore; None when it was contiguous)."""
+    def compress(tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None]:
+        """(contiguous tensor, the strides to restore; None when it was contiguous)."""
         if tensor.is_contiguous():
             return tensor, None
-        return tensor.contiguous(), torch.channels_last
+        return tensor.contiguous(), tensor.stride()
 
     @staticmethod
-    def decompress(tensor: torch.Tensor, layout: torch.memory_format | None) -> torch.Tensor:
-        """`tensor` in the layout `compress` recorded."""
-        return tensor if layout is None else tensor.contiguous(memory_format=layout)
+    def decompress(tensor: torch.Tensor, strides: tuple[int, ...] | None) -> torch.Tensor:
+        """`tensor` laid out with the strides `compress` recorded (any dense layout, channels-last among them)."""
+        if strides is None:
+            return tensor
+        return torch.empty_strided(tensor.shape, strides, dtype=tensor.dtype, device=tensor.device).copy_(tensor)
 
 
 @torch.no_grad()

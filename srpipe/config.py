@@ -96,6 +96,8 @@ class CurateConfig:
     """Cleaning and sampling of the training data (defaults from the method's published code)."""
 
     vhr_cloud_threshold: float = 100.0  # label blue above this is cloud, in the label's own units
+    vhr_cloud_whiteness: float = 0.8  # ... and blue >= this x max(green, red) (soil, sand: red-high); 0 = off
+    vhr_cloud_persistent_is_surface: bool = True  # ... and not bright on every label date (bright land stays put)
     vhr_max_cloud_cover: float = 0.05
     s2_max_cloud_cover: float = 0.05
     n_frames: int = 8  # K: S2 frames per sample, the most recent before the label date
@@ -254,6 +256,17 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class AdaptConfig:
+    """Self-supervised adaptation to a region without labels (`srpipe evaluate --scene DIR --adapt`): the run's model
+    fine-tuned for a bounded time on the region's own S2 by the Wald protocol (S2 at 4x coarser simulated from it as
+    the sample does, its own 10 m as the label), then applied at full resolution."""
+
+    max_minutes: float = 5.0  # wall-time budget of the fine-tuning (cosine schedule over it)
+    lr: float = 3e-4  # a fine-tuning rate, below the 7e-4 that weights are trained with from scratch
+    epochs: int = 1000  # an upper bound: the time budget ends it first on all but tiny regions
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole run: every task reads the same resolved copy (`<run_dir>/config.toml`)."""
 
@@ -269,6 +282,7 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
     mosaic: MosaicConfig = field(default_factory=MosaicConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
     @property
     def run_path(self) -> Path:

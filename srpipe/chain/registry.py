@@ -113,6 +113,8 @@ _CURATE_MAP_KEYS = tuple(
     f"curate.{k}"
     for k in (
         "vhr_cloud_threshold",
+        "vhr_cloud_whiteness",
+        "vhr_cloud_persistent_is_surface",
         "vhr_max_cloud_cover",
         "s2_max_cloud_cover",
         "n_frames",

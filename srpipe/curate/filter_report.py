@@ -33,7 +33,8 @@ def report_text(stats: dict) -> str:
         lines.append(f"| {name} | {what} | {f['unit']} | {f['in']} | {f['removed']} | {f['kept']} |")
     lines += [
         "",
-        f"Settings: label cloud = blue > {s['vhr_cloud_threshold']:g} (label units), keep frames with cover <= "
+        f"Settings: label cloud = blue > {s['vhr_cloud_threshold']:g} (label units), blue >= "
+        f"{s['vhr_cloud_whiteness']:g} x max(green, red), not on every label date; keep frames with cover <= "
         f"{s['vhr_max_cloud_cover']:g} (label) and <= {s['s2_max_cloud_cover']:g} (S2); shadow flag when a neighbour "
         f"is over {s['shadow_cloud_cover']:g} cloudy ({filters['shadows']['tile_dates']} (tile, date) pairs flagged); "
         f"noise: keep SSIM > {s['noise_min_ssim']:g}, PSNR > {s['noise_min_psnr_db']:g} dB, MSE ratio < "

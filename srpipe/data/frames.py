@@ -55,7 +55,9 @@ def choose_frames(curate: CurateConfig, tile_id: str, patch: EOPatch) -> Frames:
     s2, s2_valid = patch[ep.S2_BANDS], patch[ep.S2_VALID][..., 0]
     s2_clouds = patch[ep.S2_CLOUDS][..., 0]
     vhr, vhr_valid = patch[ep.VHR_BANDS], patch[ep.VHR_VALID][..., 0]
-    vhr_clouds = vhr_cloud_mask(vhr, curate.vhr_cloud_threshold)
+    vhr_clouds = vhr_cloud_mask(
+        vhr, curate.vhr_cloud_threshold, curate.vhr_cloud_whiteness, curate.vhr_cloud_persistent_is_surface, vhr_valid
+    )
     s2_cover, vhr_cover = cloud_cover(s2_clouds, s2_valid), cloud_cover(vhr_clouds, vhr_valid)
     frames = Frames(
         s2=s2,
@@ -83,7 +85,8 @@ def choose_frames(curate: CurateConfig, tile_id: str, patch: EOPatch) -> Frames:
             tile_id,
             f"all {len(frames.vhr_dates)} label frames are cloudier than "
             f"curate.vhr_max_cloud_cover={curate.vhr_max_cloud_cover} "
-            f"(blue > curate.vhr_cloud_threshold={curate.vhr_cloud_threshold}); "
+            f"(blue > curate.vhr_cloud_threshold={curate.vhr_cloud_threshold}, "
+            f"whiteness {curate.vhr_cloud_whiteness}); "
             "check the threshold against the label's units",
         )
     return frames

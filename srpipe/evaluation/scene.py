@@ -76,3 +76,38 @@ def copy_models(cfg: Config, sub: Config) -> None:
         for file in ("model.pt", "history.json"):
             if (cfg.layout.model(name) / file).exists():
                 shutil.copy2(cfg.layout.model(name) / file, target / file)
+
+
+def set_aside_unadapted(sub: Config) -> Path:
+    """Move the scene run's copy of RUN's model to `models/<name>.unadapted/` and its reports to
+    `reports-unadapted/` (a previous adaptation's are replaced); the weights file to adapt from."""
+    model, kept = sub.layout.model(sub.train.name), sub.layout.model(f"{sub.train.name}.unadapted")
+    reports = sub.layout.reports.with_name("reports-unadapted")
+    for source, target in ((model, kept), (sub.layout.reports, reports)):
+        shutil.rmtree(target, ignore_errors=True)
+        source.rename(target)
+    return kept / "model.pt"
+
+
+def adapt_config(sub: Config, weights: Path) -> Config:
+    """The scene run's config for adaptation: `train` from `weights` at `adapt.lr`, cosine over `adapt.max_minutes`."""
+    settings = config_to_dict(sub)
+    a = sub.adapt
+    settings["train"] |= {"init_from": str(weights), "lr": a.lr, "epochs": a.epochs, "max_minutes": a.max_minutes,
+                          "lr_schedule": "cosine"}  # fmt: skip
+    return load_config_from(sub.run_path / "adapt.toml", settings)
+
+
+def adaptation_record(before: dict, after: dict, seconds: float, adapt: dict) -> dict:
+    """RUN's model on the scene's test tiles before and after adaptation (metrics.json of each), side by side."""
+
+    def row(metrics: dict) -> dict:
+        base = metrics["strongest_baseline"]
+        out = {"strongest_baseline": base, "baseline_cpsnr": metrics["baselines"][base]["cpsnr"]}
+        for name in ("sr_one_pass", "sr"):
+            m = metrics[name]
+            out[name] = {k: m[k] for k in ("cpsnr", "cpsnr_gain", "cpsnr_gain_ci", "cpsnr_win_share", "kelvins")}
+        return out
+
+    return {"adapt": adapt, "seconds": round(seconds, 1), "n_samples": after["n_samples"],
+            "unadapted": row(before), "adapted": row(after)}  # fmt: skip

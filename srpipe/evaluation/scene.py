@@ -39,8 +39,9 @@ def _aoi(cfg: Config, scene: Path, path: Path) -> Path:
     return path
 
 
-def scene_config(cfg: Config, scene: Path) -> Config:
-    """The config of RUN/scenes/<name>/: RUN's settings, the sample source on `scene`, an AOI over its footprint."""
+def scene_config(cfg: Config, scene: Path, overrides: dict | None = None) -> Config:
+    """The config of RUN/scenes/<name>/: RUN's settings (section by section `overrides` of them), the sample source
+    on `scene`, an AOI over its footprint."""
     scene = scene.resolve()
     if not scene.is_dir():
         raise ConfigError(f"--scene {scene} is not a folder (it should hold B02, B03, B04, B08 as .jp2/.tif)")
@@ -50,6 +51,8 @@ def scene_config(cfg: Config, scene: Path) -> Config:
     settings["run_dir"] = str(folder)
     settings["source"] = {**settings["source"], "name": "sample", "scene": str(scene)}
     settings["train"] = {**settings["train"], "init_from": ""}
+    for section, values in (overrides or {}).items():
+        settings[section] = {**settings[section], **values}
     probe = load_config_from(folder / "scene.toml", settings)
     settings["plan"] = {
         **settings["plan"],
@@ -87,15 +90,6 @@ def set_aside_unadapted(sub: Config) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         source.rename(target)
     return kept / "model.pt"
-
-
-def adapt_config(sub: Config, weights: Path) -> Config:
-    """The scene run's config for adaptation: `train` from `weights` at `adapt.lr`, cosine over `adapt.max_minutes`."""
-    settings = config_to_dict(sub)
-    a = sub.adapt
-    settings["train"] |= {"init_from": str(weights), "lr": a.lr, "epochs": a.epochs, "max_minutes": a.max_minutes,
-                          "lr_schedule": "cosine"}  # fmt: skip
-    return load_config_from(sub.run_path / "adapt.toml", settings)
 
 
 def adaptation_record(before: dict, after: dict, seconds: float, adapt: dict) -> dict:

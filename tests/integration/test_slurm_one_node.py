@@ -1,8 +1,8 @@
 """The Slurm launch layer on the real local cluster (hpc/slurm-local/up.sh): arrays, kills, resubmit, Horovod.
 
 Ranks that train in sync via submitit and resume after a cancel, for both backends:
-tests/integration/test_chain_on_two_nodes.py (test_a_rank_on_each_host_trains_in_sync_and_resumes_exactly_after_cancel),
-one rank on each of two hosts.
+tests/integration/test_chain_on_two_nodes.py
+(test_two_host_training_resumes_exactly_after_a_cancel_and_after_a_requeue), one rank on each of two hosts.
 """
 
 from __future__ import annotations

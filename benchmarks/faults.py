@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "faults.json"
 TESTS = [
     "tests/faults/test_chaos.py::test_seeded_kills_across_the_whole_chain_lose_duplicate_and_alter_nothing",
-    "tests/integration/test_slurm_one_node.py::test_submit_all_under_seeded_task_kills_resubmits_to_the_local_runs_outputs",
+    "tests/integration/test_chain_on_two_nodes.py::"
+    "test_submit_all_on_two_hosts_under_seeded_task_kills_resubmits_to_the_local_runs_outputs",
 ]
 
 

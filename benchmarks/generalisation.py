@@ -18,19 +18,26 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
+import tomli_w
 from provenance import REPO, provenance
 
 SCENES = sorted(p for p in (REPO / "scenes").iterdir() if p.is_dir())
 
 
 def _with_weights(run: Path, name: str) -> Path:
-    """A copy of RUN whose model is the packaged weights `name` (scored as they are shipped)."""
+    """A run folder beside RUN (its config, run_dir moved there, and its delineation net) whose model is the packaged
+    weights `name`, so that they are scored as they are shipped."""
     copy = run.with_name(f"{run.name}-{name}")
-    if not copy.exists():
-        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("scenes", "predictions", "mosaics", "eopatches"))
-        shutil.copy2(REPO / "srpipe" / "weights" / f"{name}.pt", copy / "models" / "highresnet" / "model.pt")
+    config = tomllib.loads((run / "config.toml").read_text()) | {"run_dir": str(copy)}
+    models = copy / "models"
+    shutil.copytree(run / "models" / config["delineation"]["name"], models / config["delineation"]["name"],
+                    dirs_exist_ok=True)  # fmt: skip
+    (models / config["train"]["name"]).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "srpipe" / "weights" / f"{name}.pt", models / config["train"]["name"] / "model.pt")
+    (copy / "config.toml").write_text(tomli_w.dumps(config))
     return copy
 
 

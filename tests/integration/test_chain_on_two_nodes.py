@@ -4,29 +4,37 @@ and training with one rank on each host, for both backends, over the link betwee
 from __future__ import annotations
 
 import json
+import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import tomllib
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tomli_w
 
+from srpipe.chain import CHAIN
+from srpipe.cluster.slurm import submissions
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
 from tests.helpers import (
     NODE_IFACE,
     NODES,
+    TWO_NODE_ENV,
+    active_jobs,
     checkpoint_gaps,
+    content_sums,
     copy_run,
     hostnames,
     job_ids,
-    mosaic_pixels,
     rank_checksums,
     two_node_env,
     two_node_final_rows,
+    write_faults_result,
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mpi, pytest.mark.usefixtures("two_node_cluster")]
@@ -96,29 +104,193 @@ def test_each_backend_sums_over_the_link_between_the_hosts(tmp_path: Path, backe
         assert r["total"] == 3.0 and r["rx"] >= payload and r["tx"] >= payload, r
 
 
-def test_submit_all_runs_arrays_on_both_hosts_and_ends_as_local_mode(tiny_run: Path, tmp_path: Path):
-    """The whole chain submitted to two hosts: download, curate and infer tasks ran on both, outputs equal local's."""
+CHAOS_SEED, CHAOS_KILLS = 26, 4
+ARRAYS = ("download", "curate", "infer")  # the chain's array stages: their running tasks are the targets
+STAGE_OUTPUTS = {"download": "eopatches", "curate": "curation/tiles", "infer": "predictions"}
+
+
+def _chaos_plan(rng: random.Random) -> dict[str, list[int]]:
+    """{stage: ordinals}: kill the n-th task of `stage` (counted as tasks start writing) for each n; a seeded pick of
+    CHAOS_KILLS of the first two tasks of each array stage (the third is left for a kill that missed)."""
+    pairs = [(stage, n) for stage in ARRAYS for n in range(2)]
+    chosen = rng.sample(pairs, CHAOS_KILLS)
+    return {stage: sorted(n for s, n in chosen if s == stage) for stage in ARRAYS}
+
+
+def _ledger(run: Path, stage: str) -> list[tuple[str, str]]:
+    """(unit, task id) lines of the stage's ledger: one per finished unit, in the order they finished."""
+    path = run / f"_slurm/{stage}/ledger.txt"
+    return [tuple(line.split()) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _chunks(run: Path) -> dict[str, tuple[str, list[str]]]:
+    """{task id: (stage, its units)} of every array task submitted for the run."""
+    return {t: (sub["stage"], units) for sub in submissions(run) for t, units in sub.get("tasks", {}).items()}
+
+
+def _owners(run: Path) -> dict[str, dict[str, str]]:
+    """{stage: {unit: task id}}: the task of the latest submission that holds each unit."""
+    owners: dict[str, dict[str, str]] = {stage: {} for stage in ARRAYS}
+    for task, (stage, units) in _chunks(run).items():
+        if stage in owners:
+            owners[stage] |= dict.fromkeys(units, task)
+    return owners
+
+
+def _entries(run: Path, stage: str) -> dict[str, int]:
+    """{path: mtime in ns} of every file and folder under the stage's outputs (temporaries included)."""
+    out = {}
+    for folder, dirs, files in os.walk(run / STAGE_OUTPUTS[stage]):
+        for name in dirs + files:
+            try:
+                out[os.path.join(folder, name)] = os.stat(os.path.join(folder, name)).st_mtime_ns
+            except FileNotFoundError:  # renamed while we looked
+                pass
+    return out
+
+
+def _writer(path: str, owners: dict[str, str]) -> str | None:
+    """The task whose unit `path` belongs to (`<tile>/`, `<tile>.h5`, `.<tile>.tmp-...`), or None."""
+    for part in Path(path).parts:
+        unit = part.lstrip(".").split(".")[0]
+        if unit in owners:
+            return owners[unit]
+    return None
+
+
+def _kill_task(task: str) -> None:
+    """SIGKILL every process of the task `task` (an array's "<array>_<index>", or a job id where a resubmit of one
+    chunk made a plain job) on this host at once, found by its Slurm environment, then `scancel --signal=KILL --full`
+    it: scancel alone takes longer than a tiny task's work."""
+    array, _, index = task.partition("_")
+    marks = {f"SLURM_ARRAY_JOB_ID={array}", f"SLURM_ARRAY_TASK_ID={index}"} if index else {f"SLURM_JOB_ID={task}"}
+    marks = {mark.encode() for mark in marks}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marks <= set((entry / "environ").read_bytes().split(b"\0")):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):  # ended while we looked
+            pass
+    subprocess.run(["scancel", "--signal=KILL", "--full", task], capture_output=True)
+
+
+def _kill_while_active(run: Path, plan: dict[str, list[int]], rng: random.Random, chaos: dict) -> None:
+    """Until none of the run's jobs is queued or running: SIGKILL each planned array task a seeded 0-50 ms after its
+    first write into the stage's outputs (progress, not wall time, sets the moment: the kill lands inside the task's
+    work on a fast machine and a slow one alike). A kill that missed (the task had ended) moves to the stage's next
+    task."""
+    seen = {stage: _entries(run, stage) for stage in ARRAYS}
+    owners, next_check = _owners(run), 0.0
+    while True:
+        if time.monotonic() >= next_check:
+            if not active_jobs([j for sub in submissions(run) for j in sub["job_ids"]]):
+                break
+            owners, next_check = _owners(run), time.monotonic() + 1.0
+        for stage in ARRAYS:
+            now = _entries(run, stage)
+            written = [p for p, t in now.items() if seen[stage].get(p) != t]
+            seen[stage] = now
+            for task in dict.fromkeys(t for p in written if (t := _writer(p, owners[stage])) is not None):
+                if task in chaos["seen"]:
+                    continue
+                ordinal = sum(1 for s in chaos["seen"].values() if s == stage)
+                chaos["seen"][task] = stage
+                if ordinal in plan[stage] and chaos["kills_landed"] + len(chaos["killed"]) < CHAOS_KILLS:
+                    time.sleep(rng.uniform(0.0, 0.05))
+                    _kill_task(task)
+                    chaos["killed"][task] = stage
+        time.sleep(0.05)
+    _count_kills(run, plan, chaos)
+
+
+def _count_kills(run: Path, plan: dict[str, list[int]], chaos: dict) -> None:
+    """Move the ended killed tasks to the counts: landed when the task left a unit of its chunk unfinished."""
+    chunks = _chunks(run)
+    for task, stage in list(chaos["killed"].items()):
+        finished = {unit for unit, t in _ledger(run, stage) if t == task}
+        if set(chunks[task][1]) - finished:
+            chaos["kills_landed"] += 1
+            chaos["stages_hit"][stage] = chaos["stages_hit"].get(stage, 0) + 1
+        else:  # it ended before the kill: the stage's next task to start writing is the target instead
+            chaos["kills_missed"].append(task)
+            plan[stage].append(sum(1 for s in chaos["seen"].values() if s == stage))
+        del chaos["killed"][task]
+
+
+def _first_unfinished(run: Path) -> str | None:
+    """The first stage of the chain that `srpipe status` does not show all done."""
+    status = srpipe("status", str(run), check=False).stdout
+    for line in status.splitlines():
+        fields = line.split()
+        if fields and fields[0] in CHAIN and fields[1] != fields[2]:
+            return fields[0]
+    return None
+
+
+def _sweep_on_each_host(run: Path) -> int:
+    """Remove, on each host, the temporaries of its killed writers (a command sweeps only its own host's)."""
+    code = "import sys; from pathlib import Path; from srpipe.state import sweep_temporaries; "
+    code += "print(len(sweep_temporaries(Path(sys.argv[1]))))"
+    removed = 0
+    for node in NODES:
+        cmd = ["srun", f"--nodelist={node}", "--nodes=1", "--ntasks=1", sys.executable, "-c", code, str(run)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=two_node_env(), timeout=120, check=True)
+        removed += int(out.stdout.split()[-1])
+    return removed
+
+
+@pytest.mark.faults
+def test_submit_all_on_two_hosts_under_seeded_task_kills_resubmits_to_the_local_runs_outputs(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`srpipe submit all` to both hosts returns at once; seeded array tasks are SIGKILLed as they start writing
+    (their processes, then `scancel --signal=KILL`; Slurm cancels their dependants), `srpipe resubmit STAGE
+    --downstream` follows until the run is done; then exactly CHAOS_KILLS kills landed in the planned stages, the
+    download, curate and infer arrays ran tasks on both hosts, no unit finished twice (the ledgers) and every output
+    equals the local run's by content."""
+    for key, value in TWO_NODE_ENV.items():  # every Slurm command of srpipe and of this test: the two-node cluster
+        monkeypatch.setenv(key, value)
     aoi = aoi_geojson(tmp_path / "aoi.geojson", 440100, 4164100, 443900, 4169900)
     config = write_config(tmp_path / "tiny.toml", tiny_settings(tmp_path / "run", aoi))
+    start = time.monotonic()
     profile = _profile(tmp_path, nodes=1, cpus_per_task=2)  # one training process, as local mode trains
-    result = srpipe("submit", "all", str(config), "--profile", str(profile), env=two_node_env())
-    ids = job_ids(result.stdout)
-    rows = _wait(ids)
-    assert {r["State"] for r in rows} == {"COMPLETED"}, rows
-    submissions = [json.loads(line) for line in (tmp_path / "run/_slurm/submissions.jsonl").read_text().splitlines()]
-    for stage in ("download", "curate", "infer"):
-        arrays = {job.split("_")[0] for s in submissions if s["stage"] == stage for job in s["tasks"]}
-        hosts = {h for r in rows if r["JobID"].split("_")[0] in arrays for h in hostnames(r["NodeList"])}
-        assert hosts == set(NODES), (stage, rows)
+    result = srpipe("submit", "all", str(config), "--profile", str(profile))
+    assert time.monotonic() - start < 60, "submit must return at once, not wait for the jobs"
+    assert len(job_ids(result.stdout)) == 9, result.stdout  # one job or array per stage of the chain
     run, local = tmp_path / "run", tiny_run.parent / "run"
-    for tile in sorted(p.name for p in (local / "curation" / "tiles").glob("*.json")):
-        assert json.loads((run / "curation/tiles" / tile).read_text()) == json.loads(
-            (local / "curation/tiles" / tile).read_text()
-        )
-    mosaics, expected = mosaic_pixels(run), mosaic_pixels(local)
-    assert mosaics.keys() == expected.keys() and mosaics
-    for name in expected:
-        np.testing.assert_array_equal(mosaics[name], expected[name])
+    chaos = {"kills_landed": 0, "kills_missed": [], "stages_hit": {}, "seen": {}, "killed": {}}
+    rng = random.Random(CHAOS_SEED)
+    plan = _chaos_plan(rng)
+    planned_stages = {stage for stage, ordinals in plan.items() if ordinals}
+    resubmits = 0
+    _kill_while_active(run, plan, rng, chaos)
+    while (stage := _first_unfinished(run)) is not None:
+        assert resubmits < 8, (chaos, srpipe("status", str(run), check=False).stdout)
+        srpipe("resubmit", str(run), stage, "--downstream")
+        resubmits += 1
+        _kill_while_active(run, plan, rng, chaos)
+    swept = _sweep_on_each_host(run)
+    left = [str(p) for p in run.rglob("*") if ".tmp-" in p.name]
+    ledgers = {s: Counter((run / f"_slurm/{s}/ledger.txt").read_text().split()[::2]) for s in ARRAYS}
+    mine, theirs = content_sums(run), content_sums(local)
+    differing = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    counts = {k: chaos[k] for k in ("kills_landed", "kills_missed", "stages_hit")} | {"resubmits": resubmits}
+    counts |= {"units_duplicated": sum(n - 1 for c in ledgers.values() for n in c.values())}
+    counts |= {"differing_outputs": len(differing), "outputs_compared": len(mine), "seed": CHAOS_SEED}
+    counts |= {"temporaries_swept": swept, "temporary_files_left": len(left)}
+    counts |= {"seconds": round(time.monotonic() - start, 1)}
+    print(f"chaos on Slurm: {json.dumps(counts)}")
+    write_faults_result("chaos_slurm", counts)
+    assert counts["kills_landed"] == CHAOS_KILLS and set(counts["stages_hit"]) == planned_stages, (counts, plan)
+    assert {s: len(c) for s, c in ledgers.items()} == {"download": 6, "curate": 6, "infer": 6}, ledgers
+    assert (counts["units_duplicated"], differing, left) == (0, [], []), (counts, differing[:10], left)
+    tasks = [t for sub in submissions(run) if sub["stage"] in ARRAYS for t in sub.get("tasks", {})]
+    rows = two_node_final_rows(tasks)
+    for stage in ARRAYS:
+        arrays = {t.split("_")[0] for sub in submissions(run) if sub["stage"] == stage for t in sub.get("tasks", {})}
+        started = [r for r in rows if r["JobID"].split("_")[0] in arrays and r["NodeList"] != "None assigned"]
+        hosts = {h for r in started for h in hostnames(r["NodeList"])}  # a task killed there ran there too
+        assert hosts == set(NODES), (stage, rows)
 
 
 TRAIN_EPOCHS = 5  # a cancel or requeue after the first checkpoint (step 2) leaves most of the training to resume

@@ -53,12 +53,14 @@ def _row(metrics: dict) -> dict:
     return out
 
 
-def _scene(run: Path, scene: Path) -> dict:
-    """Evaluate RUN on `scene` with adaptation; both scorings' rows and the adaptation's seconds."""
+def _scene(run: Path, scene: Path, reuse: bool) -> dict:
+    """Evaluate RUN on `scene` with adaptation (`reuse`: read a finished one instead); both scorings' rows and the
+    adaptation's seconds."""
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "srpipe", "evaluate", str(run), "--scene", str(scene), "--adapt"]
-    subprocess.run(cmd, check=True)
     folder = run / "scenes" / scene.name
+    if not (reuse and (folder / "reports" / "adaptation.json").exists()):
+        cmd = [sys.executable, "-m", "srpipe", "evaluate", str(run), "--scene", str(scene), "--adapt"]
+        subprocess.run(cmd, check=True)
     before = json.loads((folder / "reports-unadapted" / "metrics.json").read_text())
     after = json.loads((folder / "reports" / "metrics.json").read_text())
     adaptation = json.loads((folder / "reports" / "adaptation.json").read_text())
@@ -68,15 +70,18 @@ def _scene(run: Path, scene: Path) -> dict:
 
 def _table(results: dict) -> str:
     """Markdown: a row per scene and model state."""
-    lines = ["| scene | model | strongest baseline | one pass vs it (95 % CI) | won | 8 views vs it | Kelvins |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = ["| scene | model | strongest baseline | one pass vs it (95 % CI) | won | 8 views vs it | Kelvins | "
+             "MAE to the S2 frame: SR / bicubic of it |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for scene, r in results.items():
         for state in ("unadapted", "adapted"):
             row, one, eight = r[state], r[state]["sr_one_pass"], r[state]["sr"]
             ci = "{:+.2f} to {:+.2f}".format(*one["cpsnr_gain_ci"])
             won = f"{100 * one['cpsnr_win_share']:.0f} % of {row['n_samples']}"
+            mae = row["consistency"]
+            frame = f"{mae.get('sr_one_pass', float('nan')):.4f} / {mae.get('bicubic_frame', float('nan')):.4f}"
             lines.append(f"| {scene} | {state} | {row['strongest_baseline']} | {one['cpsnr_gain']:+.2f} dB ({ci}) | "
-                         f"{won} | {eight['cpsnr_gain']:+.2f} dB | {one['kelvins']:.3f} |")  # fmt: skip
+                         f"{won} | {eight['cpsnr_gain']:+.2f} dB | {one['kelvins']:.3f} | {frame} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -84,10 +89,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", type=Path, default=REPO / "runs" / "demo")
     parser.add_argument("--weights", default="", help="score these packaged weights instead of RUN's model")
+    parser.add_argument("--reuse", action="store_true", help="read scenes already evaluated and adapted in RUN")
     args = parser.parse_args()
     measured = provenance()
     run = _with_weights(args.run.resolve(), args.weights) if args.weights else args.run.resolve()
-    results = {scene.name: _scene(run, scene) for scene in SCENES}
+    results = {scene.name: _scene(run, scene, args.reuse) for scene in SCENES}
     stem = "generalisation" + (f"-{args.weights}" if args.weights else "")
     out = REPO / "benchmarks" / "results"
     (out / f"{stem}.json").write_text(json.dumps(measured | {"run": str(run), "scenes": results}, indent=1))

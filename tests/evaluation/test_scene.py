@@ -34,6 +34,7 @@ def test_a_trained_model_is_scored_on_a_scene_the_user_brings_then_adapted_to_it
     one_pass = {k: record[k]["sr_one_pass"]["cpsnr"] for k in ("unadapted", "adapted")}
     assert one_pass["adapted"] > one_pass["unadapted"], record
     assert (run / "models" / "highresnet.unadapted" / "model.pt").exists()  # RUN's model, kept aside
+    assert "Before and after adaptation" in (run / "reports" / "index.html").read_text()
     assert "unadapted: one pass" in result.stdout and "adapted: one pass" in result.stdout
     config = (run / "config.toml").read_text()
     assert str(scene) in config and "my_scene" in config

@@ -4,6 +4,9 @@ with, and the whole command on a native run without labels."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +19,8 @@ from srpipe.config import load_config
 from srpipe.data.grid import read_grid
 from srpipe.training.adapt import WALD_CURATE, _latest_clear, composite_scene, recipe_overrides
 from srpipe.weights import weights_path
-from tests.conftest import aoi_geojson, srpipe, write_config
-from tests.helpers import crop_scene
+from tests.conftest import REPO, aoi_geojson, srpipe, write_config
+from tests.helpers import crop_scene, final_states, wait_jobs
 
 
 def test_the_composite_holds_each_tile_core_from_its_latest_clear_frame(tiny_run, tmp_path):
@@ -56,10 +59,12 @@ ADAPT_MINUTES = 0.2
 
 
 @pytest.mark.slow
-def test_adapt_fine_tunes_the_packaged_weights_on_a_native_run_and_infer_runs_them(tmp_path: Path):
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_adapt_on_slurm_fine_tunes_the_packaged_weights_on_a_native_run_and_infer_runs_them(tmp_path: Path):
     """A native run (the scene's own 10 m is S2; no labels) inferring with the packaged weights: after `srpipe
-    download`, `srpipe adapt` composites the tiles, fine-tunes the weights there by the Wald protocol for [adapt]
-    max_minutes, and installs models/adapted/model.pt, which `srpipe infer` then runs."""
+    download`, slurm/adapt.sbatch (`srpipe adapt` as one job) composites the tiles, fine-tunes the weights there by
+    the Wald protocol for [adapt] max_minutes, and installs models/adapted/model.pt, which `srpipe infer` then runs."""
     scene = crop_scene(tmp_path / "scene", (440000, 4168000, 452000, 4178000))  # 4 x 3 whole tiles
     recipe = json.loads(weights_path("sample-x4").with_suffix(".json").read_text())["recipe"]
     settings = {
@@ -76,7 +81,12 @@ def test_adapt_fine_tunes_the_packaged_weights_on_a_native_run_and_infer_runs_th
     srpipe("plan", str(config))
     srpipe("download", str(config))
     run = tmp_path / "run"
-    out = srpipe("adapt", str(run)).stdout
+    env = {**os.environ, "RUN_DIR": str(run), "SRPIPE_PYTHON": sys.executable}
+    cmd = ["sbatch", "--parsable", f"--chdir={tmp_path}", str(REPO / "slurm/adapt.sbatch")]
+    job = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout.strip().split(";")[0]
+    wait_jobs([job], timeout_s=600)
+    out = (tmp_path / f"srpipe-srpipe-adapt-{job}.out").read_text()
+    assert final_states([job]).strip().endswith("|COMPLETED"), out
     record = json.loads((run / "models/adapted/adapted.json").read_text())
     assert record["seconds"] <= ADAPT_MINUTES * 60 + 30, record  # the budget, plus setup and validation
     assert record["from_weights"] == str(weights_path("sample-x4")) and record["last_epoch"]["val_cpsnr"] > 0

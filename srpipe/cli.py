@@ -175,6 +175,7 @@ def _adapt_scene(sub: Config) -> None:
     `reports/adaptation.json` (before and after); RUN's model and its scores stay aside as `*.unadapted`."""
     import json
 
+    from srpipe import state
     from srpipe.evaluation.scene import adaptation_record, set_aside_unadapted
     from srpipe.evaluation.stage import evaluate
     from srpipe.training.adapt import train_adapted
@@ -186,7 +187,7 @@ def _adapt_scene(sub: Config) -> None:
     result = evaluate(adapted)
     after = json.loads((adapted.layout.reports / "metrics.json").read_text())
     record = adaptation_record(before, after, seconds, dataclasses.asdict(sub.adapt))
-    (adapted.layout.reports / "adaptation.json").write_text(json.dumps(record, indent=1))
+    state.write_json(adapted.layout.reports / "adaptation.json", record)
     for name in ("unadapted", "adapted"):
         r = record[name]["sr_one_pass"]
         print(f"  {name}: one pass {r['cpsnr_gain']:+.2f} dB vs {record[name]['strongest_baseline']}, "

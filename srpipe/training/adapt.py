@@ -20,25 +20,24 @@ import rasterio
 import tomli_w
 from rasterio.transform import from_origin
 
-from srpipe import BANDS
+from srpipe import BANDS, state
 from srpipe import eopatch as ep
 from srpipe.config import Config, SourceConfig, config_to_dict, load_config
-from srpipe.data.clouds import cloud_cover
+from srpipe.data.clouds import clear_frames, cloud_cover
 from srpipe.data.grid import Tile, read_grid
+from srpipe.data.s2units import to_dn
 from srpipe.errors import StageError
 
 # curation of a Wald run (labels in reflectance, the sample's planted clouds): configs/demo.toml's settings
 WALD_CURATE = {"vhr_cloud_threshold": 0.3, "lr_patch_px": 16, "noise_min_ssim": 0.3, "noise_min_psnr_db": 17.0,
                "noise_max_mse_ratio": 30.0}  # fmt: skip
 WALD_SEASON = ("time_interval", "n_dates", "n_vhr_dates", "cloudy_date_fraction", "vhr_cloudy_dates")
-QUANTIFICATION = 10000.0  # DN per unit reflectance, as the sample source reads its scene
 
 
 def _latest_clear(patch, max_cover: float) -> int | None:
     """Index of the latest S2 frame of the patch that is complete and at most `max_cover` cloudy, or None."""
     clouds, valid = patch[ep.S2_CLOUDS][..., 0], patch[ep.S2_VALID][..., 0]
-    cover = cloud_cover(clouds, valid)
-    usable = (cover <= max_cover) & valid.reshape(len(valid), -1).all(axis=1)
+    usable = clear_frames(cloud_cover(clouds, valid), valid, max_cover)
     dates = list(patch.timestamps)
     picked = np.flatnonzero(usable).tolist()
     return max(picked, key=lambda i: dates[i]) if picked else None
@@ -61,8 +60,7 @@ def _paste(image: np.ndarray, frame: np.ndarray, box: tuple, tile: Tile, x0: flo
     cx, cy = round((box[0] - tile.bounds[0]) / res), round((tile.bounds[3] - box[3]) / res)
     w, h = round((box[2] - box[0]) / res), round((box[3] - box[1]) / res)
     ox, oy = round((box[0] - x0) / res), round((y1 - box[3]) / res)
-    part = np.moveaxis(frame[cy : cy + h, cx : cx + w], -1, 0) * QUANTIFICATION
-    image[:, oy : oy + h, ox : ox + w] = np.clip(part, 1, 65535)
+    image[:, oy : oy + h, ox : ox + w] = to_dn(np.moveaxis(frame[cy : cy + h, cx : cx + w], -1, 0))
 
 
 def composite_scene(cfg: Config, folder: Path) -> Path:
@@ -119,11 +117,12 @@ def install_adapted(cfg: Config, sub: Config, weights: Path, seconds: float) -> 
     """Copy the adaptation run's model to `RUN/models/adapted/model.pt` with `adapted.json` (what and how)."""
     target = cfg.layout.model("adapted")
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(sub.layout.model(sub.train.name) / "model.pt", target / "model.pt")
+    with state.atomic_path(target / "model.pt") as tmp:
+        shutil.copy2(sub.layout.model(sub.train.name) / "model.pt", tmp)
     history = json.loads((sub.layout.model(sub.train.name) / "history.json").read_text())
     record = {"from_weights": str(weights), "scene": sub.source.scene, "adapt": vars(cfg.adapt),
               "seconds": round(seconds, 1), "last_epoch": history[-1] if history else None}  # fmt: skip
-    (target / "adapted.json").write_text(json.dumps(record, indent=1, default=str))
+    state.write_json(target / "adapted.json", record)
     return target / "model.pt"
 
 
@@ -135,7 +134,7 @@ def adapt_config(sub: Config, weights: Path) -> Config:
     settings["train"] |= {"init_from": str(weights), "lr": a.lr, "epochs": a.epochs, "max_minutes": a.max_minutes,
                           "lr_schedule": "cosine"}  # fmt: skip
     path = sub.run_path / "adapt.toml"
-    path.write_text(tomli_w.dumps({k: v for k, v in settings.items() if v is not None}))
+    state.write_text(path, tomli_w.dumps({k: v for k, v in settings.items() if v is not None}))
     return load_config(path)
 
 

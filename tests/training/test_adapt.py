@@ -17,6 +17,7 @@ import torch
 from srpipe import eopatch as ep
 from srpipe.config import load_config
 from srpipe.data.grid import read_grid
+from srpipe.data.s2units import to_dn
 from srpipe.training.adapt import WALD_CURATE, _latest_clear, composite_scene, recipe_overrides
 from srpipe.weights import weights_path
 from tests.conftest import REPO, aoi_geojson, srpipe, write_config
@@ -37,7 +38,7 @@ def test_the_composite_holds_each_tile_core_from_its_latest_clear_frame(tiny_run
         assert t is not None and patch[ep.S2_CLOUDS][t].mean() <= cfg.curate.s2_max_cloud_cover
         row, col = ~transform * (tile.core[0] + res / 2, tile.core[3] - res / 2)
         cx, cy = round((tile.core[0] - tile.bounds[0]) / res), round((tile.bounds[3] - tile.core[3]) / res)
-        expected = np.clip(patch[ep.S2_BANDS][t, cy, cx, 0] * 10000, 1, 65535).astype(np.uint16)
+        expected = to_dn(patch[ep.S2_BANDS][t, cy, cx, :1])[0]
         assert image[int(col), int(row)] == expected, tile.tile_id
     assert (image > 0).all()  # the cores tile the grid's extent without a gap
 

@@ -7,11 +7,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +140,29 @@ def sweep_temporaries(run_dir: str | Path) -> list[Path]:
     return removed
 
 
+# the fault-injection hook: "<glob>[,<glob>...]:<n>:<before|after>" stops this process (SIGSTOP) at its n-th atomic
+# write whose path matches a glob, before or after the rename; unset (as users run), it does nothing
+PAUSE_ENV = "SRPIPE_PAUSE_AT"
+_PAUSE_RULE = re.compile(r"^(?P<globs>.+):(?P<n>[1-9]\d*):(?P<moment>before|after)$")
+_paused: Counter[str] = Counter()
+
+
+def _pause_point(path: Path, moment: str) -> None:
+    """Stop this process where SRPIPE_PAUSE_AT names (see PAUSE_ENV): the fault tests SIGKILL it there, so that a
+    kill lands at a chosen point of a command's progress on a fast machine and a slow one alike."""
+    rule = os.environ.get(PAUSE_ENV)
+    if not rule:
+        return
+    found = _PAUSE_RULE.match(rule)
+    if found is None:
+        raise ValueError(f"{PAUSE_ENV}={rule!r}: expected '<glob>[,<glob>...]:<n>:<before|after>'; unset it to run")
+    if found["moment"] != moment or not any(fnmatch(str(path), g) for g in found["globs"].split(",")):
+        return
+    _paused[rule] += 1
+    if _paused[rule] == int(found["n"]):
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -145,6 +171,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = _tmp_name(path)
     try:
         yield tmp
+        _pause_point(path, "before")
         if path.is_dir() and tmp.is_dir():
             old = _tmp_name(path)
             path.rename(old)
@@ -152,6 +179,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        _pause_point(path, "after")
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -355,3 +355,20 @@ def crop_scene(folder: Path, bounds: tuple[float, float, float, float]) -> Path:
             with rasterio.open(folder / f"scene_{band}.tif", "w", **profile) as dst:
                 dst.write(src.read(window=window))
     return folder
+
+
+def stopped_processes() -> dict[int, int]:
+    """{pid: process group} of every process of this host stopped by a signal (state T in /proc/PID/stat): the
+    commands that srpipe's fault hook (SRPIPE_PAUSE_AT) has paused at a write."""
+    stopped = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):  # ended while we looked
+            continue
+        if fields[0] == b"T":
+            stopped[int(entry.name)] = int(fields[2])
+    return stopped

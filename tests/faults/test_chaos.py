@@ -1,15 +1,15 @@
 """The chaos run (local mode, a process pool): seeded SIGKILLs of every command of the chain (download, curate,
-train-delineation, train, infer, mosaic, evaluate), each landing inside the command's work (set by its progress:
-a seeded delay after a write into the run directory, or a seeded share of the time the stage took in an unbroken
-run), each followed by a re-run, until the run completes. Then every output (EOPatches,
-curated tiles, shards, models, predictions, mosaics, STAC, metrics) equals an unbroken run's by content, no unit ran
-twice after it was done, and nothing temporary is left (a re-run sweeps what its killed predecessors left). The counts
-go to benchmarks/results/faults.json when benchmarks/faults.py runs this test (a plain test run writes no tracked
-file)."""
+train-delineation, train, infer, mosaic, evaluate), each followed by a re-run, until the run completes. Each kill lands
+at a seeded point of the command's progress: srpipe's fault hook (SRPIPE_PAUSE_AT) stops the command's process at its
+n-th atomic write, just before or just after the rename, and this test SIGKILLs the command's whole process group
+there; so every planned kill lands inside the work, on a fast machine and a slow one alike. Then every output
+(EOPatches, curated tiles, shards, models, predictions, mosaics, STAC, metrics) equals an unbroken run's by content,
+no unit ran twice after it was done, and nothing temporary is left (a re-run sweeps what its killed predecessors
+left). The counts go to benchmarks/results/faults.json when benchmarks/faults.py runs this test (a plain test run
+writes no tracked file)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import random
@@ -26,26 +26,26 @@ import pytest
 from srpipe import state
 from srpipe.chain import CHAIN
 from tests.conftest import aoi_geojson, tiny_settings, write_config
-from tests.helpers import content_sums, plain, write_faults_result
+from tests.helpers import content_sums, plain, stopped_processes, write_faults_result
 
 pytestmark = pytest.mark.faults
 SEED = 25
-# command: (kills, what sets each kill's moment): ("write", file, highest N, longest delay in s) is a seeded delay
-# after the command's Nth write of `file` (None: any file) into the run directory; ("share", lo, hi) a seeded share of
-# the time the stage took in the unbroken run, from the moment the command holds the run's lock (its work starts), for
-# stages that write only at their end.
-# train's kills follow an epoch's checkpoint (6 epochs of 3-8 s on 2-core machines), so they resume from it
+# command: (kills, (the writes that count: globs of their paths, the highest n)): each kill stops the command at a
+# seeded n-th such write, before or after its rename (seeded too), and kills it there. On 2-core machines a tiny run's
+# commands write 12 (download) to 40 (train) times; train's kills follow an epoch's checkpoint (its temporary complete,
+# or renamed), so they resume from the one before or from it
 COMMANDS = {
-    "download": (3, ("write", None, 1, 0.4)),
-    "curate": (3, ("write", None, 1, 0.4)),
-    "train-delineation": (1, ("share", 0.3, 0.8)),
-    "train": (2, ("write", "checkpoint.pt", 2, 1.5)),
-    "infer": (2, ("write", None, 1, 0.5)),
-    "mosaic": (1, ("write", None, 1, 0.1)),
+    "download": (3, ("*", 4)),
+    "curate": (3, ("*", 4)),
+    "train-delineation": (1, ("*", 2)),
+    "train": (2, ("*/checkpoint.pt", 2)),
+    "infer": (2, ("*", 4)),
+    "mosaic": (1, ("*", 3)),
     "catalog": (0, None),
-    "evaluate": (1, ("share", 0.3, 0.8)),
+    "evaluate": (1, ("*", 4)),
 }
-MISSES_ALLOWED = 6  # kills that land after the command ended are retried; more misses than this fail the test
+MOMENTS = ("before", "after")  # of the rename that publishes the write
+MISSES_ALLOWED = 3  # a kill whose command ends first (it had fewer than n such writes left) is retried on a fresh start
 # evaluate's scores are compared by value, to 1e-6 relative and 1e-5 absolute: on bitwise-equal models and
 # predictions, the chaos run's and the unbroken run's scores were measured up to 4e-6 dB (PSNR) and 1.5e-6 (SSIM of
 # a sample) apart, float32 rounding in CPU kernels whose threads sum in no fixed order
@@ -76,89 +76,36 @@ def _finished(run: Path) -> dict[tuple[str, str], float]:
     return {(s, u): r["finished_at"] for s in CHAIN for u, r in state.done_records(run, s).items()}
 
 
-def _writes(run: Path) -> dict[str, int]:
-    """{file: mtime in ns} under the run directory, but its lock (what every command takes first); os.walk, as it
-    skips the folders that a rename takes away while it looks."""
-    out = {}
-    for folder, _, files in os.walk(run):
-        for name in files:
-            try:
-                if not name.endswith(("run.lock", ".takeover")):
-                    out[os.path.join(folder, name)] = os.stat(os.path.join(folder, name)).st_mtime_ns
-            except FileNotFoundError:  # replaced while we looked
-                pass
-    return out
-
-
-def _command(config: Path, name: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def _command(config: Path, name: str, log: Path, pause: str = "") -> subprocess.Popen:
+    """Start `srpipe NAME CONFIG` in a process group of its own, stderr to `log`; `pause`: its SRPIPE_PAUSE_AT."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", state.PAUSE_ENV: pause}
     args = [sys.executable, "-m", "srpipe", name, str(config)]
-    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    with log.open("ab") as err:
+        return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
 
 
-def _stage_seconds(run: Path) -> dict[str, float]:
-    """{stage: seconds} of a run made by one `srpipe run`: from the previous stage's last done marker to its own."""
-    ends = {s: max((r["finished_at"] for r in state.done_records(run, s).values()), default=None) for s in CHAIN}
-    ended = [(s, t) for s, t in ends.items() if t is not None]
-    return {s: t - before for (_, before), (s, t) in itertools.pairwise(ended)}
-
-
-def _wait_for_writes(proc: subprocess.Popen, run: Path, name: str | None, count: int) -> bool:
-    """Wait until the command has written a file named `name` (None: any) into the run directory `count` times;
-    False when it ended first."""
-    seen = _writes(run)
+def _kill_at(config: Path, name: str, arm: tuple[str, int], rng: random.Random, log: Path) -> bool:
+    """Run the command until the fault hook stops one of its processes at the seeded write `arm` sets (see
+    COMMANDS), then SIGKILL its whole process group; whether the kill landed (False: the command ended first)."""
+    globs, most = arm
+    proc = _command(config, name, log, f"{globs}:{rng.randint(1, most)}:{rng.choice(MOMENTS)}")
     while proc.poll() is None:
-        now = _writes(run)
-        written = [k for k, t in now.items() if seen.get(k) != t and (name is None or Path(k).name == name)]
-        count, seen = count - bool(written), now
-        if count <= 0:
-            return True
-        time.sleep(0.02)
+        if proc.pid in stopped_processes().values():
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait() == -signal.SIGKILL
+        time.sleep(0.01)
     return False
 
 
-def _wait_for_lock(proc: subprocess.Popen, run: Path) -> bool:
-    """Wait until the command holds the run's lock (imports done, its work starts); False when it ended first."""
-    lock = run / "_state" / "run.lock"
-    while proc.poll() is None:
-        try:
-            if json.loads(lock.read_text()).get("pid") == proc.pid:
-                return True
-        except (OSError, ValueError):  # no lock yet, or being written
-            pass
-        time.sleep(0.02)
-    return False
-
-
-def _kill_at(proc: subprocess.Popen, run: Path, arm: tuple, rng: random.Random, seconds: float) -> bool:
-    """SIGKILL the command's process group at the seeded moment `arm` sets (see COMMANDS); whether the kill landed
-    (False when the command ended first). Progress, not wall time alone, sets it: kills land inside the work on a
-    fast machine and a slow one alike."""
-    if arm[0] == "write":
-        _, name, most, longest = arm
-        if not _wait_for_writes(proc, run, name, rng.randint(1, most)):
-            return False
-        time.sleep(rng.uniform(0.0, longest))
-    else:
-        if not _wait_for_lock(proc, run):
-            return False
-        time.sleep(rng.uniform(arm[1], arm[2]) * seconds)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return proc.wait() == -signal.SIGKILL
-
-
-def _chaos(config: Path, run: Path, rng: random.Random, seconds: dict[str, float]) -> dict:
-    """Run each command, killing it (whole process group) at seeded moments in its work, then re-run it to the end.
+def _chaos(config: Path, run: Path, rng: random.Random, logs: Path) -> dict:
+    """Run each command, killing it (whole process group) at seeded points of its work, then re-run it to the end.
     A kill that missed (the command ended first) is tried again on a fresh start, at most MISSES_ALLOWED times."""
     counts = {"kills_injected": 0, "kills_missed": 0, "commands_hit": {}, "reruns_needed": 0, "units_duplicated": 0}
     for name, (kills, arm) in COMMANDS.items():
         landed = 0
         while landed < kills and counts["kills_missed"] <= MISSES_ALLOWED:
             before = _finished(run)
-            if _kill_at(_command(config, name), run, arm, rng, seconds.get(name, 0.0)):
+            if _kill_at(config, name, arm, rng, logs / f"{name}.log"):
                 landed += 1
                 counts["commands_hit"][name] = counts["commands_hit"].get(name, 0) + 1
             else:
@@ -168,8 +115,8 @@ def _chaos(config: Path, run: Path, rng: random.Random, seconds: dict[str, float
             counts["reruns_needed"] += 1
         counts["kills_injected"] += landed
         before = _finished(run)
-        proc = _command(config, name)
-        assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-3000:]
+        proc = _command(config, name, logs / f"{name}.log")
+        assert proc.wait(timeout=600) == 0, (logs / f"{name}.log").read_text()[-3000:]
         counts["units_duplicated"] += sum(1 for k, t in before.items() if _finished(run).get(k) != t)
     return counts
 
@@ -180,7 +127,7 @@ def test_seeded_kills_across_the_whole_chain_lose_duplicate_and_alter_nothing(tm
     config = write_config(tmp_path / "chaos.toml", tiny_settings(tmp_path / "run", aoi))
     run, unbroken = tmp_path / "run", tiny_run.parent / "run"
     subprocess.run([sys.executable, "-m", "srpipe", "plan", str(config)], check=True, capture_output=True)
-    counts = _chaos(config, run, random.Random(SEED), _stage_seconds(unbroken))
+    counts = _chaos(config, run, random.Random(SEED), tmp_path)
     mine, theirs = content_sums(run), content_sums(unbroken)
     differing = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     scores, reference = _scores(run), _scores(unbroken)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
+from srpipe import state
 from srpipe.chain import CHAIN
 from srpipe.cluster.slurm import submissions
 from tests.conftest import REPO, aoi_geojson, srpipe, tiny_settings, write_config
@@ -32,6 +33,7 @@ from tests.helpers import (
     hostnames,
     job_ids,
     rank_checksums,
+    stopped_processes,
     two_node_env,
     two_node_final_rows,
     write_faults_result,
@@ -110,8 +112,9 @@ STAGE_OUTPUTS = {"download": "eopatches", "curate": "curation/tiles", "infer": "
 
 
 def _chaos_plan(rng: random.Random) -> dict[str, list[int]]:
-    """{stage: ordinals}: kill the n-th task of `stage` (counted as tasks start writing) for each n; a seeded pick of
-    CHAOS_KILLS of the first two tasks of each array stage (the third is left for a kill that missed)."""
+    """{stage: ordinals}: kill the n-th task of `stage` (counted as tasks reach their first write) for each n; a
+    seeded pick of CHAOS_KILLS of the first two tasks of each array stage (a later one stands in for a kill that
+    missed)."""
     pairs = [(stage, n) for stage in ARRAYS for n in range(2)]
     chosen = rng.sample(pairs, CHAOS_KILLS)
     return {stage: sorted(n for s, n in chosen if s == stage) for stage in ARRAYS}
@@ -128,34 +131,17 @@ def _chunks(run: Path) -> dict[str, tuple[str, list[str]]]:
     return {t: (sub["stage"], units) for sub in submissions(run) for t, units in sub.get("tasks", {}).items()}
 
 
-def _owners(run: Path) -> dict[str, dict[str, str]]:
-    """{stage: {unit: task id}}: the task of the latest submission that holds each unit."""
-    owners: dict[str, dict[str, str]] = {stage: {} for stage in ARRAYS}
-    for task, (stage, units) in _chunks(run).items():
-        if stage in owners:
-            owners[stage] |= dict.fromkeys(units, task)
-    return owners
-
-
-def _entries(run: Path, stage: str) -> dict[str, int]:
-    """{path: mtime in ns} of every file and folder under the stage's outputs (temporaries included)."""
-    out = {}
-    for folder, dirs, files in os.walk(run / STAGE_OUTPUTS[stage]):
-        for name in dirs + files:
-            try:
-                out[os.path.join(folder, name)] = os.stat(os.path.join(folder, name)).st_mtime_ns
-            except FileNotFoundError:  # renamed while we looked
-                pass
-    return out
-
-
-def _writer(path: str, owners: dict[str, str]) -> str | None:
-    """The task whose unit `path` belongs to (`<tile>/`, `<tile>.h5`, `.<tile>.tmp-...`), or None."""
-    for part in Path(path).parts:
-        unit = part.lstrip(".").split(".")[0]
-        if unit in owners:
-            return owners[unit]
-    return None
+def _task_of(pid: int) -> str | None:
+    """The Slurm task that process `pid` runs for ("<array>_<index>", or the job id of a plain job), from its
+    environment; None when it has no Slurm job or has ended."""
+    try:
+        items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    env = dict(item.decode(errors="replace").split("=", 1) for item in items if b"=" in item)
+    if "SLURM_ARRAY_JOB_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
+    return env.get("SLURM_JOB_ID")
 
 
 def _kill_task(task: str) -> None:
@@ -174,33 +160,40 @@ def _kill_task(task: str) -> None:
     subprocess.run(["scancel", "--signal=KILL", "--full", task], capture_output=True)
 
 
-def _kill_while_active(run: Path, plan: dict[str, list[int]], rng: random.Random, chaos: dict) -> None:
-    """Until none of the run's jobs is queued or running: SIGKILL each planned array task a seeded 0-50 ms after its
-    first write into the stage's outputs (progress, not wall time, sets the moment: the kill lands inside the task's
-    work on a fast machine and a slow one alike). A kill that missed (the task had ended) moves to the stage's next
-    task."""
-    seen = {stage: _entries(run, stage) for stage in ARRAYS}
-    owners, next_check = _owners(run), 0.0
+def _kill_while_active(run: Path, plan: dict[str, list[int]], chaos: dict) -> None:
+    """Until none of the run's jobs is queued or running: each array task stops itself at its first write into its
+    stage's outputs (srpipe's fault hook, SRPIPE_PAUSE_AT); a planned one is SIGKILLed there, every other is
+    continued (SIGCONT). Progress, not wall time, sets the moment: the kill lands inside the task's work on a fast
+    machine and a slow one alike."""
+    chunks, next_check = _chunks(run), 0.0
     while True:
         if time.monotonic() >= next_check:
             if not active_jobs([j for sub in submissions(run) for j in sub["job_ids"]]):
                 break
-            owners, next_check = _owners(run), time.monotonic() + 1.0
-        for stage in ARRAYS:
-            now = _entries(run, stage)
-            written = [p for p, t in now.items() if seen[stage].get(p) != t]
-            seen[stage] = now
-            for task in dict.fromkeys(t for p in written if (t := _writer(p, owners[stage])) is not None):
-                if task in chaos["seen"]:
-                    continue
+            next_check = time.monotonic() + 1.0
+        for pid in stopped_processes():
+            if (task := _task_of(pid)) is not None and task not in chunks:
+                chunks = _chunks(run)  # a task that started before its submission was recorded
+            if task not in chunks or task in chaos["killed"]:
+                continue
+            stage = chunks[task][0]
+            if task not in chaos["seen"]:
                 ordinal = sum(1 for s in chaos["seen"].values() if s == stage)
                 chaos["seen"][task] = stage
                 if ordinal in plan[stage] and chaos["kills_landed"] + len(chaos["killed"]) < CHAOS_KILLS:
-                    time.sleep(rng.uniform(0.0, 0.05))
                     _kill_task(task)
                     chaos["killed"][task] = stage
-        time.sleep(0.05)
+                    continue
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.02)
     _count_kills(run, plan, chaos)
+
+
+def _pause_at_first_write(monkeypatch: pytest.MonkeyPatch, rng: random.Random) -> None:
+    """Make each array task of the next submission stop itself at its first write into its stage's outputs, before
+    or after the rename (seeded)."""
+    globs = ",".join(f"*/{folder}/*" for folder in STAGE_OUTPUTS.values())
+    monkeypatch.setenv(state.PAUSE_ENV, f"{globs}:1:{rng.choice(('before', 'after'))}")
 
 
 def _count_kills(run: Path, plan: dict[str, list[int]], chaos: dict) -> None:
@@ -243,7 +236,7 @@ def _sweep_on_each_host(run: Path) -> int:
 def test_submit_all_on_two_hosts_under_seeded_task_kills_resubmits_to_the_local_runs_outputs(
     tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """`srpipe submit all` to both hosts returns at once; seeded array tasks are SIGKILLed as they start writing
+    """`srpipe submit all` to both hosts returns at once; seeded array tasks are SIGKILLed at their first write
     (their processes, then `scancel --signal=KILL`; Slurm cancels their dependants), `srpipe resubmit STAGE
     --downstream` follows until the run is done; then exactly CHAOS_KILLS kills landed in the planned stages, the
     download, curate and infer arrays ran tasks on both hosts, no unit finished twice (the ledgers) and every output
@@ -252,23 +245,25 @@ def test_submit_all_on_two_hosts_under_seeded_task_kills_resubmits_to_the_local_
         monkeypatch.setenv(key, value)
     aoi = aoi_geojson(tmp_path / "aoi.geojson", 440100, 4164100, 443900, 4169900)
     config = write_config(tmp_path / "tiny.toml", tiny_settings(tmp_path / "run", aoi))
+    rng = random.Random(CHAOS_SEED)
+    plan = _chaos_plan(rng)
+    planned_stages = {stage for stage, ordinals in plan.items() if ordinals}
+    chaos = {"kills_landed": 0, "kills_missed": [], "stages_hit": {}, "seen": {}, "killed": {}}
     start = time.monotonic()
     profile = _profile(tmp_path, nodes=1, cpus_per_task=2)  # one training process, as local mode trains
+    _pause_at_first_write(monkeypatch, rng)
     result = srpipe("submit", "all", str(config), "--profile", str(profile))
     assert time.monotonic() - start < 60, "submit must return at once, not wait for the jobs"
     assert len(job_ids(result.stdout)) == 9, result.stdout  # one job or array per stage of the chain
     run, local = tmp_path / "run", tiny_run.parent / "run"
-    chaos = {"kills_landed": 0, "kills_missed": [], "stages_hit": {}, "seen": {}, "killed": {}}
-    rng = random.Random(CHAOS_SEED)
-    plan = _chaos_plan(rng)
-    planned_stages = {stage for stage, ordinals in plan.items() if ordinals}
     resubmits = 0
-    _kill_while_active(run, plan, rng, chaos)
+    _kill_while_active(run, plan, chaos)
     while (stage := _first_unfinished(run)) is not None:
         assert resubmits < 8, (chaos, srpipe("status", str(run), check=False).stdout)
+        _pause_at_first_write(monkeypatch, rng)
         srpipe("resubmit", str(run), stage, "--downstream")
         resubmits += 1
-        _kill_while_active(run, plan, rng, chaos)
+        _kill_while_active(run, plan, chaos)
     swept = _sweep_on_each_host(run)
     left = [str(p) for p in run.rglob("*") if ".tmp-" in p.name]
     ledgers = {s: Counter((run / f"_slurm/{s}/ledger.txt").read_text().split()[::2]) for s in ARRAYS}

@@ -222,6 +222,21 @@ class InferConfig:
     max_cloud_cover: float = 0.05
     self_ensemble: bool = False  # average SR over the 8 flips/rotations (8x compute; for models trained with augment)
     uncertainty: bool = False  # also write the 8 views' per-pixel std as `<date>.std.tif` (needs self_ensemble)
+    # also write the calibrated half-width at each level (0.50-0.99 by 0.01) in `<date>.std.tif` after the std bands:
+    # SR +- it holds the label with that probability (needs self_ensemble and a calibrated model); 0 = none
+    interval: float | tuple[float, ...] = 0.0
+
+    @property
+    def interval_levels(self) -> tuple[float, ...]:
+        """`interval` as a tuple of levels; () when off."""
+        levels = self.interval if isinstance(self.interval, tuple) else (self.interval,)
+        return tuple(float(level) for level in levels if level)
+
+    @property
+    def writes_twin(self) -> bool:
+        """Whether infer writes `<date>.std.tif` (the spread, and the half-widths when `interval` is set)."""
+        return self.uncertainty or bool(self.interval_levels)
+
     output_dtype: Literal["uint16", "float32"] = "uint16"  # uint16: S2 DN (x 10000, nodata 0); float32: NaN nodata
     # "model": S2 scaled as the weights were trained; "data": by the percentiles of the data being processed (up to
     # 16 of the run's tiles), the weights' label scale moved with it, for weights applied to another area or
@@ -415,6 +430,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError(
             "config key 'infer.uncertainty' = true needs 'infer.self_ensemble' = true: the std is over its 8 views"
         )
+    _check_levels(cfg.infer)
     if not 1 <= cfg.infer.min_frames <= cfg.infer.n_frames:
         raise ConfigError(
             f"config key 'infer.min_frames' must be in [1, infer.n_frames={cfg.infer.n_frames}], "
@@ -424,6 +440,17 @@ def _check(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'infer.n_frames' ({cfg.infer.n_frames}) exceeds 'curate.n_frames' ({cfg.curate.n_frames}), "
             "the K the model is trained with"
+        )
+
+
+def _check_levels(infer: InferConfig) -> None:
+    """ConfigError unless every `infer.interval` level is one of 0.50, 0.51, ..., 0.99 and the ensemble is on."""
+    for level in infer.interval_levels:
+        if not (0.5 <= level <= 0.99 and abs(level * 100 - round(level * 100)) < 1e-9):
+            raise ConfigError(f"config key 'infer.interval' holds {level}; allowed: 0.50 to 0.99 by 0.01 (0 = none)")
+    if infer.interval_levels and not infer.self_ensemble:
+        raise ConfigError(
+            "config key 'infer.interval' needs 'infer.self_ensemble' = true: the intervals scale its 8 views' spread"
         )
 
 

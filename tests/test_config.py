@@ -47,6 +47,9 @@ def test_bad_choice_lists_the_allowed_values(tmp_path):
         ("[source]\ntime_interval = ['2016-05-01']\n", "'source.time_interval' must be a list of 2"),
         ("workers = true\n", "'workers' must be an integer"),
         ("[infer]\nn_frames = 9\n", "'infer.n_frames' (9) exceeds 'curate.n_frames' (8)"),
+        ("[infer]\nself_ensemble = true\ninterval = 0.905\n", "'infer.interval' holds 0.905; allowed: 0.50 to 0.99"),
+        ("[infer]\nself_ensemble = true\ninterval = [0.9, 1.0]\n", "'infer.interval' holds 1.0; allowed"),
+        ("[infer]\ninterval = 0.9\n", "'infer.interval' needs 'infer.self_ensemble' = true"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, message):

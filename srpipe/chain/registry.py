@@ -104,6 +104,7 @@ _INFER_OUTPUT_KEYS = (
     "max_cloud_cover",
     "self_ensemble",
     "uncertainty",
+    "interval",
     "output_dtype",
     "normalisation",
     "model",
@@ -199,6 +200,7 @@ STAGES: dict[str, Stage] = {
                 "train.name",
                 "infer.model",
                 "infer.uncertainty",  # also mosaics the spread (`<date>.std.tif`)
+                "infer.interval",  # and the half-widths in it
                 "mosaic.blocksize",
                 "mosaic.compress",
                 "mosaic.min_overview_px",
@@ -213,7 +215,15 @@ STAGES: dict[str, Stage] = {
         Stage(
             "catalog",
             "srpipe.mosaic.catalog:catalog",
-            reads=("plan.region", "mosaic", "train.name", "infer.model", "source.name", "source.s2_collection"),
+            reads=(
+                "plan.region",
+                "mosaic",
+                "train.name",
+                "infer.model",
+                "infer.interval",  # the twins' band names
+                "source.name",
+                "source.s2_collection",
+            ),
             speed_only=_WHERE,
             after=("mosaic",),
             files=_infer_weights,  # the run's own model.pt reaches it through train's version, upstream

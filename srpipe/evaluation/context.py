@@ -42,6 +42,7 @@ class Patches:
     rows: list[dict] = dataclasses.field(default_factory=list)
     images: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=lambda: defaultdict(list))
     first: tuple[torch.Tensor, torch.Tensor] | None = None  # the first sample's (1, K, 4, h, w) stack and masks
+    interval_maps: list = dataclasses.field(default_factory=list)  # evaluation/intervals.py's samples for its map
 
     def array(self, name: str) -> np.ndarray:
         """(N, ...) float32 of the kept images of `name`."""

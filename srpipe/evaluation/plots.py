@@ -293,3 +293,43 @@ def spread_vs_error(
     ax.grid(alpha=0.3)
     fig.suptitle("Trust: where the self-ensemble's views disagree against where SR is wrong (band means)")
     return _png(fig)
+
+
+def reliability_diagram(levels: Sequence[float], coverage: Sequence[Sequence[float]], title: str = "") -> bytes:
+    """Nominal level against the empirical coverage of the calibrated intervals, one line per band (`coverage`:
+    [band][level]), with the diagonal and a +-3 point band around it."""
+    fig = Figure(figsize=(5.5, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    nominal = np.asarray(levels) * 100
+    ax.fill_between(nominal, nominal - 3, nominal + 3, color="0.85", label="+-3 points")
+    ax.plot(nominal, nominal, color="0.4", linestyle="--", linewidth=1, label="calibrated")
+    for band, row in zip(BANDS, coverage, strict=True):
+        ax.plot(nominal, np.asarray(row) * 100, label=band, linewidth=1.5)
+    ax.set_xlabel("nominal level (%)")
+    ax.set_ylabel("empirical coverage on the test pixels (%)")
+    ax.set_title(title or "reliability of the calibrated intervals", fontsize="small")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _png(fig)
+
+
+def departure_map(shown: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], level: float) -> bytes:
+    """Per sample (rows): SR, bicubic of the latest frame, the interval's half-width (band mean) and the pixels where
+    SR departs from bicubic by more than the half-width in any band (candidates for invented detail)."""
+    fig = Figure(figsize=(12.0, 3.0 * len(shown)), layout="constrained")
+    grid = fig.add_gridspec(len(shown), 4)
+    for r, (sr, bicubic, width, keep) in enumerate(shown):
+        departs = (np.abs(sr - bicubic) > width).any(0) & keep
+        panels = [(true_colour(sr), "SR (8-view mean)"), (true_colour(bicubic), "bicubic, latest frame")]
+        for c, (image, name) in enumerate(panels):
+            ax = fig.add_subplot(grid[r, c])
+            ax.imshow(image, interpolation="nearest")
+            ax.set_title(name, fontsize="small")
+            _no_ticks(ax)
+        _map_panel(fig, fig.add_subplot(grid[r, 2]), width.mean(0), float(np.percentile(width, 99)), "half-width")
+        ax = fig.add_subplot(grid[r, 3])
+        ax.imshow(true_colour(sr), interpolation="nearest")
+        ax.imshow(np.ma.masked_where(~departs, departs), cmap="autumn", alpha=0.8, interpolation="nearest")
+        ax.set_title(f"|SR - bicubic| > {level:.0%} half-width: {departs.mean():.1%}", fontsize="small")
+        _no_ticks(ax)
+    return _png(fig)

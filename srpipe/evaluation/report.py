@@ -14,6 +14,7 @@ from srpipe.data.augment import ensemble_views
 from srpipe.evaluation import plots
 from srpipe.evaluation.context import Context, Patches
 from srpipe.evaluation.html import Figure, Section, Table, write_html
+from srpipe.evaluation.intervals import interval_section
 from srpipe.evaluation.summary import CONSTRAINT_PREFIX
 from srpipe.evaluation.trust import trust_maps
 from srpipe.metrics import METRICS
@@ -270,6 +271,7 @@ def write_all(ctx: Context, metrics: dict, patches: Patches, cores: list[dict]) 
         Section("Summary", paragraphs=[headline(metrics), _method_note(metrics)], tables=tables),
         *filter(None, [_adaptation_section(ctx, metrics)]),
         Section("Plots", figures=_figures(ctx, metrics, patches)),
+        *filter(None, [interval_section(metrics, patches.interval_maps)]),
         Section("Consistency, correctness, perception and the downstream test", tables=_extras_tables(metrics)),
         _model_section(ctx),
         Section("Curation", preformatted=curation.read_text() if curation.exists() else "no curation report"),

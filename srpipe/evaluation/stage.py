@@ -22,6 +22,7 @@ from srpipe.errors import StageError
 from srpipe.evaluation import baselines as bl
 from srpipe.evaluation import report, summary
 from srpipe.evaluation.context import Context, Patches, baseline_images, batches, load_context
+from srpipe.evaluation.intervals import interval_metrics
 from srpipe.evaluation.tiles import core_blocks, score_tile, shadowed_dates, tile_images, trusted_blocks
 from srpipe.evaluation.trust import trust_of
 from srpipe.metrics import cpsnr_score
@@ -158,6 +159,9 @@ def evaluate(cfg: Config) -> dict:
     metrics["constraint"] = summary.constraint_table(ctx, patches, metrics)
     if ctx.cfg.infer.self_ensemble:  # the views' spread is kept: does it point at SR's errors?
         metrics["trust"] = trust_of(patches, ctx.border).as_json()
+    intervals = interval_metrics(ctx)
+    if intervals is not None:  # a calibrated model: how well its intervals cover the test pixels
+        metrics["calibrated_intervals"], patches.interval_maps = intervals
     report.write_all(ctx, metrics, patches, cores)
     main = metrics["sr_one_pass"]
     return {

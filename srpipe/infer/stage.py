@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from rasterio.transform import from_bounds
 
-from srpipe import STD_BANDS, state
+from srpipe import state, twin_bands
 from srpipe.config import Config, InferConfig, SourceConfig
 from srpipe.data.cog import write_cog
 from srpipe.data.s2units import QUANTIFICATION_VALUE, to_dn
@@ -127,8 +127,15 @@ class _Forward:
     """The model's batch forward, prepared once per shard: device, threads, memory format, autocast, compile."""
 
     def __init__(self, model: TrainedModel, settings: InferConfig) -> None:
-        if settings.uncertainty and not settings.self_ensemble:
+        if settings.writes_twin and not settings.self_ensemble:
             raise StageError("infer.uncertainty needs infer.self_ensemble = true (the std is over its eight views)")
+        if settings.interval_levels and model.calibration is None:
+            raise StageError(
+                f"infer.interval = {settings.interval}: the model ({settings.model or 'this run'}'s) has no interval "
+                "calibration (trained before srpipe calibrated, or on a run without validation tiles); retrain it "
+                "with `srpipe train` on a run with >= 3 tiles (its validation split calibrates it), or set "
+                "infer.interval = 0"
+            )
         self.model, self.settings, self.device = model, settings, _device(settings)
         self.cuda = self.device.type == "cuda"
         torch.set_num_threads(settings.threads or len(os.sched_getaffinity(0)))
@@ -149,9 +156,18 @@ class _Forward:
             self.net = self.eager
             return self.net(lr, mask).float()
 
+    def _twin(self, std: torch.Tensor) -> torch.Tensor:
+        """(B, 4, H, W) label-scaled views' std -> (B, 4 (1 + levels), H, W) label units: the std, then each
+        `infer.interval` level's calibrated half-width (`srpipe.twin_bands`)."""
+        parts = [std] + [
+            torch.from_numpy(self.model.calibration.half_width(std.numpy(), level))
+            for level in self.settings.interval_levels
+        ]
+        return torch.cat([self.model.label_std(part) for part in parts], dim=1)
+
     def __call__(self, lr: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, K, 4, h, w) LR-scaled frames, (B, K, h, w) masks (CPU) -> (B, 4, s*h, s*w) label-scaled SR (floored
-        at label value 0) and, with `infer.uncertainty`, the views' std in label units (else None), float32, CPU."""
+        at label value 0) and, with `infer.uncertainty` or `infer.interval`, the `_twin` (else None), float32, CPU."""
         b, size = lr.shape[0], self.settings.batch_size
         if self.settings.compile and b < size:  # a compiled net sees one batch shape: pad the ragged last batch
             lr = torch.cat([lr, lr.new_zeros(size - b, *lr.shape[1:])])
@@ -162,7 +178,7 @@ class _Forward:
         with torch.inference_mode(), autocast:
             if self.settings.self_ensemble:
                 sr, std = ensemble_mean_std(self._net, lr, mask)
-                std = self.model.label_std(std)[:b].cpu() if self.settings.uncertainty else None
+                std = self._twin(std[:b].float().cpu()) if self.settings.writes_twin else None
             else:
                 sr = self._net(lr, mask)
         return self.model.floor(sr[:b].float()).cpu(), std
@@ -296,6 +312,18 @@ def _radiometric_offset(source: SourceConfig, run_dir: Path, date: str) -> tuple
     return make_source(source, run_dir).radiometric_offset(dt.date.fromisoformat(date))
 
 
+TWIN_CONTENT = "std of the 8 self-ensemble views, then calibrated interval half-widths (interval_levels), label units"
+
+
+def interval_tags(model: TrainedModel, settings: InferConfig) -> dict[str, str]:
+    """The twin's tags on its intervals: the levels and the calibration they came from (none without levels)."""
+    if not settings.interval_levels:
+        return {}
+    cal = model.calibration
+    source = f"split conformal on {cal.pixels} {cal.split} pixels of {cal.samples} samples, {len(cal.tiles)} tiles"
+    return {"interval_levels": ",".join(f"{x:.2f}" for x in settings.interval_levels), "interval_calibration": source}
+
+
 def _write_window(cfg: Config, model: TrainedModel, job: _Job, j: int, sr: np.ndarray, std: np.ndarray | None) -> None:
     """Write window `j` of `job`: (4, H, W) label-scaled `sr` -> label units, nodata where no frame saw the pixel,
     as DN (or float32); `std` (4, H, W, label units) beside it when given."""
@@ -323,6 +351,6 @@ def _write_window(cfg: Config, model: TrainedModel, job: _Job, j: int, sr: np.nd
     if std is not None:
         std = std.astype(np.float32, copy=True)
         std[:, hole] = np.nan
-        tags = {**tags, "quantification_value": 1, "content": "std of the 8 self-ensemble views, label units"}
+        tags = {**tags, "quantification_value": 1, "content": TWIN_CONTENT, **interval_tags(model, cfg.infer)}
         path = cfg.layout.prediction_std(cfg.prediction_model, w.tile_id, date)
-        write_cog(path, std, transform, w.epsg, cfg.mosaic, tags, descriptions=STD_BANDS)
+        write_cog(path, std, transform, w.epsg, cfg.mosaic, tags, descriptions=twin_bands(cfg.infer.interval_levels))

@@ -21,7 +21,8 @@ SHAPE_KEYS = ("channels", "encoder_layers", "kernel_size", "upscaler", "padding"
 
 
 def export_weights(model_pt: Path, checkpoint_pt: Path, out: Path, record: dict) -> Path:
-    """Write `out` (.pt, float16 weights of model.pt and the checkpoint's ShiftNet) and `out`.json (`record`)."""
+    """Write `out` (.pt, float16 weights of model.pt and the checkpoint's ShiftNet, and model.pt's interval
+    calibration when it has one) and `out`.json (`record`, with the calibration)."""
     saved = torch.load(model_pt, weights_only=False)
     shiftnet = torch.load(checkpoint_pt, weights_only=False, map_location="cpu")["shiftnet"]
 
@@ -31,8 +32,14 @@ def export_weights(model_pt: Path, checkpoint_pt: Path, out: Path, record: dict)
     payload = {
         "model": half(saved["model"]),
         "shiftnet": half(shiftnet),
-        **{k: saved[k] for k in ("model_config", "scale", "n_frames", "lr_scale", "hr_scale")},
+        **{
+            k: saved[k]
+            for k in ("model_config", "scale", "n_frames", "lr_scale", "hr_scale", "calibration")
+            if k in saved
+        },
     }
+    if "calibration" in saved:  # the intervals' calibration travels with the weights, and is readable beside them
+        record = {**record, "calibration": saved["calibration"]}
     with state.atomic_path(out) as tmp:
         state.save_torch(payload, tmp)
     state.write_text(out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")

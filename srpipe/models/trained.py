@@ -16,6 +16,7 @@ from srpipe.data.augment import ensemble_views, self_ensemble
 from srpipe.data.labelmap import lr_to_hr_map
 from srpipe.data.normalise import BandScale
 from srpipe.errors import StageError
+from srpipe.models.calibration import Calibration
 from srpipe.models.consistency import Constraint
 from srpipe.models.highresnet import HighResNet, build_model
 from srpipe.weights import inference_weights
@@ -38,6 +39,7 @@ class TrainedModel:
     n_frames: int
     scale: int
     constraint: Constraint | None = None  # the run's consistency constraint (None: the one the net was built with)
+    calibration: Calibration | None = None  # its intervals' calibration (models/calibration.py), None: uncalibrated
 
     def forward(self, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The net's pass under `constraint`: (B, K, 4, h, w) LR-scaled frames, (B, K, h, w) masks -> (B, 4, s*h,
@@ -134,4 +136,5 @@ def _load_model_file(path: str, inode: int, mtime_ns: int) -> TrainedModel:
     lr_scale, hr_scale = BandScale.from_json(saved["lr_scale"]), BandScale.from_json(saved["hr_scale"])
     net.set_lr_to_hr(*lr_to_hr_map(lr_scale, hr_scale, torch.device("cpu")))
     net.eval()
-    return TrainedModel(net, lr_scale, hr_scale, saved["n_frames"], saved["scale"])
+    calibration = Calibration.from_json(saved["calibration"]) if "calibration" in saved else None
+    return TrainedModel(net, lr_scale, hr_scale, saved["n_frames"], saved["scale"], calibration=calibration)

@@ -19,7 +19,7 @@ from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 
-from srpipe import BANDS, STD_BANDS, state
+from srpipe import BANDS, state, twin_bands
 from srpipe.config import Config
 from srpipe.data.cog import cog_writer
 from srpipe.data.s2units import QUANTIFICATION_VALUE
@@ -89,7 +89,7 @@ def date_vrt(cfg: Config, date: str, zones: list[dict], spread: bool = False) ->
     transform = Affine(res, 0.0, minx, 0.0, -res, maxy)
     width, height = round((maxx - minx) / res), round((maxy - miny) / res)
     path = cfg.layout.date_vrt(cfg.plan.region, date, spread)
-    bands = STD_BANDS if spread else BANDS
+    bands = twin_bands(cfg.infer.interval_levels) if spread else BANDS
     _write_vrt(path, crs, transform, width, height, sources, zones[0]["dtype"], zones[0]["offset_dn"], bands)
     return path
 

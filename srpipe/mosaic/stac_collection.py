@@ -4,7 +4,9 @@ Items carry STAC 1.1 `bands` (name, eo:common_name, nodata, data_type, raster:sc
 raster:spatial_resolution: `gsd` describes a sensor, not a product), the projection extension, processing:software
 (srpipe and the model's content hash), derived_from links to the S2 acquisitions read, and the AOI-clipped footprint.
 With `infer.uncertainty` an item has a second asset, "spread": the self-ensemble's per-pixel std (roles data and
-uncertainty, float32 reflectance units, NaN nodata), so a user can mask the SR pixels not to trust.
+uncertainty, float32 reflectance units, NaN nodata), so a user can mask the SR pixels not to trust; with
+`infer.interval` the asset also holds each level's calibrated half-width (bands `<band>_hwNN`, the level and the
+calibration in `srpipe:interval_levels` and `srpipe:interval_calibration`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import shapely.geometry
 from pystac.extensions.projection import ProjectionExtension
 
 import srpipe
-from srpipe import BANDS, STD_BANDS, state
+from srpipe import BANDS, STD_BANDS, level_name, state
 from srpipe.config import Config
 from srpipe.data.s2units import QUANTIFICATION_VALUE
 from srpipe.weights import inference_weights
@@ -156,24 +158,35 @@ def _bands(m: dict) -> list[dict]:
 
 
 def _spread_asset(m: dict) -> pystac.Asset:
-    """The asset of a zone mosaic's spread twin: per band the std of the 8 self-ensemble views (float32, NaN nodata)."""
-    title = f"{m['date']}, EPSG:{m['epsg']}: self-ensemble spread"
+    """The asset of a zone mosaic's twin: per band the std of the 8 self-ensemble views, then per `infer.interval`
+    level and band the calibrated interval's half-width (float32, NaN nodata, reflectance)."""
+    levels = [float(x) for x in m.get("interval_levels", "").split(",") if x]
+    title = f"{m['date']}, EPSG:{m['epsg']}: self-ensemble spread" + (" and calibrated intervals" if levels else "")
     asset = pystac.Asset(str(Path(m["spread"]).resolve()), title, media_type=pystac.MediaType.COG, roles=SPREAD_ROLES)
     asset.description = (
         "Per-pixel standard deviation of the 8 self-ensemble views (flips and rotations) of the SR, in reflectance "
         "units: high where the SR is less certain (edges, texture, clouds); mask SR pixels above a threshold"
     )
-    asset.extra_fields["bands"] = [
-        {
-            "name": name,
-            "description": f"std of the 8 self-ensemble views of {band}, reflectance",
-            "unit": "1",  # reflectance is dimensionless (UCUM "1"), as the SR it describes
-            "nodata": "nan",
-            "data_type": "float32",
-            "raster:spatial_resolution": m["resolution_m"],
-        }
+    common = {"unit": "1", "nodata": "nan", "data_type": "float32", "raster:spatial_resolution": m["resolution_m"]}
+    bands = [
+        {"name": name, "description": f"std of the 8 self-ensemble views of {band}, reflectance", **common}
         for name, band in zip(STD_BANDS, BANDS, strict=True)
-    ]
+    ]  # reflectance is dimensionless (UCUM "1"), as the SR it describes
+    for level in levels:
+        bands += [
+            {"name": f"{band}_{level_name(level)}", **common, "description": (
+                f"half-width of the calibrated {level:.0%} interval of {band}: the true reflectance lies within "
+                f"SR +- this with probability {level:.2f}, reflectance")}
+            for band in BANDS
+        ]  # fmt: skip
+    asset.extra_fields["bands"] = bands
+    if levels:
+        asset.description += (
+            f"; then per level of {', '.join(f'{x:.2f}' for x in levels)} the half-width of the calibrated interval "
+            f"(bands <band>_hwNN): {m.get('interval_calibration', '')}"
+        )
+        asset.extra_fields["srpipe:interval_levels"] = levels
+        asset.extra_fields["srpipe:interval_calibration"] = m.get("interval_calibration", "")
     return asset
 
 

@@ -28,7 +28,7 @@ from rasterio.windows import bounds as window_bounds
 from rasterio.windows import transform as window_transform
 from rio_cogeo.cogeo import cog_validate
 
-from srpipe import BANDS, STD_BANDS, state
+from srpipe import BANDS, state, twin_bands
 from srpipe.config import Config
 from srpipe.data.cog import cog_writer
 from srpipe.data.grid import Tile, load_aoi, tiles_by_id
@@ -40,7 +40,7 @@ from srpipe.mosaic.units import ALL_DATES, mosaic_reads
 GDAL_CACHE_BYTES = 64 * 2**20  # GDAL's default is 5 % of RAM: a small cap keeps peak RSS flat in the area (streaming)
 _OPEN_PREDICTIONS = 8  # a block overlaps <= 4 cores, the next block 2 of them: each tile opens once per block row
 _AOI_SEGMENT_DEG = 0.001  # AOI edges are straight in lon/lat: densified (~100 m) before reprojection
-SPREAD_CONTENT = "std of the 8 self-ensemble views, label (reflectance) units"
+SPREAD_CONTENT = "std of the 8 self-ensemble views, then calibrated interval half-widths, label (reflectance) units"
 
 
 def mosaic_unit(cfg: Config, unit: str) -> dict:
@@ -93,7 +93,7 @@ def mosaic_zone(
     warnings = _write_zone(cfg, out, predictions, present, grid, epsg, aoi_zone, tags, offset_dn, BANDS)
     seconds = time.perf_counter() - start
     spread = {}
-    if cfg.infer.uncertainty:
+    if cfg.infer.writes_twin:
         spread = _spread_zone(cfg, name, date, epsg, present, grid, aoi_zone, tags, digests)
     return spread | {
         "date": date,
@@ -163,12 +163,21 @@ def _spread_zone(
             f"({', '.join(lacking[:5])}); re-run `srpipe infer --tiles {' '.join(lacking[:5])}`"
         )
     out = cfg.layout.zone_mosaic(cfg.plan.region, date, epsg, spread=True)
-    sources = _Predictions(name, paths, "float32", grid[0].a, digests)
+    bands = twin_bands(cfg.infer.interval_levels)
+    sources = _Predictions(name, paths, "float32", grid[0].a, digests, len(bands))
     # cog_writer's average overviews suit a std: a zoomed-out pixel shows the mean spread under it (a hot spot fades,
     # never moves), where nearest would show one arbitrary pixel's
-    tags = {**tags, "content": SPREAD_CONTENT}
-    warnings = _write_zone(cfg, out, sources, present, grid, epsg, aoi_zone, tags, 0, STD_BANDS)
-    return {"spread": str(out), "spread_cog_warnings": warnings}
+    intervals = _interval_tags(paths[present[0].tile_id])
+    tags = {**tags, "content": SPREAD_CONTENT, **intervals}
+    warnings = _write_zone(cfg, out, sources, present, grid, epsg, aoi_zone, tags, 0, bands)
+    return {"spread": str(out), "spread_cog_warnings": warnings, **intervals}
+
+
+def _interval_tags(twin: Path) -> dict[str, str]:
+    """The interval tags infer wrote on a tile's twin (`interval_levels`, `interval_calibration`); {} without."""
+    with rasterio.open(twin) as src:
+        tags = src.tags()
+    return {k: tags[k] for k in ("interval_levels", "interval_calibration") if k in tags}
 
 
 def validate_cog(path: Path) -> list[str]:
@@ -228,9 +237,16 @@ class _Predictions:
     """The prediction COGs of one zone-date, opened on demand; the most recently used `_OPEN_PREDICTIONS` stay open."""
 
     def __init__(
-        self, name: str, paths: dict[str, Path], dtype: str, res: float, digests: dict[str, dict[str, str]]
+        self,
+        name: str,
+        paths: dict[str, Path],
+        dtype: str,
+        res: float,
+        digests: dict[str, dict[str, str]],
+        bands: int = len(BANDS),
     ) -> None:
         self.name, self.paths, self.dtype, self.res, self.digests = name, paths, dtype, res, digests
+        self.bands = bands  # per COG: the SR's four, or a twin's (std, then half-widths)
         self.open: collections.OrderedDict[str, DatasetReader] = collections.OrderedDict()
         self.checked: set[str] = set()  # tiles whose SHA-256 matched: a tile closed and reopened is not read twice
 
@@ -285,7 +301,7 @@ def _block(
 ) -> np.ndarray:
     """(bands, h, w) of one mosaic block: the cores it overlaps, nodata where no core is and outside `aoi`."""
     fill = NODATA_DN if predictions.dtype == "uint16" else np.nan
-    block = np.full((len(BANDS), int(window.height), int(window.width)), fill, predictions.dtype)
+    block = np.full((predictions.bands, int(window.height), int(window.width)), fill, predictions.dtype)
     block_transform = window_transform(window, transform)
     box = shapely.box(*window_bounds(window, transform))
     if aoi is not None and not aoi.intersects(box):
@@ -302,7 +318,7 @@ def _block(
         src_window = from_bounds(x0, y0, x1, y1, src.transform).round_offsets().round_lengths()
         rows = slice(dst.row_off, dst.row_off + dst.height)
         cols = slice(dst.col_off, dst.col_off + dst.width)
-        block[:, rows, cols] = src.read(window=src_window, out_shape=(len(BANDS), dst.height, dst.width))
+        block[:, rows, cols] = src.read(window=src_window, out_shape=(predictions.bands, dst.height, dst.width))
     if aoi is not None and not aoi.contains(box):
         outside = geometry_mask([shapely.clip_by_rect(aoi, *box.bounds)], block.shape[1:], block_transform)
         block[:, outside] = fill

@@ -36,6 +36,7 @@ from srpipe.models.highresnet import bicubic, masked_median
 from srpipe.models.pretrained import init_weights
 from srpipe.models.shiftnet import ShiftNet
 from srpipe.models.trained import MODEL_FILE, model_dir
+from srpipe.training.calibrate import calibrate_saved
 from srpipe.training.checkpoint import load_checkpoint, save_checkpoint
 from srpipe.training.losses import as_trained, autocast_supported, low_precision, sr_losses
 from srpipe.training.ranks import World, make_world
@@ -366,6 +367,7 @@ def _save_model(run: _Setup, progress: _Progress) -> None:
         "best": progress.best,
     }
     _save(folder / MODEL_FILE, payload)
+    calibrate_saved(cfg, folder / MODEL_FILE)
     state.write_text(folder / "config.toml", cfg.layout.config.read_text())
 
 

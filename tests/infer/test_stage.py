@@ -10,7 +10,7 @@ import torch
 from rasterio.transform import from_bounds
 from rio_cogeo.cogeo import cog_validate
 
-from srpipe import BANDS, state
+from srpipe import BANDS, state, twin_bands
 from srpipe.config import Config, InferConfig, ModelConfig, SourceConfig
 from srpipe.data.grid import Tile
 from srpipe.data.normalise import BandScale
@@ -19,6 +19,7 @@ from srpipe.errors import StageError, TileError
 from srpipe.infer import stage as infer
 from srpipe.infer import windows as infer_data
 from srpipe.models import build_model
+from srpipe.models.calibration import LEVELS, Calibration
 from srpipe.models.trained import TrainedModel, ensemble_mean_std, load_for_inference
 from srpipe.sources.synthetic.source import SyntheticSource
 from tests.helpers import BOUNDS, s2_stack
@@ -250,3 +251,36 @@ def test_data_normalisation_carries_an_affine_change_of_the_input_to_the_output(
     for mode, close in (("data", True), ("model", False)):
         moved = 0.05 + 1.3 * outputs[mode, 1.0]
         assert np.allclose(outputs[mode, 1.3], moved, atol=1e-4) == close, mode
+
+
+def _calibration(floor: float = 0.01) -> Calibration:
+    """A calibration of this test's own: q = 1 + level per band, `floor` per band."""
+    return Calibration(LEVELS, tuple(tuple(1.0 + a for a in LEVELS) for _ in BANDS), (floor,) * 4, 1000, 10, "val", ())
+
+
+def test_interval_half_widths_sit_in_the_twin_after_the_std_pixel_for_pixel(tmp_path, model, stacks):
+    model.hr_scale = BandScale(np.zeros(4, np.float32), np.array([0.5, 0.4, 0.3, 0.6], np.float32))
+    model.calibration = _calibration()
+    stacks["t1"] = s2_stack(cloudy=(5,))
+    cfg = _cfg(tmp_path, self_ensemble=True, interval=(0.8, 0.9), output_dtype="float32")
+    infer.infer_tile(cfg, "t1")
+    date = cfg.as_of_date.isoformat()
+    path = cfg.layout.prediction_std(cfg.train.name, "t1", date)
+    assert cog_validate(path, quiet=True)[0]
+    with rasterio.open(path) as src, rasterio.open(cfg.layout.prediction(cfg.train.name, "t1", date)) as sr:
+        assert (src.crs, src.transform, src.shape) == (sr.crs, sr.transform, sr.shape)
+        assert src.descriptions == twin_bands((0.8, 0.9)) and src.count == 12
+        assert src.tags()["interval_levels"] == "0.80,0.90" and "10 samples" in src.tags()["interval_calibration"]
+        twin, image = src.read(), sr.read()
+    assert (np.isnan(twin) == np.isnan(image[[0, 1, 2, 3] * 3])).all()  # nodata exactly where the SR has none
+    band_range = np.array([0.5, 0.4, 0.3, 0.6], np.float32)[:, None, None]
+    std = twin[:4]
+    for i, level in enumerate((0.8, 0.9)):  # q (std + floor in label units)
+        np.testing.assert_allclose(twin[4 + 4 * i : 8 + 4 * i], (1 + level) * (std + 0.01 * band_range), rtol=1e-5)
+
+
+def test_an_uncalibrated_model_refuses_infer_interval_naming_the_fix(tmp_path, model, stacks):
+    stacks["t1"] = s2_stack()
+    with pytest.raises(StageError, match="has no interval calibration.*retrain it with `srpipe train`"):
+        infer.infer_tile(_cfg(tmp_path, self_ensemble=True, interval=0.9), "t1")
+    assert not list(tmp_path.rglob("*.tif"))  # nothing written

@@ -15,9 +15,10 @@ import torch
 from srpipe.config import load_config
 from srpipe.errors import StageError
 from srpipe.models import build_model
+from srpipe.models.calibration import Calibration
 from srpipe.models.pretrained import export_weights, init_weights
 from srpipe.models.shiftnet import ShiftNet
-from srpipe.models.trained import model_dir
+from srpipe.models.trained import load_model, model_dir
 from srpipe.training.train import train
 from srpipe.weights import WEIGHTS_DIR, packaged, weights_path
 
@@ -29,7 +30,10 @@ def test_a_run_starts_from_exported_weights_and_a_wrong_shape_names_the_key(tmp_
     train(source)
     folder = model_dir(source)
     out = export_weights(folder / "model.pt", folder / "checkpoint.pt", tmp_path / "w.pt", {"made_by": "test"})
-    assert json.loads(out.with_suffix(".json").read_text()) == {"made_by": "test"}
+    record = json.loads(out.with_suffix(".json").read_text())
+    calibration = torch.load(folder / "model.pt", weights_only=False)["calibration"]  # train calibrated it on val
+    assert record == {"made_by": "test", "calibration": calibration} and calibration["split"] == "val"
+    assert load_model(out).calibration == Calibration.from_json(calibration)  # it travels with the weights
     cfg = dataclasses.replace(source, train=dataclasses.replace(source.train, init_from=str(out)))
     model, shiftnet = build_model(cfg.model, 4), ShiftNet(cfg.model.shiftnet_channels, cfg.model.shiftnet_pool)
     assert init_weights(cfg, model, shiftnet) == out

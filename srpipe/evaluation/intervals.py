@@ -1,0 +1,157 @@
+"""The calibrated intervals on the test tiles: empirical coverage against nominal per band (a reliability diagram),
+coverage where SR is hard (edges and texture, cloudy frames) and easy (flat, clear), the mean width against
+bicubic's error, and the pixels where SR departs from bicubic of the latest frame by more than the interval
+supports (candidates for invented detail). The test tiles were not used to calibrate (that is the validation split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from srpipe import BANDS
+from srpipe.data.shards import shard_paths
+from srpipe.evaluation import baselines as bl
+from srpipe.evaluation import plots
+from srpipe.evaluation.context import Context, batches
+from srpipe.evaluation.html import Figure, Section, Table
+from srpipe.models.calibration import LEVELS, Calibration, coverage
+from srpipe.models.trained import ensemble_mean_std
+
+TABLE_LEVELS = (0.8, 0.9, 0.95)  # the levels of the coverage tables (the report's, the README's)
+MAP_LEVEL = 0.9  # the level of the invented-detail map and shares
+PIXELS_PER_SAMPLE = 4096  # kept pixels per sample (evenly strided): memory stays bounded
+MAP_SAMPLES = 3  # test samples shown in the invented-detail map
+BICUBIC = "bicubic_latest"  # bicubic of the very frame SR's latest view is: what "departs" is measured against
+
+
+@dataclasses.dataclass
+class _Pixels:
+    """Per band (rows) and kept pixel: |SR - label|, spread, |SR - bicubic|, |bicubic - label|; per pixel whether it
+    is on an edge (top quartile of bicubic's gradient in its sample) and whether its sample had a cloudy frame."""
+
+    error: list = dataclasses.field(default_factory=list)
+    spread: list = dataclasses.field(default_factory=list)
+    departure: list = dataclasses.field(default_factory=list)
+    bicubic_error: list = dataclasses.field(default_factory=list)
+    edge: list = dataclasses.field(default_factory=list)
+    cloudy: list = dataclasses.field(default_factory=list)
+    shown: list = dataclasses.field(default_factory=list)  # (sr, bicubic, half-width, label mask) of MAP_SAMPLES
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        names = ("error", "spread", "departure", "bicubic_error", "edge", "cloudy")
+        return {k: np.concatenate(getattr(self, k), axis=-1) for k in names}
+
+
+def _edges(image: torch.Tensor) -> np.ndarray:
+    """(B, H, W) bool: the top quartile of each sample's gradient magnitude (band mean) of (B, 4, H, W) `image`."""
+    x = image.float().mean(1)
+    gy, gx = torch.gradient(x, dim=(1, 2))
+    magnitude = torch.hypot(gx, gy).numpy()
+    return magnitude >= np.quantile(magnitude.reshape(len(x), -1), 0.75, axis=1)[:, None, None]
+
+
+def _collect(ctx: Context, batch: dict, pixels: _Pixels, calibration: Calibration) -> None:
+    """Add one test batch's kept pixels (clear label, inside the border crop) to `pixels`."""
+    lr, mask, hr = batch["lr"], batch["lr_mask"], batch["hr"].float().numpy()
+    mean, std = ensemble_mean_std(ctx.model.forward, lr, mask)
+    sr, spread = ctx.model.floor(mean).numpy(), std.numpy()
+    bic = bl.simple_baselines(lr, mask, batch["lr_dates"], batch["hr_date"], ctx.model.scale, ctx.lr_to_hr)[BICUBIC]
+    keep = np.zeros(hr.shape[:1] + hr.shape[2:], bool)
+    b = ctx.border
+    keep[:, b : keep.shape[1] - b, b : keep.shape[2] - b] = True
+    keep &= batch["hr_mask"].numpy().astype(bool)
+    cloudy = np.broadcast_to((~mask.bool()).flatten(1).any(1).numpy()[:, None, None], keep.shape)
+    step = max(1, int(keep.sum()) // (PIXELS_PER_SAMPLE * len(lr)))
+    bands = {
+        "error": np.abs(sr - hr),
+        "spread": spread,
+        "departure": np.abs(sr - bic.numpy()),
+        "bicubic_error": np.abs(bic.numpy() - hr),
+    }
+    for name, value in bands.items():
+        getattr(pixels, name).append(value.transpose(1, 0, 2, 3)[:, keep][:, ::step])
+    pixels.edge.append(_edges(bic)[keep][::step])
+    pixels.cloudy.append(cloudy[keep][::step])
+    for i in range(min(len(lr), MAP_SAMPLES - len(pixels.shown))):
+        width = calibration.half_width(spread[i : i + 1], MAP_LEVEL)[0]
+        pixels.shown.append((sr[i], bic[i].numpy(), width, keep[i]))
+
+
+def _group_coverage(a: dict[str, np.ndarray], calibration: Calibration, where: np.ndarray) -> dict:
+    """{level: [coverage per band]} and the pixel count of the pixels `where` is True."""
+    cov = coverage(a["error"][:, where], a["spread"][:, where], calibration, TABLE_LEVELS)
+    return {"pixels": int(where.sum()), **{f"{level:.2f}": cov[:, j].tolist() for j, level in enumerate(TABLE_LEVELS)}}
+
+
+def interval_metrics(ctx: Context) -> tuple[dict, list] | None:
+    """metrics.json's "calibrated_intervals" (None without a calibrated model or the self-ensemble) and the samples
+    of the invented-detail map."""
+    calibration = ctx.model.calibration
+    paths = shard_paths(ctx.cfg.layout.datasets, "test")
+    if calibration is None or not ctx.cfg.infer.self_ensemble or not paths:
+        return None
+    pixels = _Pixels()
+    with torch.no_grad():
+        for batch in batches(paths, ctx.cfg.evaluate.batch_size):
+            _collect(ctx, batch, pixels, calibration)
+    a = pixels.arrays()
+    curve = coverage(a["error"], a["spread"], calibration, LEVELS)
+    width = calibration.half_width(a["spread"][None, :, :, None], MAP_LEVEL)[0, :, :, 0]
+    groups = {"edges": a["edge"], "flat": ~a["edge"], "cloudy_frames": a["cloudy"], "clear_frames": ~a["cloudy"]}
+    metrics = {
+        "bands": list(BANDS),
+        "levels": list(LEVELS),
+        "coverage": curve.tolist(),  # [band][level]
+        "table": {f"{level:.2f}": curve[:, LEVELS.index(level)].tolist() for level in TABLE_LEVELS},
+        "groups": {name: _group_coverage(a, calibration, where) for name, where in groups.items() if where.any()},
+        "mean_half_width": {f"{MAP_LEVEL:.2f}": width.mean(axis=1).tolist()},
+        "mean_bicubic_error": a["bicubic_error"].mean(axis=1).tolist(),
+        "departs_share": {f"{MAP_LEVEL:.2f}": (a["departure"] > width).mean(axis=1).tolist()},
+        "pixels": int(a["error"].shape[1]),
+        "calibration": {k: v for k, v in calibration.to_json().items() if k not in ("quantiles", "levels", "tiles")},
+        "calibration_tiles": len(calibration.tiles),
+        "units": "curated label units ([0, 1] per band), as the calibration",
+    }
+    return metrics, pixels.shown
+
+
+def interval_section(metrics: dict, shown: list) -> Section | None:
+    """The report's "Calibrated intervals" section (None when evaluate computed none)."""
+    m = metrics.get("calibrated_intervals")
+    if m is None:
+        return None
+    cal = m["calibration"]
+    header = ["band", *(f"{float(level):.0%} nominal" for level in m["table"])]
+    coverage_rows = [[b, *(f"{m['table'][level][i]:.1%}" for level in m["table"])] for i, b in enumerate(m["bands"])]
+    level = next(iter(m["mean_half_width"]))
+    width_rows = [
+        [b, m["mean_half_width"][level][i], m["mean_bicubic_error"][i], f"{m['departs_share'][level][i]:.2%}"]
+        for i, b in enumerate(m["bands"])
+    ]
+    group_rows = [
+        [name, g["pixels"], *(f"{np.mean(g[lv]):.1%}" for lv in m["table"])] for name, g in m["groups"].items()
+    ]
+    text = (
+        f"Split-conformal intervals (|SR - label| scaled by the 8 views' spread) calibrated on {cal['pixels']} "
+        f"{cal['split']} pixels of {cal['samples']} samples from {m['calibration_tiles']} tiles, checked here on "
+        f"{m['pixels']} test pixels the calibration never saw. Coverage is the share of test label pixels inside "
+        "SR +- half-width; calibrated means equal to the nominal level (within +-3 points)."
+    )
+    tables = [
+        Table("Empirical coverage of the calibrated intervals per band (test pixels)", header, coverage_rows),
+        Table("Coverage (band mean) where SR is hard and where it is easy", ["pixels", "n", *header[1:]], group_rows),
+        Table(
+            f"Mean {float(level):.0%} half-width against bicubic's error; share of pixels where SR departs from "
+            "bicubic of the latest frame by more than the half-width (candidates for invented detail)",
+            ["band", "mean half-width", "mean |bicubic - label|", "departs"],
+            width_rows,
+        ),
+    ]
+    figures = [Figure(plots.reliability_diagram(m["levels"], m["coverage"]), "reliability of the intervals per band")]
+    if shown:
+        caption = "candidates for invented detail: where SR leaves bicubic by more than the interval supports"
+        figures.append(Figure(plots.departure_map(shown, MAP_LEVEL), caption))
+    return Section("Calibrated intervals", paragraphs=[text], tables=tables, figures=figures)

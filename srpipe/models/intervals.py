@@ -1,0 +1,40 @@
+"""The pixels intervals are calibrated and checked on: a trained model's |SR - label| and spread over a split's
+labelled samples, with SR as `srpipe infer` makes it (the eight views' mean, floored at label value 0)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from srpipe.data.shards import iter_samples
+from srpipe.models.calibration import kept_pixels
+from srpipe.models.trained import TrainedModel, ensemble_mean_std
+
+BATCH = 16  # samples per ensemble forward
+PIXELS_PER_SAMPLE = 4096  # at most this many (evenly strided) of each sample's kept pixels: memory stays bounded
+
+
+@torch.no_grad()
+def errors_and_spreads(
+    model: TrainedModel, paths: list[Path], border: int
+) -> tuple[np.ndarray, np.ndarray, int, list[str]]:
+    """(bands, n) |SR - label| and spread (the eight views' std) of the clear label pixels of every sample in
+    `paths`, label-scaled units, with SR as infer makes it (the views' mean, floored); and the samples and tiles."""
+    errors, spreads, samples, tiles = [], [], 0, []
+    for shard in iter_samples(tqdm(paths, desc="intervals", unit="shard", mininterval=5)):
+        for start in range(0, len(shard["lr"]), BATCH):
+            part = slice(start, start + BATCH)
+            lr, mask = (torch.from_numpy(np.asarray(shard[k][part])) for k in ("lr", "lr_mask"))
+            mean, std = ensemble_mean_std(model.forward, lr, mask)
+            e, s = kept_pixels(
+                model.floor(mean).numpy(), shard["hr"][part], shard["hr_mask"][part], std.numpy(), border
+            )
+            step = max(1, e.shape[1] // (PIXELS_PER_SAMPLE * len(lr)))
+            errors.append(e[:, ::step])
+            spreads.append(s[:, ::step])
+            samples += len(lr)
+        tiles += [t.decode() for t in shard["tile_id"]]
+    return np.concatenate(errors, axis=1), np.concatenate(spreads, axis=1), samples, tiles

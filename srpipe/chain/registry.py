@@ -88,6 +88,15 @@ def _infer_weights(cfg: Config) -> list[str]:
     return _weights_file(cfg.infer.model, "infer.model")
 
 
+def _scene(cfg: Config) -> list[str]:
+    """The files of `source.scene` (a folder of band GeoTIFFs, or one file) when set: a scene replaced at the same
+    path is then a changed input, not the same one."""
+    if not cfg.source.scene:
+        return []
+    scene = Path(cfg.source.scene)
+    return sorted(str(p) for p in scene.rglob("*") if p.is_file()) if scene.is_dir() else [str(scene)]
+
+
 def _aoi(cfg: Config) -> list[str]:
     return [cfg.plan.aoi] if cfg.mosaic.mask_aoi and cfg.plan.aoi else []
 
@@ -132,7 +141,14 @@ _CURATE_MAP_KEYS = tuple(
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("download", "srpipe.download:download_tile", per_tile=True, reads=("source",), speed_only=_WHERE),
+        Stage(
+            "download",
+            "srpipe.download:download_tile",
+            per_tile=True,
+            reads=("source",),
+            speed_only=_WHERE,
+            files=_scene,  # source.scene by content
+        ),
         Stage(
             "curate",
             "srpipe.curate.tile:curate_tile",

@@ -21,7 +21,7 @@ import torch
 from srpipe import state
 from srpipe.chain import STAGES, ChainState, Pending, Stage, fingerprint, run_shard
 from srpipe.chain.fingerprint import stale_reason
-from srpipe.config import Config, InferConfig
+from srpipe.config import Config, InferConfig, SourceConfig
 from srpipe.infer.record import InferRecord
 from tests.conftest import srpipe
 
@@ -209,3 +209,17 @@ def test_a_shard_records_each_unit_and_a_failing_unit_fails_alone(tmp_path):
     }
     assert state.done_info(tmp_path, "shardy", "ccc")["n"] == 3
     assert state.failure_record(tmp_path, "shardy", "bad")["error"] == "ValueError: bad is bad"
+
+
+def test_a_scene_replaced_at_the_same_path_is_a_changed_download_input(tmp_path):
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    for band in ("B02", "B03"):
+        (scene / f"{band}.tif").write_bytes(band.encode())
+    cfg = Config(run_dir=str(tmp_path / "run"), source=SourceConfig(name="sample", scene=str(scene)))
+    stage = STAGES["download"]
+    old = ChainState(cfg).inputs(stage, "t1")
+    (scene / "B03.tif").write_bytes(b"another acquisition")  # same folder, same names, other content
+    new = ChainState(cfg).inputs(stage, "t1")
+    assert fingerprint(old) != fingerprint(new)
+    assert stale_reason(old, new) == f"file {scene / 'B03.tif'} changed"

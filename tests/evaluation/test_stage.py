@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from srpipe.config import Config, EvaluateConfig, InferConfig, ModelConfig
 from srpipe.data.normalise import BandScale
-from srpipe.evaluation import context
+from srpipe.evaluation import context, intervals
 from srpipe.evaluation import stage as ev
 from srpipe.models import build_model
+from srpipe.models.calibration import LEVELS, Calibration
 from srpipe.models.trained import TrainedModel
 from tests import browser
 
@@ -193,3 +194,32 @@ def test_with_the_self_ensemble_metrics_json_has_the_trust_numbers_and_the_repor
     assert trust["mean_spread"] == sorted(trust["mean_spread"])  # deciles ranked by spread
     html = (cfg.layout.reports / "index.html").read_text()
     assert f"Spearman {trust['spearman']:+.2f} over {trust['n_pixels']} test pixels" in html
+
+
+def _flat_calibration(q: float) -> Calibration:
+    """A calibration with the same quantile q at every level and band, floor 0.01."""
+    return Calibration(LEVELS, tuple((q,) * len(LEVELS) for _ in range(4)), (0.01,) * 4, 1000, 10, "val", ("t0",))
+
+
+def test_a_calibrated_model_gets_its_coverage_on_the_test_split_its_reliability_and_invented_detail_plots(
+    run, monkeypatch
+):
+    cfg, samples, model = run
+    monkeypatch.setattr(intervals, "shard_paths", lambda folder, split: ["test-000.h5"])
+    cfg = dataclasses.replace(cfg, infer=InferConfig(self_ensemble=True))
+    found = {}
+    for q in (1e6, 0.0):  # every label pixel inside SR +- a huge width; none inside a zero width (errors are > 0)
+        model.calibration = _flat_calibration(q)
+        ev.evaluate(cfg)
+        found[q] = json.loads((cfg.layout.reports / "metrics.json").read_text())["calibrated_intervals"]
+    wide, none = found[1e6], found[0.0]
+    b = cfg.loss.scored_border_px
+    assert wide["pixels"] == samples[0]["hr_mask"][:, b : 64 - b, b : 64 - b].sum()  # clear, inside the crop
+    assert np.array(wide["coverage"]).shape == (4, len(LEVELS)) and np.all(np.array(wide["coverage"]) == 1.0)
+    assert np.all(np.array(none["coverage"]) < 0.01)
+    assert none["table"]["0.90"] == [row[LEVELS.index(0.9)] for row in none["coverage"]]
+    assert set(wide["groups"]) <= {"edges", "flat", "cloudy_frames", "clear_frames"} and "edges" in wide["groups"]
+    assert wide["departs_share"]["0.90"] == [0.0] * 4 and none["departs_share"]["0.90"] != [0.0] * 4
+    html = (cfg.layout.reports / "index.html").read_text()
+    assert "Calibrated intervals" in html and "reliability of the intervals per band" in html
+    assert "candidates for invented detail" in html and "calibrated on 1000 val pixels of 10 samples" in html

@@ -159,6 +159,15 @@ def iter_samples(paths: Iterable[Path]) -> Iterable[dict[str, np.ndarray]]:
         yield samples
 
 
+def count_samples(paths: Iterable[Path]) -> int:
+    """How many samples the shards hold (from their metadata, no data read)."""
+    total = 0
+    for path in paths:
+        with _reading(path), h5py.File(path, "r") as f:
+            total += len(f["lr"])
+    return total
+
+
 class ShardDataset(Dataset):
     """Samples of a list of shards as tensors; each worker opens the files itself (h5py handles do not fork)."""
 

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 
 from srpipe import BANDS
+from srpipe.data.normalise import load_stats, scales
 from srpipe.data.shards import count_samples, shard_paths
 from srpipe.evaluation import baselines as bl
 from srpipe.evaluation import plots
 from srpipe.evaluation.context import Context, batches
 from srpipe.evaluation.html import Figure, Section, Table
 from srpipe.models.calibration import LEVELS, Calibration, coverage
-from srpipe.models.intervals import every_kth
+from srpipe.models.intervals import every_kth, to_model_units
 from srpipe.models.trained import ensemble_mean_std
 
 TABLE_LEVELS = (0.8, 0.9, 0.95)  # the levels of the coverage tables (the report's, the README's)
@@ -55,9 +56,10 @@ def _edges(image: torch.Tensor) -> np.ndarray:
     return magnitude >= np.quantile(magnitude.reshape(len(x), -1), 0.75, axis=1)[:, None, None]
 
 
-def _collect(ctx: Context, batch: dict, pixels: _Pixels, calibration: Calibration) -> None:
-    """Add one test batch's kept pixels (clear label, inside the border crop) to `pixels`."""
-    lr, mask, hr = batch["lr"], batch["lr_mask"], batch["hr"].float().numpy()
+def _collect(ctx: Context, batch: dict, pixels: _Pixels, run_scales: tuple) -> None:
+    """Add one test batch's kept pixels (clear label, inside the border crop) to `pixels`, in the model's units."""
+    lr, hr = to_model_units(ctx.model, run_scales, batch["lr"].numpy(), batch["hr"].numpy())
+    lr, mask, calibration = torch.from_numpy(lr), batch["lr_mask"], ctx.model.calibration
     mean, std = ensemble_mean_std(ctx.model.forward, lr, mask)
     sr, spread = ctx.model.floor(mean).numpy(), std.numpy()
     bic = bl.simple_baselines(lr, mask, batch["lr_dates"], batch["hr_date"], ctx.model.scale, ctx.lr_to_hr)[BICUBIC]
@@ -103,12 +105,13 @@ def interval_metrics(ctx: Context) -> tuple[dict, list] | None:
     if calibration is None or not ctx.cfg.infer.self_ensemble or not paths:
         return None
     pixels, stride, seen = _Pixels(), every_kth(count_samples(paths)), 0
+    run_scales = scales(load_stats(ctx.cfg.run_path))  # a scene run's own curation: its samples in the model's units
     with torch.no_grad():
         for batch in batches(paths, ctx.cfg.evaluate.batch_size):
             picked = np.flatnonzero((seen + np.arange(len(batch["lr"]))) % stride == 0)
             seen += len(batch["lr"])
             if len(picked):
-                _collect(ctx, _subset(batch, picked), pixels, calibration)
+                _collect(ctx, _subset(batch, picked), pixels, run_scales)
     a = pixels.arrays()
     curve = coverage(a["error"], a["spread"], calibration, LEVELS)
     width = calibration.half_width(a["spread"][None, :, :, None], MAP_LEVEL)[0, :, :, 0]

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from srpipe.data.normalise import BandScale
 from srpipe.data.shards import count_samples, iter_samples
 from srpipe.models.calibration import kept_pixels
 from srpipe.models.trained import TrainedModel, ensemble_mean_std
@@ -18,6 +19,17 @@ MAX_SAMPLES = 256  # at most this many samples, every k-th of the split: ~1e6 pi
 PIXELS_PER_SAMPLE = 4096  # at most this many (evenly strided) of each sample's kept pixels: memory stays bounded
 
 
+def to_model_units(
+    model: TrainedModel, run_scales: tuple[BandScale, BandScale], lr: np.ndarray, hr: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K, 4, h, w) LR and (N, 4, H, W) label arrays scaled by a run's curation (`run_scales`: S2, label) -> the
+    same in the model's scaled units: the identity on the run the model was trained on; on another run (a scene the
+    model never saw, curated with its own percentiles) what makes its errors and spreads the model's."""
+    lr_scale, hr_scale = run_scales
+    lr = model.lr_scale.apply(lr_scale.invert(np.asarray(lr, np.float32), 2), 2, clip=False)
+    return lr.astype(np.float32), model.hr_scale.apply(hr_scale.invert(np.asarray(hr, np.float32), 1), 1, clip=False)
+
+
 def every_kth(total: int, most: int = MAX_SAMPLES) -> int:
     """The stride k that keeps at most `most` of `total` samples, evenly over the split."""
     return max(1, -(-total // most))
@@ -25,11 +37,11 @@ def every_kth(total: int, most: int = MAX_SAMPLES) -> int:
 
 @torch.no_grad()
 def errors_and_spreads(
-    model: TrainedModel, paths: list[Path], border: int
+    model: TrainedModel, paths: list[Path], border: int, run_scales: tuple[BandScale, BandScale]
 ) -> tuple[np.ndarray, np.ndarray, int, list[str]]:
     """(bands, n) |SR - label| and spread (the eight views' std) of the clear label pixels of every k-th sample in
-    `paths` (at most MAX_SAMPLES), label-scaled units, with SR as infer makes it (the views' mean, floored); and how
-    many samples of which tiles."""
+    `paths` (at most MAX_SAMPLES, curated with `run_scales`), in the model's label-scaled units, with SR as infer makes
+    it (the views' mean, floored); and how many samples of which tiles."""
     stride, seen = every_kth(count_samples(paths)), 0
     errors, spreads, tiles = [], [], []
     for shard in iter_samples(tqdm(paths, desc="intervals", unit="shard", mininterval=5)):
@@ -37,11 +49,10 @@ def errors_and_spreads(
         seen += len(shard["lr"])
         for start in range(0, len(picked), BATCH):
             part = picked[start : start + BATCH]
-            lr, mask = (torch.from_numpy(np.asarray(shard[k][part])) for k in ("lr", "lr_mask"))
-            mean, std = ensemble_mean_std(model.forward, lr, mask)
-            e, s = kept_pixels(
-                model.floor(mean).numpy(), shard["hr"][part], shard["hr_mask"][part], std.numpy(), border
-            )
+            lr, hr = to_model_units(model, run_scales, shard["lr"][part], shard["hr"][part])
+            mask = torch.from_numpy(np.asarray(shard["lr_mask"][part]))
+            mean, std = ensemble_mean_std(model.forward, torch.from_numpy(lr), mask)
+            e, s = kept_pixels(model.floor(mean).numpy(), hr, shard["hr_mask"][part], std.numpy(), border)
             step = max(1, e.shape[1] // (PIXELS_PER_SAMPLE * len(lr)))
             errors.append(e[:, ::step])
             spreads.append(s[:, ::step])

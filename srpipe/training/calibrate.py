@@ -9,6 +9,7 @@ import torch
 
 from srpipe import state
 from srpipe.config import Config
+from srpipe.data.normalise import load_stats, scales
 from srpipe.data.shards import shard_paths
 from srpipe.models.calibration import Calibration, fit
 from srpipe.models.intervals import errors_and_spreads
@@ -22,7 +23,8 @@ def calibrate(cfg: Config, model: TrainedModel, split: str = "val") -> Calibrati
         raise ValueError(
             f"no {split} shards in {cfg.layout.datasets} to calibrate on; run `srpipe curate` (>= 3 tiles)"
         )
-    error, spread, samples, tiles = errors_and_spreads(model, paths, cfg.loss.scored_border_px)
+    run_scales = scales(load_stats(cfg.run_path))
+    error, spread, samples, tiles = errors_and_spreads(model, paths, cfg.loss.scored_border_px, run_scales)
     return fit(error, spread, samples, split, tiles)
 
 

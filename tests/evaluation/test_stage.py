@@ -207,6 +207,8 @@ def test_a_calibrated_model_gets_its_coverage_on_the_test_split_its_reliability_
     cfg, samples, model = run
     monkeypatch.setattr(intervals, "shard_paths", lambda folder, split: ["test-000.h5"])
     monkeypatch.setattr(intervals, "count_samples", lambda paths: len(samples[0]["lr"]))
+    monkeypatch.setattr(intervals, "load_stats", lambda run: {})  # the model's own curation: its scales
+    monkeypatch.setattr(intervals, "scales", lambda stats: (model.lr_scale, model.hr_scale))
     cfg = dataclasses.replace(cfg, infer=InferConfig(self_ensemble=True))
     found = {}
     for q in (1e6, 0.0):  # every label pixel inside SR +- a huge width; none inside a zero width (errors are > 0)

@@ -22,7 +22,7 @@ from pyproj import Transformer
 from rasterio.transform import from_bounds
 from rio_cogeo.cogeo import cog_validate
 
-from srpipe import STD_BANDS, state
+from srpipe import BANDS, STD_BANDS, state, twin_bands
 from srpipe.chain import STAGES, ChainState, fingerprint, pending_units, run_unit, stage_units
 from srpipe.config import Config, InferConfig, MosaicConfig, PlanConfig
 from srpipe.data.cog import write_cog
@@ -374,3 +374,44 @@ def test_a_tile_without_its_std_raster_is_an_error_naming_it_when_uncertainty_is
     cfg.layout.prediction_std(cfg.prediction_model, tiles[0].tile_id, DATE).unlink()
     with pytest.raises(StageError, match=rf"no {DATE}.std.tif \({tiles[0].tile_id}\)"):
         mosaic_module.mosaic_unit(cfg, f"{tiles[0].epsg}_{DATE}")
+
+
+def test_interval_half_widths_are_mosaicked_after_the_spread_and_listed_in_stac_with_level_and_calibration(run):
+    cfg, tiles = run
+    n = round((tiles[0].core[2] - tiles[0].core[0]) / RES_M)
+    cfg = dataclasses.replace(cfg, infer=InferConfig(self_ensemble=True, interval=0.9))
+    calibration = "split conformal on 1000 val pixels of 10 samples, 2 tiles"
+    width = {t.tile_id: tile_value(t.tile_id, tiles) / 1e5 for t in tiles}
+    for t in tiles[:-1]:  # std 1e-3, then the 90 % half-width: a known value per tile
+        core = np.concatenate([np.full((4, n, n), 1e-3, np.float32), np.full((4, n, n), width[t.tile_id], np.float32)])
+        buffer = round((t.core[0] - t.bounds[0]) / RES_M)
+        image = np.full((8, n + 2 * buffer, n + 2 * buffer), 9, np.float32)
+        image[:, buffer : n + buffer, buffer : n + buffer] = core
+        tags = {"tile_id": t.tile_id, "interval_levels": "0.90", "interval_calibration": calibration}
+        path = cfg.layout.prediction_std(cfg.prediction_model, t.tile_id, DATE)
+        transform = from_bounds(*t.bounds, n + 2 * buffer, n + 2 * buffer)
+        write_cog(path, image, transform, t.epsg, cfg.mosaic, tags, 0, twin_bands((0.9,)))
+        record(cfg, t, [DATE])
+    run_stage(cfg, "mosaic")
+    assert run_stage(cfg, "catalog") == {"all": None}
+    zone = cfg.layout.zone_mosaic("t", DATE, 32634, spread=True)
+    with rasterio.open(zone) as src, rasterio.open(cfg.layout.date_vrt("t", DATE, spread=True)) as vrt:
+        assert src.descriptions == vrt.descriptions == twin_bands((0.9,)) == (*STD_BANDS, *(f"{b}_hw90" for b in BANDS))
+        assert src.tags()["interval_levels"] == "0.90" and src.tags()["interval_calibration"] == calibration
+        data = src.read()
+        transform = src.transform
+    for t in (t for t in tiles[:-1] if t.epsg == 32634):
+        rows, cols = rasterio.windows.from_bounds(*t.core, transform).round_offsets().round_lengths().toslices()
+        values = data[4:, rows, cols]  # NaN off the AOI
+        assert np.isfinite(values).any() and (values[np.isfinite(values)] == width[t.tile_id]).all(), t
+    pystac.validation.set_validator(_offline_validator())
+    try:
+        collection = pystac.Collection.from_file(str(cfg.layout.stac / "collection.json"))
+        assert collection.validate_all() == 2
+    finally:
+        pystac.validation.set_validator(pystac.validation.JsonSchemaSTACValidator())
+    asset = collection.get_item("t_2016-10-31_32634", recursive=True).assets["spread"]
+    assert asset.extra_fields["srpipe:interval_levels"] == [0.9]
+    assert asset.extra_fields["srpipe:interval_calibration"] == calibration and calibration in asset.description
+    band = asset.extra_fields["bands"][6]
+    assert band["name"] == "B04_hw90" and band["unit"] == "1" and "with probability 0.90" in band["description"]

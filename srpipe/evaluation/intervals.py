@@ -41,10 +41,11 @@ class _Pixels:
     bicubic_error: list = dataclasses.field(default_factory=list)
     edge: list = dataclasses.field(default_factory=list)
     cloudy: list = dataclasses.field(default_factory=list)
+    tile: list = dataclasses.field(default_factory=list)  # each pixel's test tile
     shown: list = dataclasses.field(default_factory=list)  # (sr, bicubic, half-width, label mask) of MAP_SAMPLES
 
     def arrays(self) -> dict[str, np.ndarray]:
-        names = ("error", "spread", "departure", "bicubic_error", "edge", "cloudy")
+        names = ("error", "spread", "departure", "bicubic_error", "edge", "cloudy", "tile")
         return {k: np.concatenate(getattr(self, k), axis=-1) for k in names}
 
 
@@ -81,6 +82,8 @@ def _collect(ctx: Context, batch: dict, pixels: _Pixels, run_scales: tuple) -> N
         getattr(pixels, name).append(value.transpose(1, 0, 2, 3)[:, keep][:, ::step])
     pixels.edge.append(_edges(bic)[keep][::step])
     pixels.cloudy.append(cloudy[keep][::step])
+    tiles = np.broadcast_to(np.array(batch["tile_id"], dtype=object)[:, None, None], keep.shape)
+    pixels.tile.append(tiles[keep][::step])
     for i in range(min(len(lr), MAP_SAMPLES - len(pixels.shown))):
         width = calibration.half_width(spread[i : i + 1], MAP_LEVEL)[0]
         pixels.shown.append((sr[i], bic[i].numpy(), width, keep[i]))
@@ -122,6 +125,7 @@ def interval_metrics(ctx: Context) -> tuple[dict, list] | None:
         "coverage": curve.tolist(),  # [band][level]
         "table": {f"{level:.2f}": curve[:, LEVELS.index(level)].tolist() for level in TABLE_LEVELS},
         "groups": {name: _group_coverage(a, calibration, where) for name, where in groups.items() if where.any()},
+        "tiles": {t: _group_coverage(a, calibration, a["tile"] == t) for t in sorted(set(a["tile"]))},
         "mean_half_width": {f"{MAP_LEVEL:.2f}": width.mean(axis=1).tolist()},
         "mean_bicubic_error": a["bicubic_error"].mean(axis=1).tolist(),
         "departs_share": {f"{MAP_LEVEL:.2f}": (a["departure"] > width).mean(axis=1).tolist()},
@@ -157,8 +161,14 @@ def interval_section(metrics: dict, shown: list) -> Section | None:
         "Coverage is the share of test label pixels inside SR +- half-width; calibrated means equal to the nominal "
         "level (within +-3 points)."
     )
+    tile_rows = [[t, g["pixels"], *(f"{x:.1%}" for x in g["0.90"])] for t, g in m.get("tiles", {}).items()]
     tables = [
         Table("Empirical coverage of the calibrated intervals per band (test pixels)", header, coverage_rows),
+        Table(
+            "90 % coverage per test tile (a tile unlike every calibration tile shows here)",
+            ["tile", "pixels", *m["bands"]],
+            tile_rows,
+        ),
         Table("Coverage (band mean) where SR is hard and where it is easy", ["pixels", "n", *header[1:]], group_rows),
         Table(
             f"Mean {float(level):.0%} half-width against bicubic's error; share of pixels where SR departs from "

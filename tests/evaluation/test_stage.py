@@ -222,7 +222,10 @@ def test_a_calibrated_model_gets_its_coverage_on_the_test_split_its_reliability_
     assert np.all(np.array(none["coverage"]) < 0.01)
     assert none["table"]["0.90"] == [row[LEVELS.index(0.9)] for row in none["coverage"]]
     assert set(wide["groups"]) <= {"edges", "flat", "cloudy_frames", "clear_frames"} and "edges" in wide["groups"]
+    assert list(wide["tiles"]) == ["t1", "t2"] and sum(t["pixels"] for t in wide["tiles"].values()) == wide["pixels"]
+    assert all(t["0.90"] == [1.0] * 4 for t in wide["tiles"].values())
     assert wide["departs_share"]["0.90"] == [0.0] * 4 and none["departs_share"]["0.90"] != [0.0] * 4
     html = (cfg.layout.reports / "index.html").read_text()
     assert "Calibrated intervals" in html and "reliability of the intervals per band" in html
+    assert "90 % coverage per test tile" in html
     assert "candidates for invented detail" in html and "calibrated on 1000 val pixels of 10 samples" in html

@@ -18,13 +18,11 @@ from srpipe.evaluation import baselines as bl
 from srpipe.evaluation import plots
 from srpipe.evaluation.context import Context, batches
 from srpipe.evaluation.html import Figure, Section, Table
-from srpipe.models.calibration import LEVELS, Calibration, coverage
-from srpipe.models.intervals import every_kth, to_model_units
-from srpipe.models.trained import ensemble_mean_std
+from srpipe.models.calibration import LEVELS, Calibration, coverage, scored_pixels
+from srpipe.models.intervals import ensemble_sr, every_kth, picked, pixel_step
 
 TABLE_LEVELS = (0.8, 0.9, 0.95)  # the levels of the coverage tables (the report's, the README's)
 MAP_LEVEL = 0.9  # the level of the invented-detail map and shares
-PIXELS_PER_SAMPLE = 4096  # kept pixels per sample (evenly strided): memory stays bounded
 MAP_SAMPLES = 3  # test samples shown in the invented-detail map
 BICUBIC = "bicubic_latest"  # bicubic of the very frame SR's latest view is: what "departs" is measured against
 
@@ -59,19 +57,14 @@ def _edges(image: torch.Tensor) -> np.ndarray:
 
 def _collect(ctx: Context, batch: dict, pixels: _Pixels, run_scales: tuple) -> None:
     """Add one test batch's kept pixels (clear label, inside the border crop) to `pixels`, in the model's units."""
-    lr, hr = to_model_units(ctx.model, run_scales, batch["lr"].numpy(), batch["hr"].numpy())
-    lr, mask, calibration = torch.from_numpy(lr), batch["lr_mask"], ctx.model.calibration
-    mean, std = ensemble_mean_std(ctx.model.forward, lr, mask)
-    sr, spread = ctx.model.floor(mean).numpy(), std.numpy()
+    mask, calibration = batch["lr_mask"], ctx.model.calibration
+    lr, sr, spread, hr = ensemble_sr(ctx.model, run_scales, batch["lr"].numpy(), batch["hr"].numpy(), mask)
     bic = bl.simple_baselines(lr, mask, batch["lr_dates"], batch["hr_date"], ctx.model.scale, ctx.lr_to_hr)[BICUBIC]
-    keep = np.zeros(hr.shape[:1] + hr.shape[2:], bool)
-    b = ctx.border
-    keep[:, b : keep.shape[1] - b, b : keep.shape[2] - b] = True
-    keep &= batch["hr_mask"].numpy().astype(bool)
+    keep = scored_pixels(batch["hr_mask"].numpy(), ctx.border)
     masked = (~mask.bool()).float().mean((2, 3))  # (B, K): each frame's masked share
     partly = ((masked > 0.01) & (masked < 0.99)).any(1).numpy()  # a frame partly cloudy, not a whole-frame pad
     cloudy = np.broadcast_to(partly[:, None, None], keep.shape)
-    step = max(1, int(keep.sum()) // (PIXELS_PER_SAMPLE * len(lr)))
+    step = pixel_step(int(keep.sum()), len(lr))
     bands = {
         "error": np.abs(sr - hr),
         "spread": spread,
@@ -111,10 +104,10 @@ def interval_metrics(ctx: Context) -> tuple[dict, list] | None:
     run_scales = scales(load_stats(ctx.cfg.run_path))  # a scene run's own curation: its samples in the model's units
     with torch.no_grad():
         for batch in batches(paths, ctx.cfg.evaluate.batch_size):
-            picked = np.flatnonzero((seen + np.arange(len(batch["lr"]))) % stride == 0)
+            chosen = picked(seen, len(batch["lr"]), stride)
             seen += len(batch["lr"])
-            if len(picked):
-                _collect(ctx, _subset(batch, picked), pixels, run_scales)
+            if len(chosen):
+                _collect(ctx, _subset(batch, chosen), pixels, run_scales)
     a = pixels.arrays()
     curve = coverage(a["error"], a["spread"], calibration, LEVELS)
     width = calibration.half_width(a["spread"][None, :, :, None], MAP_LEVEL)[0, :, :, 0]

@@ -61,14 +61,19 @@ class Calibration:
                       "tiles": tuple(values["tiles"])})  # fmt: skip
 
 
+def scored_pixels(clear: np.ndarray, border: int) -> np.ndarray:
+    """(N, H, W) bool: the clear label pixels of (N, H, W) `clear` inside the `border` crop (those scored)."""
+    keep = np.zeros(np.shape(clear), bool)
+    keep[:, border : keep.shape[1] - border, border : keep.shape[2] - border] = True
+    return keep & np.asarray(clear).astype(bool)
+
+
 def kept_pixels(
     sr: np.ndarray, label: np.ndarray, clear: np.ndarray, spread: np.ndarray, border: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(bands, n) |SR - label| and spread of the clear label pixels inside the `border` crop, from (N, bands, H, W)
     `sr`, `label`, `spread` and (N, H, W) `clear`."""
-    keep = np.zeros(np.shape(clear), bool)
-    keep[:, border : keep.shape[1] - border, border : keep.shape[2] - border] = True
-    keep &= np.asarray(clear).astype(bool)
+    keep = scored_pixels(clear, border)
     error = np.abs(np.asarray(sr, np.float32) - np.asarray(label, np.float32))
     spread = np.asarray(spread, np.float32)
     return error.transpose(1, 0, 2, 3)[:, keep], spread.transpose(1, 0, 2, 3)[:, keep]

@@ -35,6 +35,27 @@ def every_kth(total: int, most: int = MAX_SAMPLES) -> int:
     return max(1, -(-total // most))
 
 
+def picked(seen: int, n: int, stride: int) -> np.ndarray:
+    """Indices among the next `n` samples (after `seen` of the split) that every `stride`-th keeps."""
+    return np.flatnonzero((seen + np.arange(n)) % stride == 0)
+
+
+def pixel_step(kept: int, samples: int) -> int:
+    """The stride over `kept` pixels of `samples` samples that keeps at most PIXELS_PER_SAMPLE per sample."""
+    return max(1, kept // (PIXELS_PER_SAMPLE * samples))
+
+
+def ensemble_sr(
+    model: TrainedModel, run_scales: tuple[BandScale, BandScale], lr: np.ndarray, hr: np.ndarray, mask: torch.Tensor
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """A run's curated LR and labels (`to_model_units`) -> (LR tensor, SR as infer makes it (the 8 views' mean,
+    floored), the views' std, labels), all in the model's label-scaled units."""
+    lr, hr = to_model_units(model, run_scales, lr, hr)
+    lr = torch.from_numpy(lr)
+    mean, std = ensemble_mean_std(model.forward, lr, mask)
+    return lr, model.floor(mean).numpy(), std.numpy(), hr
+
+
 @torch.no_grad()
 def errors_and_spreads(
     model: TrainedModel, paths: list[Path], border: int, run_scales: tuple[BandScale, BandScale]
@@ -45,16 +66,15 @@ def errors_and_spreads(
     stride, seen = every_kth(count_samples(paths)), 0
     errors, spreads, tiles = [], [], []
     for shard in iter_samples(tqdm(paths, desc="intervals", unit="shard", mininterval=5)):
-        picked = np.flatnonzero((seen + np.arange(len(shard["lr"]))) % stride == 0)
+        chosen = picked(seen, len(shard["lr"]), stride)
         seen += len(shard["lr"])
-        for start in range(0, len(picked), BATCH):
-            part = picked[start : start + BATCH]
-            lr, hr = to_model_units(model, run_scales, shard["lr"][part], shard["hr"][part])
+        for start in range(0, len(chosen), BATCH):
+            part = chosen[start : start + BATCH]
             mask = torch.from_numpy(np.asarray(shard["lr_mask"][part]))
-            mean, std = ensemble_mean_std(model.forward, torch.from_numpy(lr), mask)
-            e, s = kept_pixels(model.floor(mean).numpy(), hr, shard["hr_mask"][part], std.numpy(), border)
-            step = max(1, e.shape[1] // (PIXELS_PER_SAMPLE * len(lr)))
+            _, sr, std, hr = ensemble_sr(model, run_scales, shard["lr"][part], shard["hr"][part], mask)
+            e, s = kept_pixels(sr, hr, shard["hr_mask"][part], std, border)
+            step = pixel_step(e.shape[1], len(part))
             errors.append(e[:, ::step])
             spreads.append(s[:, ::step])
-        tiles += [shard["tile_id"][j].decode() for j in picked]
+        tiles += [shard["tile_id"][j].decode() for j in chosen]
     return np.concatenate(errors, axis=1), np.concatenate(spreads, axis=1), len(tiles), tiles

@@ -3,28 +3,37 @@ calibration in its model file, where `srpipe infer` (`infer.interval`) and the p
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from srpipe import state
-from srpipe.config import Config
+from srpipe.config import Config, load_config
 from srpipe.data.normalise import load_stats, scales
 from srpipe.data.shards import shard_paths
-from srpipe.models.calibration import Calibration, fit
+from srpipe.models.calibration import Calibration, coverage, fit
 from srpipe.models.intervals import errors_and_spreads
-from srpipe.models.trained import TrainedModel, load_trained
+from srpipe.models.trained import TrainedModel, load_for_inference, load_trained
+from srpipe.weights import weights_path
+
+
+def _split_pixels(cfg: Config, model: TrainedModel, split: str) -> tuple[np.ndarray, np.ndarray, int, list[str]]:
+    """`errors_and_spreads` of the run's `split` samples (inside the scored border crop), in the model's units."""
+    paths = shard_paths(cfg.layout.datasets, split)
+    if not paths:
+        raise ValueError(
+            f"no {split} shards in {cfg.layout.datasets} for the intervals; run `srpipe curate` (>= 3 tiles)"
+        )
+    return errors_and_spreads(model, paths, cfg.loss.scored_border_px, scales(load_stats(cfg.run_path)))
 
 
 def calibrate(cfg: Config, model: TrainedModel, split: str = "val") -> Calibration:
     """The model's Calibration on the run's `split` samples (inside the scored border crop)."""
-    paths = shard_paths(cfg.layout.datasets, split)
-    if not paths:
-        raise ValueError(
-            f"no {split} shards in {cfg.layout.datasets} to calibrate on; run `srpipe curate` (>= 3 tiles)"
-        )
-    run_scales = scales(load_stats(cfg.run_path))
-    error, spread, samples, tiles = errors_and_spreads(model, paths, cfg.loss.scored_border_px, run_scales)
+    error, spread, samples, tiles = _split_pixels(cfg, model, split)
     return fit(error, spread, samples, split, tiles)
 
 
@@ -52,21 +61,11 @@ def store_calibration(model_file: Path, calibration: Calibration) -> None:
 def calibrate_weights(name: str, run_dir: Path) -> dict:
     """Calibrate the weights `name` (packaged name or .pt path) on a run they never trained on: its validation split
     calibrates, its test split checks; both go into the .pt and its .json record. {level: coverage per band}."""
-    import dataclasses
-    import json
-
-    from srpipe.config import load_config
-    from srpipe.models.calibration import coverage
-    from srpipe.models.trained import load_for_inference
-    from srpipe.weights import weights_path
-
     cfg = load_config(run_dir)
     cfg = dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, model=name))
     model, path = load_for_inference(cfg), weights_path(name, "weights")
     calibration = calibrate(cfg, model)
-    test = errors_and_spreads(
-        model, shard_paths(cfg.layout.datasets, "test"), cfg.loss.scored_border_px, scales(load_stats(cfg.run_path))
-    )
+    test = _split_pixels(cfg, model, "test")
     checked = coverage(test[0], test[1], calibration, (0.8, 0.9, 0.95))
     check = {f"{a:.2f}": checked[:, j].round(4).tolist() for j, a in enumerate((0.8, 0.9, 0.95))}
     store_calibration(path, calibration)
@@ -83,8 +82,6 @@ def calibrate_weights(name: str, run_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     """`python -m srpipe.training.calibrate WEIGHTS RUN_DIR`: calibrate packaged weights (or a .pt) on a curated run
     they never trained on, e.g. `sample-x4` on runs/demo (its AOI is outside the weights' training area)."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("weights")
     parser.add_argument("run_dir", type=Path)

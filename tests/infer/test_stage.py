@@ -172,18 +172,26 @@ def test_a_nan_input_pixel_does_not_spread_and_unseen_pixels_alone_are_nodata(tm
     assert (dn[:, hole] == 0).all() and (dn[:, ~hole] > 0).all()
 
 
-def test_uncertainty_sidecar_is_the_views_std_in_label_units(tmp_path, model, stacks):
-    model.hr_scale = BandScale(np.zeros(4, np.float32), np.array([0.5, 0.4, 0.3, 0.6], np.float32))
-    stacks["t1"] = s2_stack()
-    cfg = _cfg(tmp_path, self_ensemble=True, uncertainty=True, output_dtype="float32")
+def _twin(tmp_path, **infer_settings) -> tuple[Config, dict, np.ndarray]:
+    """Infer tile t1 with the self-ensemble, float32 and these [infer] settings; (cfg, its `<date>.std.tif` (a valid
+    COG on the SR's CRS, transform and shape: checked) as {descriptions, dtypes, count, tags, data}, the SR read)."""
+    cfg = _cfg(tmp_path, self_ensemble=True, output_dtype="float32", **infer_settings)
     infer.infer_tile(cfg, "t1")
     date = cfg.as_of_date.isoformat()
     path = cfg.layout.prediction_std(cfg.train.name, "t1", date)
     assert cog_validate(path, quiet=True)[0]
     with rasterio.open(path) as src, rasterio.open(cfg.layout.prediction(cfg.train.name, "t1", date)) as sr:
         assert (src.crs, src.transform, src.shape) == (sr.crs, sr.transform, sr.shape)
-        assert src.descriptions == tuple(f"{b}_std" for b in BANDS) and src.dtypes == ("float32",) * 4
-        std = src.read()
+        twin = {"descriptions": src.descriptions, "dtypes": src.dtypes, "count": src.count, "tags": src.tags()}
+        return cfg, twin | {"data": src.read()}, sr.read()
+
+
+def test_uncertainty_sidecar_is_the_views_std_in_label_units(tmp_path, model, stacks):
+    model.hr_scale = BandScale(np.zeros(4, np.float32), np.array([0.5, 0.4, 0.3, 0.6], np.float32))
+    stacks["t1"] = s2_stack()
+    cfg, twin, _ = _twin(tmp_path, uncertainty=True)
+    assert twin["descriptions"] == tuple(f"{b}_std" for b in BANDS) and twin["dtypes"] == ("float32",) * 4
+    std = twin["data"]
     tw = infer_data.tile_windows(cfg, "t1", model.lr_scale, model.n_frames)
     rows = tw.index[0][tw.index[0] >= 0]
     lr = torch.zeros(1, 4, 4, 60, 60)
@@ -262,16 +270,10 @@ def test_interval_half_widths_sit_in_the_twin_after_the_std_pixel_for_pixel(tmp_
     model.hr_scale = BandScale(np.zeros(4, np.float32), np.array([0.5, 0.4, 0.3, 0.6], np.float32))
     model.calibration = _calibration()
     stacks["t1"] = s2_stack(cloudy=(5,))
-    cfg = _cfg(tmp_path, self_ensemble=True, interval=(0.8, 0.9), output_dtype="float32")
-    infer.infer_tile(cfg, "t1")
-    date = cfg.as_of_date.isoformat()
-    path = cfg.layout.prediction_std(cfg.train.name, "t1", date)
-    assert cog_validate(path, quiet=True)[0]
-    with rasterio.open(path) as src, rasterio.open(cfg.layout.prediction(cfg.train.name, "t1", date)) as sr:
-        assert (src.crs, src.transform, src.shape) == (sr.crs, sr.transform, sr.shape)
-        assert src.descriptions == twin_bands((0.8, 0.9)) and src.count == 12
-        assert src.tags()["interval_levels"] == "0.80,0.90" and "10 samples" in src.tags()["interval_calibration"]
-        twin, image = src.read(), sr.read()
+    _, twin, image = _twin(tmp_path, interval=(0.8, 0.9))
+    assert twin["descriptions"] == twin_bands((0.8, 0.9)) and twin["count"] == 12
+    assert twin["tags"]["interval_levels"] == "0.80,0.90" and "10 samples" in twin["tags"]["interval_calibration"]
+    twin = twin["data"]
     assert (np.isnan(twin) == np.isnan(image[[0, 1, 2, 3] * 3])).all()  # nodata exactly where the SR has none
     band_range = np.array([0.5, 0.4, 0.3, 0.6], np.float32)[:, None, None]
     std = twin[:4]

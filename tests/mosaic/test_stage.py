@@ -327,6 +327,17 @@ def test_the_spread_mosaic_equals_each_tiles_std_on_its_core_and_is_nan_elsewher
         assert covered.all()  # the zone's grid is its cores: every pixel was compared
 
 
+def _validated_collection(cfg: Config) -> pystac.Collection:
+    """The run's STAC collection, its collection and 2 items validated against the (offline) schemas."""
+    pystac.validation.set_validator(_offline_validator())
+    try:
+        collection = pystac.Collection.from_file(str(cfg.layout.stac / "collection.json"))
+        assert collection.validate_all() == 2
+    finally:
+        pystac.validation.set_validator(pystac.validation.JsonSchemaSTACValidator())
+    return collection
+
+
 def test_the_spread_is_in_the_date_vrt_the_reprojected_cog_and_stac_with_its_role_and_units(run):
     cfg, tiles = run
     n = round((tiles[0].core[2] - tiles[0].core[0]) / RES_M)
@@ -351,12 +362,7 @@ def test_the_spread_is_in_the_date_vrt_the_reprojected_cog_and_stac_with_its_rol
     assert np.isnan(sample(vrt, 23.95, 55.02)) and np.isnan(sample(lks, 23.95, 55.02))  # west of the AOI
     with rasterio.open(lks) as src:
         assert src.dtypes[0] == "float32" and src.descriptions == STD_BANDS and src.crs.to_epsg() == 3346
-    pystac.validation.set_validator(_offline_validator())
-    try:
-        collection = pystac.Collection.from_file(str(cfg.layout.stac / "collection.json"))
-        assert collection.validate_all() == 2
-    finally:
-        pystac.validation.set_validator(pystac.validation.JsonSchemaSTACValidator())
+    collection = _validated_collection(cfg)
     asset = collection.get_item("t_2016-10-31_32634", recursive=True).assets["spread"]
     assert asset.roles == ["data", "uncertainty"] and "8 self-ensemble views" in asset.description
     assert asset.get_absolute_href() == str(cfg.layout.zone_mosaic("t", DATE, 32634, spread=True))
@@ -404,12 +410,7 @@ def test_interval_half_widths_are_mosaicked_after_the_spread_and_listed_in_stac_
         rows, cols = rasterio.windows.from_bounds(*t.core, transform).round_offsets().round_lengths().toslices()
         values = data[4:, rows, cols]  # NaN off the AOI
         assert np.isfinite(values).any() and (values[np.isfinite(values)] == width[t.tile_id]).all(), t
-    pystac.validation.set_validator(_offline_validator())
-    try:
-        collection = pystac.Collection.from_file(str(cfg.layout.stac / "collection.json"))
-        assert collection.validate_all() == 2
-    finally:
-        pystac.validation.set_validator(pystac.validation.JsonSchemaSTACValidator())
+    collection = _validated_collection(cfg)
     asset = collection.get_item("t_2016-10-31_32634", recursive=True).assets["spread"]
     assert asset.extra_fields["srpipe:interval_levels"] == [0.9]
     assert asset.extra_fields["srpipe:interval_calibration"] == calibration and calibration in asset.description

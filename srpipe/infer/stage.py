@@ -128,7 +128,9 @@ class _Forward:
 
     def __init__(self, model: TrainedModel, settings: InferConfig) -> None:
         if settings.writes_twin and not settings.self_ensemble:
-            raise StageError("infer.uncertainty needs infer.self_ensemble = true (the std is over its eight views)")
+            raise StageError(
+                "infer.uncertainty and infer.interval need infer.self_ensemble = true (the std is over its eight views)"
+            )
         if settings.interval_levels and model.calibration is None:
             raise StageError(
                 f"infer.interval = {settings.interval}: the model ({settings.model or 'this run'}'s) has no interval "

@@ -20,7 +20,7 @@ import shapely.geometry
 from pystac.extensions.projection import ProjectionExtension
 
 import srpipe
-from srpipe import BANDS, STD_BANDS, level_name, state
+from srpipe import BANDS, state, twin_bands
 from srpipe.config import Config
 from srpipe.data.s2units import QUANTIFICATION_VALUE
 from srpipe.weights import inference_weights
@@ -168,16 +168,17 @@ def _spread_asset(m: dict) -> pystac.Asset:
         "units: high where the SR is less certain (edges, texture, clouds); mask SR pixels above a threshold"
     )
     common = {"unit": "1", "nodata": "nan", "data_type": "float32", "raster:spatial_resolution": m["resolution_m"]}
+    names = twin_bands(tuple(levels))  # the twin's band names, as infer wrote them: std, then per level
     bands = [
         {"name": name, "description": f"std of the 8 self-ensemble views of {band}, reflectance", **common}
-        for name, band in zip(STD_BANDS, BANDS, strict=True)
+        for name, band in zip(names[: len(BANDS)], BANDS, strict=True)
     ]  # reflectance is dimensionless (UCUM "1"), as the SR it describes
-    for level in levels:
+    for j, level in enumerate(levels, start=1):
         bands += [
-            {"name": f"{band}_{level_name(level)}", **common, "description": (
+            {"name": name, **common, "description": (
                 f"half-width of the calibrated {level:.0%} interval of {band}: the true reflectance lies within "
                 f"SR +- this with probability {level:.2f}, reflectance")}
-            for band in BANDS
+            for name, band in zip(names[j * len(BANDS) : (j + 1) * len(BANDS)], BANDS, strict=True)
         ]  # fmt: skip
     asset.extra_fields["bands"] = bands
     if levels:

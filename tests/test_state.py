@@ -1,14 +1,18 @@
 """Atomic writes and completion markers."""
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from srpipe import state
+from tests.helpers import stopped_processes
 
 
 def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):
@@ -64,3 +68,31 @@ def test_equal_torch_payloads_saved_through_temporaries_have_equal_bytes(tmp_pat
         with state.atomic_path(tmp_path / name) as tmp:
             state.save_torch({"w": torch.arange(6.0)}, tmp)
     assert state.file_sha256(tmp_path / "a.pt") == state.file_sha256(tmp_path / "b.pt")  # provenance hashes agree
+
+
+def test_the_fault_hook_stops_a_process_at_the_nth_matching_write_and_rejects_a_bad_rule(tmp_path, monkeypatch):
+    code = (
+        "import sys; from srpipe import state\n"
+        "for i in range(4):\n"
+        "    state.write_text(f'{sys.argv[1]}/out/{i}.txt', 'x')\n"
+        "    state.write_text(f'{sys.argv[1]}/log', 'y')\n"
+    )
+    env = {**os.environ, state.PAUSE_ENV: "*/out/*:3:before"}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while proc.pid not in stopped_processes() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.pid in stopped_processes()  # stopped at its 3rd write under out/, its temporary complete
+        names = sorted(p.name for p in (tmp_path / "out").iterdir())
+        assert names[1:] == ["0.txt", "1.txt"] and names[0].startswith(".2.tmp-"), names
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    monkeypatch.setenv(state.PAUSE_ENV, "*/out/*:three:before")
+    with pytest.raises(ValueError, match="SRPIPE_PAUSE_AT='\\*/out/\\*:three:before': expected"):
+        state.write_text(tmp_path / "out" / "9.txt", "x")
+    assert not (tmp_path / "out" / "9.txt").exists() and not list((tmp_path / "out").glob(".9.tmp-*"))
+    monkeypatch.delenv(state.PAUSE_ENV)
+    state.write_text(tmp_path / "out" / "9.txt", "x")  # unset, as users run: nothing stops
+    assert (tmp_path / "out" / "9.txt").read_text() == "x"
